@@ -1,0 +1,377 @@
+"""Rollout: serve a FoundationModel version plus adapters, shifting traffic step by step."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import ConfigDict, Field
+
+from fmop.api.common import (
+    ApiModel,
+    Condition,
+    CustomResource,
+    Duration,
+    KindInfo,
+    Message,
+    ModelVersion,
+    Name,
+    ResourceRequirements,
+    ShortText,
+    Timestamp,
+)
+
+# A deliberately small condition language: `result <op> <number>`. Evaluated by the operator
+# without eval(); anything richer belongs in the PromQL query itself.
+CONDITION_PATTERN = r"^result\s*(<=|>=|==|!=|<|>)\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
+LABEL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+AnalysisCondition = Annotated[str, Field(pattern=CONDITION_PATTERN, max_length=128, examples=["result < 0.01"])]
+
+
+class FoundationModelTarget(ApiModel):
+    name: Name
+    version: ModelVersion = Field(description="A version listed in the FoundationModel's status.versions.")
+
+
+class AdapterTarget(ApiModel):
+    name: Name = Field(description="A TaskAdapter in the same namespace.")
+    version: ModelVersion | None = Field(None, description="Adapter version; defaults to its newest valid for the FM version.")
+
+
+class ServeTarget(ApiModel):
+    """What the canary serves."""
+
+    foundationModel: FoundationModelTarget
+    adapters: Annotated[list[AdapterTarget], Field(max_length=32)] = Field(default_factory=list)
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.adapters.all(a, self.adapters.exists_one(b, b.name == a.name))",
+                    "message": "model.adapters must not name the same TaskAdapter twice",
+                    "fieldPath": ".adapters",
+                }
+            ]
+        }
+    )
+
+
+class Serving(ApiModel):
+    """How each InferenceService (stable and canary) is run."""
+
+    runtime: Literal["triton"] = "triton"
+    protocolVersion: Literal["v2"] = "v2"
+    storageUri: Annotated[str, Field(max_length=2048, description="Overrides the version's artifactUri.")] | None = None
+    minReplicas: Annotated[int, Field(ge=0, le=1000)] = 1
+    maxReplicas: Annotated[int, Field(ge=1, le=1000)] = 1
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    timeoutSeconds: Annotated[int, Field(ge=1, le=3600)] = 60
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.maxReplicas >= self.minReplicas",
+                    "message": "serving.maxReplicas must be at least serving.minReplicas",
+                    "fieldPath": ".maxReplicas",
+                }
+            ]
+        }
+    )
+
+
+class ShadowStep(ApiModel):
+    """Mirror live traffic to the canary (responses discarded) before it gets any real traffic."""
+
+    mirrorPercent: Annotated[int, Field(ge=1, le=100)]
+    duration: Duration
+    analysis: Annotated[list[Name], Field(max_length=16, description="Metric names (spec.analysis.metrics) checked during shadow.")] = Field(
+        default_factory=list
+    )
+
+
+class PauseStep(ApiModel):
+    duration: Duration | None = None
+    untilPromoted: bool | None = Field(None, description="Wait until a person runs the promote action.")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.duration) != (has(self.untilPromoted) && self.untilPromoted)",
+                    "message": "a pause step needs exactly one of pause.duration or pause.untilPromoted: true",
+                }
+            ]
+        }
+    )
+
+
+class AnalysisStep(ApiModel):
+    metrics: Annotated[list[Name], Field(min_length=1, max_length=16, description="Metric names from spec.analysis.metrics.")]
+
+
+class Step(ApiModel):
+    """One canary step: exactly one of setWeight, pause or analysis."""
+
+    setWeight: Annotated[int, Field(ge=0, le=100, description="Percent of live traffic sent to the canary.")] | None = None
+    pause: PauseStep | None = None
+    analysis: AnalysisStep | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "[has(self.setWeight), has(self.pause), has(self.analysis)].filter(x, x).size() == 1",
+                    "message": "each step sets exactly one of setWeight, pause or analysis",
+                }
+            ]
+        }
+    )
+
+
+class Strategy(ApiModel):
+    shadow: ShadowStep | None = None
+    steps: Annotated[list[Step], Field(min_length=1, max_length=32)]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.steps.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted()",
+                    "message": "strategy.steps[].setWeight must not decrease from one step to the next",
+                    "fieldPath": ".steps",
+                },
+                {
+                    "rule": "self.steps.exists(s, has(s.setWeight) && s.setWeight > 0)",
+                    "message": "strategy.steps needs at least one setWeight above 0, or the canary never gets traffic",
+                    "fieldPath": ".steps",
+                },
+            ]
+        }
+    )
+
+
+class MinSampleSize(ApiModel):
+    query: Annotated[str, Field(min_length=1, max_length=4096, description="PromQL giving the number of samples behind the measurement.")]
+    minimum: Annotated[int, Field(ge=1)]
+
+
+class Metric(ApiModel):
+    """A PromQL measurement and the verdict on it."""
+
+    name: Name
+    query: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=4096,
+            description="PromQL returning one number. {{canary}}, {{stable}} and {{namespace}} are replaced before the query runs.",
+        ),
+    ]
+    successCondition: AnalysisCondition | None = None
+    failureCondition: AnalysisCondition | None = None
+    interval: Duration = "30s"
+    count: Annotated[int, Field(ge=1, le=1000, description="Measurements to take.")] = 3
+    failureLimit: Annotated[int, Field(ge=0, le=1000, description="Failed measurements tolerated before the analysis fails.")] = 0
+    inconclusiveLimit: Annotated[int, Field(ge=0, le=1000, description="Errors (e.g. Prometheus unreachable) tolerated.")] = 2
+    minSampleSize: MinSampleSize | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.successCondition) || has(self.failureCondition)",
+                    "message": "an analysis metric needs successCondition, failureCondition or both (e.g. 'result < 0.01')",
+                },
+                {
+                    "rule": "self.failureLimit < self.count",
+                    "message": "analysis metric failureLimit must be smaller than count, or it can never fail",
+                    "fieldPath": ".failureLimit",
+                },
+            ]
+        }
+    )
+
+
+class Analysis(ApiModel):
+    prometheusAddress: Annotated[str, Field(pattern=r"^https?://", max_length=2048, description="Defaults to the operator's --prometheus-url.")] | None = None
+    metrics: Annotated[list[Metric], Field(max_length=32)] = Field(default_factory=list)
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.metrics.all(m, self.metrics.exists_one(n, n.name == m.name))",
+                    "message": "analysis.metrics names must be unique",
+                    "fieldPath": ".metrics",
+                }
+            ]
+        }
+    )
+
+
+class LabelMatcher(ApiModel):
+    name: Annotated[str, Field(pattern=LABEL_NAME_PATTERN, max_length=128)]
+    op: Literal["=", "!=", "=~", "!~"] = "="
+    value: Annotated[str, Field(max_length=1024)]
+
+
+class AlertRollback(ApiModel):
+    """Roll back at once when a firing Alertmanager alert matches all matchers."""
+
+    matchers: Annotated[list[LabelMatcher], Field(min_length=1, max_length=16)]
+
+
+class RollbackPolicy(ApiModel):
+    onAnalysisFailure: bool = True
+    alerts: AlertRollback | None = None
+
+
+class GatewayParentRef(ApiModel):
+    name: Name
+    namespace: Name | None = None
+    sectionName: Name | None = None
+
+
+class GatewayAPIRouting(ApiModel):
+    httpRouteName: Name | None = Field(None, description="HTTPRoute the operator owns; defaults to the Rollout's name.")
+    parentRefs: Annotated[list[GatewayParentRef], Field(min_length=1, max_length=8)]
+    hostnames: Annotated[list[Annotated[str, Field(max_length=253)]], Field(max_length=16)] = Field(default_factory=list)
+
+
+class IstioRouting(ApiModel):
+    virtualServiceName: Name | None = None
+    hosts: Annotated[list[Annotated[str, Field(max_length=253)]], Field(min_length=1, max_length=16)]
+    gateways: Annotated[list[Annotated[str, Field(max_length=253)]], Field(max_length=16)] = Field(default_factory=list)
+
+
+class TrafficRouting(ApiModel):
+    provider: Literal["gatewayAPI", "istio", "kserve"] = "gatewayAPI"
+    gatewayAPI: GatewayAPIRouting | None = None
+    istio: IstioRouting | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.provider != 'gatewayAPI' || has(self.gatewayAPI)",
+                    "message": "trafficRouting.gatewayAPI (parentRefs) is required when provider is gatewayAPI",
+                    "fieldPath": ".gatewayAPI",
+                },
+                {
+                    "rule": "self.provider != 'istio' || has(self.istio)",
+                    "message": "trafficRouting.istio (hosts) is required when provider is istio",
+                    "fieldPath": ".istio",
+                },
+                {
+                    "rule": "self.provider == 'gatewayAPI' || !has(self.gatewayAPI)",
+                    "message": "trafficRouting.gatewayAPI is set but provider is not gatewayAPI",
+                    "fieldPath": ".gatewayAPI",
+                },
+                {
+                    "rule": "self.provider == 'istio' || !has(self.istio)",
+                    "message": "trafficRouting.istio is set but provider is not istio",
+                    "fieldPath": ".istio",
+                },
+            ]
+        }
+    )
+
+
+class RolloutSpec(ApiModel):
+    model: ServeTarget
+    serving: Serving = Field(default_factory=Serving)
+    strategy: Strategy
+    analysis: Analysis = Field(default_factory=Analysis)
+    rollback: RollbackPolicy = Field(default_factory=RollbackPolicy)
+    trafficRouting: TrafficRouting
+    paused: bool = Field(False, description="Hold at the current step until set back to false.")
+    progressDeadline: Duration = "30m"
+    revisionHistoryLimit: Annotated[int, Field(ge=1, le=100)] = 10
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.strategy.shadow) || self.trafficRouting.provider != 'kserve'",
+                    "message": "provider kserve cannot mirror traffic: remove strategy.shadow or use trafficRouting.provider gatewayAPI or istio",
+                    "fieldPath": ".strategy.shadow",
+                },
+                {
+                    "rule": "self.strategy.steps.all(s, !has(s.analysis) || s.analysis.metrics.all(m, self.analysis.metrics.exists(d, d.name == m)))",
+                    "message": "a strategy.steps[].analysis names a metric that is not defined in analysis.metrics",
+                    "fieldPath": ".strategy.steps",
+                },
+                {
+                    "rule": "!has(self.strategy.shadow) || self.strategy.shadow.analysis.all(m, self.analysis.metrics.exists(d, d.name == m))",
+                    "message": "strategy.shadow.analysis names a metric that is not defined in analysis.metrics",
+                    "fieldPath": ".strategy.shadow.analysis",
+                },
+            ]
+        }
+    )
+
+
+class MeasurementResult(ApiModel):
+    metric: Name
+    phase: Literal["Running", "Successful", "Failed", "Error", "Inconclusive"]
+    value: float | None = None
+    message: Message = ""
+    measuredAt: Timestamp | None = None
+    successes: Annotated[int, Field(ge=0)] = 0
+    failures: Annotated[int, Field(ge=0)] = 0
+    errors: Annotated[int, Field(ge=0)] = 0
+
+
+class HistoryEntry(ApiModel):
+    revision: Annotated[int, Field(ge=1)]
+    foundationModelVersion: ModelVersion
+    adapters: Annotated[list[ShortText], Field(max_length=32)] = Field(default_factory=list)
+    outcome: Literal["Promoted", "RolledBack", "Failed", "Superseded"]
+    reason: Message = ""
+    startedAt: Timestamp | None = None
+    finishedAt: Timestamp | None = None
+
+
+class RolloutStatus(ApiModel):
+    phase: Literal["Pending", "Progressing", "Paused", "Promoted", "RolledBack", "Failed"] = "Pending"
+    observedGeneration: Annotated[int, Field(ge=0)] | None = None
+    conditions: Annotated[list[Condition], Field(max_length=16)] = Field(default_factory=list)
+    revision: Annotated[int, Field(ge=0)] = 0
+    currentStepIndex: Annotated[int, Field(ge=-1, description="-1 while shadowing; len(steps) once promoted.")] | None = None
+    currentStepStartedAt: Timestamp | None = None
+    stableVersion: ShortText | None = None
+    canaryVersion: ShortText | None = None
+    stableWeight: Annotated[int, Field(ge=0, le=100)] = 100
+    canaryWeight: Annotated[int, Field(ge=0, le=100)] = 0
+    mirrorPercent: Annotated[int, Field(ge=0, le=100)] = 0
+    lastAnalysis: Annotated[list[MeasurementResult], Field(max_length=32)] = Field(default_factory=list)
+    rollbackReason: Message | None = None
+    history: Annotated[list[HistoryEntry], Field(max_length=100)] = Field(default_factory=list)
+    message: Message = ""
+
+
+class Rollout(CustomResource):
+    """Serves a FoundationModel version with adapters through stable/canary InferenceServices."""
+
+    info: ClassVar[KindInfo] = KindInfo(
+        kind="Rollout",
+        plural="rollouts",
+        singular="rollout",
+        shortNames=["fmro"],
+        printerColumns=[
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Step", "type": "integer", "jsonPath": ".status.currentStepIndex"},
+            {"name": "Weight", "type": "integer", "jsonPath": ".status.canaryWeight", "description": "Percent of traffic on the canary"},
+            {"name": "Stable", "type": "string", "jsonPath": ".status.stableVersion"},
+            {"name": "Canary", "type": "string", "jsonPath": ".status.canaryVersion"},
+            {"name": "Mirror", "type": "integer", "jsonPath": ".status.mirrorPercent", "priority": 1},
+            {"name": "Provider", "type": "string", "jsonPath": ".spec.trafficRouting.provider", "priority": 1},
+            {"name": "Reason", "type": "string", "jsonPath": ".status.rollbackReason", "priority": 1},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+    )
+
+    kind: Literal["Rollout"] = "Rollout"
+    spec: RolloutSpec
+    status: RolloutStatus | None = None

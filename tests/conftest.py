@@ -1,0 +1,33 @@
+"""Shared fixtures. Integration fixtures start the real control plane once per test session."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+
+
+def load_example(name: str) -> dict[str, Any]:
+    return copy.deepcopy(yaml.safe_load((EXAMPLES / name).read_text()))
+
+
+@pytest.fixture
+def examples() -> dict[str, dict[str, Any]]:
+    return {p.name: load_example(p.name) for p in sorted(EXAMPLES.glob("*.yaml"))}
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """etcd + kube-apiserver + kube-controller-manager on 127.0.0.1, with all CRDs installed."""
+    from fmop.localcluster import LocalCluster
+
+    with LocalCluster(workdir=tmp_path_factory.mktemp("cluster")) as c:
+        c.install_crds()
+        yield c

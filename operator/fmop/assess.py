@@ -1,0 +1,153 @@
+"""What the operator concludes about each object, as pure functions of (object, observations).
+
+No I/O here: handlers read the objects an assessment needs, call these functions and patch the
+result once. That keeps every verdict testable without a cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from fmop.api import FoundationModel, Rollout, TaskAdapter
+from fmop.conditions import Cond
+
+ACCEPTED, RESOLVED, READY = "Accepted", "ResolvedRefs", "Ready"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The status an object should have: its phase, the conditions the operator owns, a summary."""
+
+    phase: str
+    conditions: list[Cond]
+    message: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _ref(obj: dict[str, Any]) -> str:
+    meta = obj.get("metadata", {})
+    return f"{obj.get('kind', '?')} {meta.get('namespace', '?')}/{meta.get('name', '?')}"
+
+
+def _invalid(obj: dict[str, Any], err: ValidationError) -> Verdict:
+    """A stored object the current types reject (e.g. the CRD in the cluster is older than the operator)."""
+    first = err.errors()[0]
+    path = ".".join(str(p) for p in first["loc"])
+    msg = f"{_ref(obj)}: {path}: {first['msg']}; fix the field, or upgrade the CRDs to match this operator (make crds / helm upgrade)"
+    return Verdict("Failed", [Cond(ACCEPTED, "False", "InvalidSpec", msg), Cond(READY, "False", "InvalidSpec", msg)], msg)
+
+
+def _versions(fm: dict[str, Any] | None) -> list[str]:
+    return [v.get("version", "") for v in ((fm or {}).get("status") or {}).get("versions", [])]
+
+
+def assess_foundation_model(obj: dict[str, Any]) -> Verdict:
+    try:
+        fm = FoundationModel.model_validate(_essence(obj))
+    except ValidationError as err:
+        return _invalid(obj, err)
+    spec = fm.spec
+    problems: list[str] = []
+    context = set(spec.data.featureSchema.contextFields)
+    for f in ("device", "page", "locale"):
+        if f in spec.architecture.eventFields and f not in context:
+            problems.append(
+                f"spec.architecture.eventFields lists {f} but spec.data.featureSchema.contextFields does not; "
+                f"add {f} to contextFields or remove it from eventFields"
+            )
+    if "genre" in {o.type for o in spec.objectives} and spec.data.source in ("parquet", "csv") and not spec.data.itemMetadataUri:
+        problems.append("objective genre needs item metadata: set spec.data.itemMetadataUri or drop the genre objective")
+    if problems:
+        msg = "; ".join(problems)
+        return Verdict("Failed", [Cond(ACCEPTED, "False", "InvalidSpec", msg), Cond(READY, "False", "InvalidSpec", msg)], msg)
+
+    versions = _versions(obj)
+    accepted = Cond(ACCEPTED, "True", "SpecValid", "spec is valid")
+    if versions:
+        latest = (obj.get("status") or {}).get("latestVersion") or versions[-1]
+        return Verdict("Ready", [accepted, Cond(READY, "True", "VersionAvailable", f"version {latest} is available")], f"latest version {latest}")
+    msg = "no trained version yet; versions appear in status.versions once a training Workflow succeeds"
+    return Verdict("Pending", [accepted, Cond(READY, "False", "NoVersion", msg)], msg)
+
+
+def assess_task_adapter(obj: dict[str, Any], fm: dict[str, Any] | None) -> Verdict:
+    try:
+        ta = TaskAdapter.model_validate(_essence(obj))
+    except ValidationError as err:
+        return _invalid(obj, err)
+    ref = ta.spec.foundationModel
+    ns = obj.get("metadata", {}).get("namespace", "?")
+    accepted = Cond(ACCEPTED, "True", "SpecValid", "spec is valid")
+    if fm is None:
+        msg = f"spec.foundationModel.name: FoundationModel {ns}/{ref.name} does not exist; create it or fix the name"
+        return Verdict("Pending", [accepted, Cond(RESOLVED, "False", "FoundationModelNotFound", msg), Cond(READY, "False", "FoundationModelNotFound", msg)], msg)
+    known = _versions(fm)
+    if ref.versionPolicy == "Pinned" and ref.version not in known:
+        msg = (f"spec.foundationModel.version: FoundationModel {ns}/{ref.name} has no version {ref.version} "
+               f"(known: {', '.join(known) or 'none yet'}); pick a listed version or wait for training")
+        return Verdict("Pending", [accepted, Cond(RESOLVED, "False", "VersionNotFound", msg), Cond(READY, "False", "VersionNotFound", msg)], msg)
+    if not known:
+        msg = f"waiting for FoundationModel {ns}/{ref.name} to finish its first version"
+        return Verdict("Pending", [accepted, Cond(RESOLVED, "False", "FoundationModelNotReady", msg), Cond(READY, "False", "FoundationModelNotReady", msg)], msg)
+    base = ref.version if ref.versionPolicy == "Pinned" else ((fm.get("status") or {}).get("latestVersion") or known[-1])
+    resolved = Cond(RESOLVED, "True", "Resolved", f"base FoundationModel {ref.name} {base}")
+    own = [v for v in ((obj.get("status") or {}).get("versions") or []) if v.get("foundationModelVersion") == base]
+    if own:
+        return Verdict("Ready", [accepted, resolved, Cond(READY, "True", "VersionAvailable", f"adapter {own[-1]['version']} on {base}")], "", {"baseVersion": base})
+    msg = f"no adapter version trained on {ref.name} {base} yet"
+    return Verdict("Pending", [accepted, resolved, Cond(READY, "False", "NoVersion", msg)], msg, {"baseVersion": base})
+
+
+def assess_rollout(obj: dict[str, Any], fm: dict[str, Any] | None, adapters: dict[str, dict[str, Any] | None]) -> Verdict:
+    try:
+        ro = Rollout.model_validate(_essence(obj))
+    except ValidationError as err:
+        return _invalid(obj, err)
+    ns = obj.get("metadata", {}).get("namespace", "?")
+    target = ro.spec.model.foundationModel
+
+    # Things the schema cannot see: adapters must be trained on the FoundationModel being served.
+    wrong_base = [
+        f"spec.model.adapters: TaskAdapter {a.name} is trained on FoundationModel {body['spec']['foundationModel']['name']}, "
+        f"not {target.name}; remove it or serve its FoundationModel"
+        for a in ro.spec.model.adapters
+        if (body := adapters.get(a.name)) is not None and body["spec"]["foundationModel"]["name"] != target.name
+    ]
+    if wrong_base:
+        msg = "; ".join(wrong_base)
+        return Verdict("Failed", [Cond(ACCEPTED, "False", "InvalidSpec", msg), Cond(READY, "False", "InvalidSpec", msg)], msg)
+    accepted = Cond(ACCEPTED, "True", "SpecValid", "spec is valid")
+
+    missing: list[tuple[str, str]] = []
+    if fm is None:
+        missing.append(("FoundationModelNotFound", f"spec.model.foundationModel.name: FoundationModel {ns}/{target.name} does not exist; create it or fix the name"))
+    elif target.version not in (known := _versions(fm)):
+        missing.append(("VersionNotFound", f"spec.model.foundationModel.version: FoundationModel {ns}/{target.name} has no version {target.version} "
+                                            f"(known: {', '.join(known) or 'none yet'}); pick a listed version or wait for training"))
+    for i, a in enumerate(ro.spec.model.adapters):
+        body = adapters.get(a.name)
+        if body is None:
+            missing.append(("AdapterNotFound", f"spec.model.adapters[{i}].name: TaskAdapter {ns}/{a.name} does not exist; create it or remove it from the list"))
+            continue
+        valid = [v for v in ((body.get("status") or {}).get("versions") or []) if v.get("foundationModelVersion") == target.version]
+        names = [v.get("version") for v in valid]
+        if (a.version and a.version not in names) or not valid:
+            want = f"version {a.version}" if a.version else "version"
+            missing.append(("AdapterVersionNotFound", f"spec.model.adapters[{i}]: TaskAdapter {ns}/{a.name} has no {want} trained on "
+                                                      f"{target.name} {target.version} (valid: {', '.join(names) or 'none yet'}); "
+                                                      "wait for it to train or serve another FoundationModel version"))
+    if missing:
+        reason = missing[0][0]
+        msg = "; ".join(m for _, m in missing)
+        return Verdict("Pending", [accepted, Cond(RESOLVED, "False", reason, msg), Cond(READY, "False", reason, msg)], msg)
+    resolved = Cond(RESOLVED, "True", "Resolved", f"serving {target.name} {target.version} with {len(ro.spec.model.adapters)} adapter(s)")
+    msg = "references resolved; waiting for the rollout engine to create the InferenceServices"
+    return Verdict("Pending", [accepted, resolved, Cond(READY, "False", "NotServing", msg)], msg)
+
+
+def _essence(obj: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a stored object the API types describe (metadata kept opaque)."""
+    return {k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec", "status") if k in obj and obj[k] is not None}

@@ -1,0 +1,69 @@
+"""Operator configuration: command-line flags, each with an FMOP_* environment default."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Config:
+    namespaces: tuple[str, ...] = ()
+    metrics_port: int = 9090
+    health_port: int = 8080
+    bind_address: str = "0.0.0.0"
+    resync_seconds: float = 30.0
+    log_format: str = "json"
+    verbose: bool = False
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"FMOP_{name}", default)
+
+
+def parser() -> argparse.ArgumentParser:
+    d = Config()
+    p = argparse.ArgumentParser(prog="fm-operator", description="Reconciles FoundationModel, TaskAdapter and Rollout objects.")
+    p.add_argument("--namespaces", default=_env("NAMESPACES", ""),
+                   help="comma-separated namespaces to watch; empty watches the whole cluster (env FMOP_NAMESPACES)")
+    p.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", str(d.metrics_port))),
+                   help="Prometheus metrics port, 0 disables (env FMOP_METRICS_PORT; default %(default)s)")
+    p.add_argument("--health-port", type=int, default=int(_env("HEALTH_PORT", str(d.health_port))),
+                   help="liveness endpoint /healthz port, 0 disables (env FMOP_HEALTH_PORT; default %(default)s)")
+    p.add_argument("--bind-address", default=_env("BIND_ADDRESS", d.bind_address),
+                   help="address the metrics and health servers listen on (env FMOP_BIND_ADDRESS; default %(default)s)")
+    p.add_argument("--resync-seconds", type=float, default=float(_env("RESYNC_SECONDS", str(d.resync_seconds))),
+                   help="how often references are re-checked (env FMOP_RESYNC_SECONDS; default %(default)s)")
+    p.add_argument("--log-format", choices=["json", "plain", "full"], default=_env("LOG_FORMAT", d.log_format),
+                   help="log format (env FMOP_LOG_FORMAT; default %(default)s)")
+    p.add_argument("--verbose", action="store_true", default=_env("VERBOSE", "") not in ("", "0", "false"),
+                   help="debug logging (env FMOP_VERBOSE)")
+    p.add_argument("--prometheus-url", default=_env("PROMETHEUS_URL", d.prometheus_url),
+                   help="default Prometheus for Rollout analysis (env FMOP_PROMETHEUS_URL; default %(default)s)")
+    return p
+
+
+def from_args(argv: list[str] | None = None) -> Config:
+    a = parser().parse_args(argv)
+    for port_name in ("metrics_port", "health_port"):
+        port = getattr(a, port_name)
+        if not 0 <= port <= 65535:
+            parser().error(f"--{port_name.replace('_', '-')} must be between 0 and 65535, got {port}")
+    if a.resync_seconds <= 0:
+        parser().error(f"--resync-seconds must be positive, got {a.resync_seconds}")
+    return Config(
+        namespaces=tuple(n.strip() for n in a.namespaces.split(",") if n.strip()),
+        metrics_port=a.metrics_port,
+        health_port=a.health_port,
+        bind_address=a.bind_address,
+        resync_seconds=a.resync_seconds,
+        log_format=a.log_format,
+        verbose=a.verbose,
+        prometheus_url=a.prometheus_url,
+    )

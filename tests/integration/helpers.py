@@ -1,0 +1,109 @@
+"""Helpers for integration tests: waiting, and running the operator as a real process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kubernetes import client
+
+GROUP, VERSION = "fmops.dev", "v1alpha1"
+T = TypeVar("T")
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float = 60.0, what: str = "condition", interval: float = 0.25) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(api: Any, plural: str, namespace: str, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+    return obj
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == type_), None)
+
+
+def wait_condition(api: Any, plural: str, namespace: str, name: str, type_: str, status: str,
+                   reason: str | None = None, timeout: float = 60.0) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        c = condition(get(api, plural, namespace, name), type_)
+        if c and c["status"] == status and (reason is None or c["reason"] == reason):
+            return c
+        return None
+    return wait_for(probe, timeout, f"{plural}/{name} condition {type_}={status} ({reason})")
+
+
+class OperatorProcess:
+    """`python -m fmop` as a subprocess, logged to a file, with its metrics and health ports."""
+
+    def __init__(self, kubeconfig: Path, log: Path, resync: float = 1.0) -> None:
+        self.kubeconfig, self.log_path = kubeconfig, log
+        self.metrics_port, self.health_port = free_port(), free_port()
+        self.resync = resync
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        argv = [sys.executable, "-m", "fmop", "--log-format=plain", f"--resync-seconds={self.resync}",
+                f"--metrics-port={self.metrics_port}", f"--health-port={self.health_port}", "--bind-address=127.0.0.1"]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self._healthy, 60, f"operator /healthz (log: {self.log_path})")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@contextmanager
+def running_operator(kubeconfig: Path, log: Path, resync: float = 1.0) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(kubeconfig, log, resync).start()
+    try:
+        yield op
+    finally:
+        op.stop()

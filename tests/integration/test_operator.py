@@ -1,0 +1,153 @@
+"""The operator, as a real process, against the real control plane."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.conftest import load_example
+from tests.integration.helpers import (
+    GROUP,
+    VERSION,
+    OperatorProcess,
+    condition,
+    get,
+    running_operator,
+    wait_condition,
+    wait_for,
+)
+
+PLURALS = {"FoundationModel": "foundationmodels", "TaskAdapter": "taskadapters", "Rollout": "rollouts"}
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    with running_operator(cluster.kubeconfig_path, tmp_path_factory.mktemp("op") / "operator.log") as op:
+        yield op
+
+
+def apply(api: Any, namespace: str, obj: dict[str, Any]) -> dict[str, Any]:
+    created: dict[str, Any] = client.CustomObjectsApi(api).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURALS[obj["kind"]], obj)
+    return created
+
+
+def patch_status(api: Any, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Write status the way the training controller will when a Workflow finishes."""
+    client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, plural, name, {"status": status})
+
+
+def events_for(api: Any, namespace: str, name: str) -> list[Any]:
+    items = client.CoreV1Api(api).list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+    return list(items)
+
+
+def test_operator_sets_conditions_and_events_on_examples(api: Any, namespace: str, operator: OperatorProcess) -> None:
+    for name in ("foundationmodel.yaml", "taskadapter.yaml", "rollout.yaml"):
+        apply(api, namespace, load_example(name))
+
+    fm = wait_condition(api, "foundationmodels", namespace, "movielens", "Ready", "False", "NoVersion")
+    assert "no trained version yet" in fm["message"]
+    wait_condition(api, "foundationmodels", namespace, "movielens", "Accepted", "True", "SpecValid")
+    wait_condition(api, "taskadapters", namespace, "region-jp", "ResolvedRefs", "False", "FoundationModelNotReady")
+    ro = wait_condition(api, "rollouts", namespace, "recommender", "ResolvedRefs", "False", "VersionNotFound")
+    assert "spec.model.foundationModel.version" in ro["message"] and "has no version v1" in ro["message"]
+
+    obj = get(api, "rollouts", namespace, "recommender")
+    assert obj["status"]["phase"] == "Pending"
+    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+    # Events are posted for each object, with the condition's reason.
+    reasons = wait_for(lambda: {e.reason for e in events_for(api, namespace, "recommender")} >= {"SpecValid", "VersionNotFound"} or None,
+                       30, "Events on the Rollout")
+    assert reasons
+
+
+def test_references_resolve_when_versions_appear(api: Any, namespace: str, operator: OperatorProcess) -> None:
+    for name in ("foundationmodel.yaml", "taskadapter.yaml", "rollout.yaml"):
+        apply(api, namespace, load_example(name))
+    wait_condition(api, "rollouts", namespace, "recommender", "ResolvedRefs", "False", "VersionNotFound")
+
+    patch_status(api, "foundationmodels", namespace, "movielens", {
+        "latestVersion": "v1",
+        "versions": [{"version": "v1", "artifactUri": "s3://models/foundation/movielens/v1/", "metrics": {"ndcg@10": 0.1}}],
+    })
+    wait_condition(api, "foundationmodels", namespace, "movielens", "Ready", "True", "VersionAvailable")
+    wait_condition(api, "taskadapters", namespace, "region-jp", "ResolvedRefs", "True")
+    assert wait_for(lambda: get(api, "taskadapters", namespace, "region-jp")["status"].get("baseVersion"), 30) == "v1"
+    # The FM is there, the adapter has no version for v1 yet: the Rollout says exactly that.
+    ro = wait_condition(api, "rollouts", namespace, "recommender", "ResolvedRefs", "False", "AdapterVersionNotFound")
+    assert "spec.model.adapters[0]" in ro["message"]
+
+    patch_status(api, "taskadapters", namespace, "region-jp", {
+        "latestVersion": "v1",
+        "versions": [{"version": "v1", "foundationModelVersion": "v1", "artifactUri": "s3://models/adapters/region-jp/v1/"}],
+    })
+    wait_condition(api, "rollouts", namespace, "recommender", "ResolvedRefs", "True", "Resolved")
+    wait_condition(api, "taskadapters", namespace, "region-jp", "Ready", "True", "VersionAvailable")
+
+
+def test_missing_foundation_model_is_named(api: Any, namespace: str, operator: OperatorProcess) -> None:
+    ta = load_example("taskadapter.yaml")
+    ta["spec"]["foundationModel"]["name"] = "does-not-exist"
+    apply(api, namespace, ta)
+    c = wait_condition(api, "taskadapters", namespace, "region-jp", "ResolvedRefs", "False", "FoundationModelNotFound")
+    assert f"FoundationModel {namespace}/does-not-exist does not exist" in c["message"]
+    assert "spec.foundationModel.name" in c["message"]
+
+
+def test_rollout_rejects_adapter_trained_on_another_model(api: Any, namespace: str, operator: OperatorProcess) -> None:
+    apply(api, namespace, load_example("foundationmodel.yaml"))
+    other = load_example("foundationmodel.yaml")
+    other["metadata"]["name"] = "other"
+    apply(api, namespace, other)
+    ta = load_example("taskadapter.yaml")
+    ta["spec"]["foundationModel"]["name"] = "other"
+    apply(api, namespace, ta)
+    apply(api, namespace, load_example("rollout.yaml"))
+    c = wait_condition(api, "rollouts", namespace, "recommender", "Accepted", "False", "InvalidSpec")
+    assert "TaskAdapter region-jp is trained on FoundationModel other, not movielens" in c["message"]
+    assert get(api, "rollouts", namespace, "recommender")["status"]["phase"] == "Failed"
+
+
+def test_nothing_is_written_when_nothing_changes(api: Any, namespace: str, operator: OperatorProcess) -> None:
+    apply(api, namespace, load_example("foundationmodel.yaml"))
+    wait_condition(api, "foundationmodels", namespace, "movielens", "Ready", "False", "NoVersion")
+    before = get(api, "foundationmodels", namespace, "movielens")
+    time.sleep(4 * operator.resync)  # several resync ticks
+    after = get(api, "foundationmodels", namespace, "movielens")
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+
+
+def test_metrics_count_reconciles(api: Any, namespace: str, operator: OperatorProcess) -> None:
+    apply(api, namespace, load_example("foundationmodel.yaml"))
+    wait_condition(api, "foundationmodels", namespace, "movielens", "Accepted", "True")
+
+    def count() -> float | None:
+        m = re.search(r'^fmop_reconcile_total\{kind="FoundationModel",result="changed"\} ([0-9.]+)$', operator.metrics(), re.M)
+        return float(m.group(1)) if m and float(m.group(1)) >= 1 else None
+
+    assert wait_for(count, 30, "reconcile counter") >= 1
+    assert "fmop_reconcile_duration_seconds_bucket" in operator.metrics()
+
+
+def test_garbage_collector_cascades_owned_objects(api: Any, namespace: str) -> None:
+    """Objects the operator will own (Workflows, InferenceServices, routes) go when their owner goes:
+    the real kube-controller-manager's garbage collector runs in the local control plane."""
+    fm = apply(api, namespace, load_example("foundationmodel.yaml"))
+    core = client.CoreV1Api(api)
+    owner = client.V1OwnerReference(api_version=f"{GROUP}/{VERSION}", kind="FoundationModel", name=fm["metadata"]["name"],
+                                    uid=fm["metadata"]["uid"], controller=True, block_owner_deletion=True)
+    core.create_namespaced_config_map(namespace, client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name="owned", owner_references=[owner]), data={"k": "v"}))
+    client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, "foundationmodels", "movielens")
+
+    def gone() -> bool:
+        return not [c for c in core.list_namespaced_config_map(namespace).items if c.metadata.name == "owned"]
+
+    wait_for(gone, 60, "garbage collection of the owned ConfigMap")

@@ -1,0 +1,108 @@
+"""Verdicts for each kind, case by case, without a cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fmop.assess import assess_foundation_model, assess_rollout, assess_task_adapter
+from tests.conftest import load_example
+
+
+def _ns(obj: dict[str, Any]) -> dict[str, Any]:
+    obj["metadata"]["namespace"] = "ns"
+    return obj
+
+
+def fm(versions: tuple[str, ...] = ()) -> dict[str, Any]:
+    obj = _ns(load_example("foundationmodel.yaml"))
+    if versions:
+        obj["status"] = {"latestVersion": versions[-1], "versions": [{"version": v, "artifactUri": f"s3://m/{v}"} for v in versions]}
+    return obj
+
+
+def ta(adapter_versions: tuple[tuple[str, str], ...] = (), **ref: Any) -> dict[str, Any]:
+    obj = _ns(load_example("taskadapter.yaml"))
+    obj["spec"]["foundationModel"].update(ref)
+    if adapter_versions:
+        obj["status"] = {"versions": [{"version": v, "foundationModelVersion": b, "artifactUri": "s3://a"} for v, b in adapter_versions]}
+    return obj
+
+
+def conds(verdict: Any) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in verdict.conditions}
+
+
+def test_fm_without_versions_is_pending() -> None:
+    v = assess_foundation_model(fm())
+    assert v.phase == "Pending" and conds(v)["Ready"] == ("False", "NoVersion")
+
+
+def test_fm_with_version_is_ready() -> None:
+    v = assess_foundation_model(fm(("v1", "v2")))
+    assert v.phase == "Ready" and conds(v)["Ready"] == ("True", "VersionAvailable") and "v2" in v.message
+
+
+def test_fm_context_event_field_needs_context_column() -> None:
+    obj = fm()
+    obj["spec"]["architecture"]["eventFields"] = ["item", "device"]
+    v = assess_foundation_model(obj)
+    assert v.phase == "Failed" and conds(v)["Accepted"] == ("False", "InvalidSpec")
+    assert "spec.data.featureSchema.contextFields" in v.message
+
+
+def test_fm_spec_the_types_reject_is_reported_not_raised() -> None:
+    obj = fm()
+    obj["spec"]["architecture"]["layers"] = "two"
+    v = assess_foundation_model(obj)
+    assert v.phase == "Failed" and "spec.architecture.layers" in v.message and "upgrade the CRDs" in v.message
+
+
+@pytest.mark.parametrize(
+    ("adapter", "model", "phase", "resolved", "ready"),
+    [
+        pytest.param(ta(), None, "Pending", ("False", "FoundationModelNotFound"), ("False", "FoundationModelNotFound"), id="fm-missing"),
+        pytest.param(ta(), fm(), "Pending", ("False", "FoundationModelNotReady"), ("False", "FoundationModelNotReady"), id="fm-untrained"),
+        pytest.param(ta(version="v3", versionPolicy="Pinned"), fm(("v1",)), "Pending", ("False", "VersionNotFound"), ("False", "VersionNotFound"), id="pinned-unknown"),
+        pytest.param(ta(version="v1", versionPolicy="Pinned"), fm(("v1", "v2")), "Pending", ("True", "Resolved"), ("False", "NoVersion"), id="pinned-known-untrained"),
+        pytest.param(ta((("v1", "v2"),)), fm(("v1", "v2")), "Ready", ("True", "Resolved"), ("True", "VersionAvailable"), id="follow-latest-trained"),
+        pytest.param(ta((("v1", "v1"),)), fm(("v1", "v2")), "Pending", ("True", "Resolved"), ("False", "NoVersion"), id="follow-latest-stale"),
+    ],
+)
+def test_task_adapter(adapter: dict[str, Any], model: dict[str, Any] | None, phase: str, resolved: tuple[str, str], ready: tuple[str, str]) -> None:
+    v = assess_task_adapter(adapter, model)
+    assert v.phase == phase
+    assert conds(v)["ResolvedRefs"] == resolved
+    assert conds(v)["Ready"] == ready
+
+
+def test_task_adapter_pinned_unknown_lists_known_versions() -> None:
+    v = assess_task_adapter(ta(version="v3", versionPolicy="Pinned"), fm(("v1", "v2")))
+    assert "known: v1, v2" in v.message and "spec.foundationModel.version" in v.message
+
+
+def test_rollout_missing_everything_names_each_field() -> None:
+    v = assess_rollout(_ns(load_example("rollout.yaml")), None, {"region-jp": None})
+    assert conds(v)["ResolvedRefs"] == ("False", "FoundationModelNotFound")
+    assert "spec.model.foundationModel.name" in v.message and "spec.model.adapters[0].name" in v.message
+
+
+def test_rollout_resolves_when_fm_and_adapter_versions_exist() -> None:
+    v = assess_rollout(_ns(load_example("rollout.yaml")), fm(("v1",)), {"region-jp": ta((("v1", "v1"),))})
+    assert conds(v)["ResolvedRefs"] == ("True", "Resolved") and conds(v)["Accepted"][0] == "True"
+
+
+def test_rollout_pinned_adapter_version_must_match_fm_version() -> None:
+    ro = _ns(load_example("rollout.yaml"))
+    ro["spec"]["model"]["adapters"][0]["version"] = "v2"
+    v = assess_rollout(ro, fm(("v1",)), {"region-jp": ta((("v1", "v1"),))})
+    assert conds(v)["ResolvedRefs"] == ("False", "AdapterVersionNotFound")
+    assert "has no version v2 trained on movielens v1 (valid: v1)" in v.message
+
+
+def test_rollout_adapter_of_other_model_is_invalid() -> None:
+    other = ta()
+    other["spec"]["foundationModel"]["name"] = "other"
+    v = assess_rollout(_ns(load_example("rollout.yaml")), fm(("v1",)), {"region-jp": other})
+    assert v.phase == "Failed" and conds(v)["Accepted"] == ("False", "InvalidSpec")

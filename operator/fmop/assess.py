@@ -37,7 +37,19 @@ def _invalid(obj: dict[str, Any], err: ValidationError) -> Verdict:
     first = err.errors()[0]
     path = ".".join(str(p) for p in first["loc"])
     msg = f"{_ref(obj)}: {path}: {first['msg']}; fix the field, or upgrade the CRDs to match this operator (make crds / helm upgrade)"
-    return Verdict("Failed", [Cond(ACCEPTED, "False", "InvalidSpec", msg), Cond(READY, "False", "InvalidSpec", msg)], msg)
+    return _rejected(msg)
+
+
+def _rejected(msg: str) -> Verdict:
+    """The spec is wrong in a way only the operator can see: Accepted=False says where and how to fix it."""
+    return Verdict("Failed", [Cond(ACCEPTED, "False", "InvalidSpec", msg),
+                              Cond(READY, "False", "InvalidSpec", "see condition Accepted: InvalidSpec")], msg)
+
+
+def _blocked(accepted: Cond, type_: str, reason: str, msg: str) -> Verdict:
+    """Not ready because of condition `type_`; Ready points at it instead of repeating the message."""
+    return Verdict("Pending", [accepted, Cond(type_, "False", reason, msg),
+                               Cond(READY, "False", reason, f"see condition {type_}: {reason}")], msg)
 
 
 def _versions(fm: dict[str, Any] | None) -> list[str]:
@@ -62,7 +74,7 @@ def assess_foundation_model(obj: dict[str, Any]) -> Verdict:
         problems.append("objective genre needs item metadata: set spec.data.itemMetadataUri or drop the genre objective")
     if problems:
         msg = "; ".join(problems)
-        return Verdict("Failed", [Cond(ACCEPTED, "False", "InvalidSpec", msg), Cond(READY, "False", "InvalidSpec", msg)], msg)
+        return _rejected(msg)
 
     versions = _versions(obj)
     accepted = Cond(ACCEPTED, "True", "SpecValid", "spec is valid")
@@ -83,15 +95,15 @@ def assess_task_adapter(obj: dict[str, Any], fm: dict[str, Any] | None) -> Verdi
     accepted = Cond(ACCEPTED, "True", "SpecValid", "spec is valid")
     if fm is None:
         msg = f"spec.foundationModel.name: FoundationModel {ns}/{ref.name} does not exist; create it or fix the name"
-        return Verdict("Pending", [accepted, Cond(RESOLVED, "False", "FoundationModelNotFound", msg), Cond(READY, "False", "FoundationModelNotFound", msg)], msg)
+        return _blocked(accepted, RESOLVED, "FoundationModelNotFound", msg)
     known = _versions(fm)
     if ref.versionPolicy == "Pinned" and ref.version not in known:
         msg = (f"spec.foundationModel.version: FoundationModel {ns}/{ref.name} has no version {ref.version} "
                f"(known: {', '.join(known) or 'none yet'}); pick a listed version or wait for training")
-        return Verdict("Pending", [accepted, Cond(RESOLVED, "False", "VersionNotFound", msg), Cond(READY, "False", "VersionNotFound", msg)], msg)
+        return _blocked(accepted, RESOLVED, "VersionNotFound", msg)
     if not known:
         msg = f"waiting for FoundationModel {ns}/{ref.name} to finish its first version"
-        return Verdict("Pending", [accepted, Cond(RESOLVED, "False", "FoundationModelNotReady", msg), Cond(READY, "False", "FoundationModelNotReady", msg)], msg)
+        return _blocked(accepted, RESOLVED, "FoundationModelNotReady", msg)
     base = ref.version if ref.versionPolicy == "Pinned" else ((fm.get("status") or {}).get("latestVersion") or known[-1])
     resolved = Cond(RESOLVED, "True", "Resolved", f"base FoundationModel {ref.name} {base}")
     own = [v for v in ((obj.get("status") or {}).get("versions") or []) if v.get("foundationModelVersion") == base]
@@ -118,7 +130,7 @@ def assess_rollout(obj: dict[str, Any], fm: dict[str, Any] | None, adapters: dic
     ]
     if wrong_base:
         msg = "; ".join(wrong_base)
-        return Verdict("Failed", [Cond(ACCEPTED, "False", "InvalidSpec", msg), Cond(READY, "False", "InvalidSpec", msg)], msg)
+        return _rejected(msg)
     accepted = Cond(ACCEPTED, "True", "SpecValid", "spec is valid")
 
     missing: list[tuple[str, str]] = []
@@ -142,7 +154,7 @@ def assess_rollout(obj: dict[str, Any], fm: dict[str, Any] | None, adapters: dic
     if missing:
         reason = missing[0][0]
         msg = "; ".join(m for _, m in missing)
-        return Verdict("Pending", [accepted, Cond(RESOLVED, "False", reason, msg), Cond(READY, "False", reason, msg)], msg)
+        return _blocked(accepted, RESOLVED, reason, msg)
     resolved = Cond(RESOLVED, "True", "Resolved", f"serving {target.name} {target.version} with {len(ro.spec.model.adapters)} adapter(s)")
     msg = "references resolved; waiting for the rollout engine to create the InferenceServices"
     return Verdict("Pending", [accepted, resolved, Cond(READY, "False", "NotServing", msg)], msg)

@@ -13,7 +13,7 @@ class Config:
     metrics_port: int = 9090
     health_port: int = 8080
     bind_address: str = "0.0.0.0"
-    resync_seconds: float = 30.0
+    resync_seconds: float = 10.0
     log_format: str = "json"
     verbose: bool = False
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"

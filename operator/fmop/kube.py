@@ -30,8 +30,8 @@ class Reader:
 
     def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            obj: dict[str, Any] = self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
-            return obj
+            obj: Any = self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+            return dict(obj)
         except ApiException as err:
             if err.status == 404:
                 return None

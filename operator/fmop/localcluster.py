@@ -160,6 +160,7 @@ class LocalCluster:
             "--enable-priority-and-fairness=false",
             "--profiling=false",
             "--event-ttl=1h",
+            "--shutdown-delay-duration=0s", "--shutdown-watch-termination-grace-period=1s",
             "--v=1",
         ])
         self._wait("kube-apiserver", f"{self.server}/readyz", timeout, ok=lambda b: b.strip() == b"ok")

@@ -88,7 +88,10 @@ def test_operator_reconciles_with_the_charts_rbac(cluster: Any, api: Any, namesp
             wait_condition(api, "taskadapters", namespace, "region-jp", "ResolvedRefs", "False", "FoundationModelNotReady")
             wait_condition(api, "rollouts", namespace, "recommender", "ResolvedRefs", "False", "VersionNotFound")
             log = op.log()
-        assert "Forbidden" not in log and " 403" not in log, log[-3000:]
+        # RBAC denials read 'User "system:serviceaccount:..." cannot <verb> resource ...'. (Other 403s,
+        # such as Events refused in another test's terminating namespace, are not about RBAC.)
+        denials = [line for line in log.splitlines() if "system:serviceaccount" in line and " cannot " in line]
+        assert not denials, "\n".join(denials[:5])
     finally:
         helm(cluster, "uninstall", "fmop", "--namespace", release_ns)
         cluster.kubectl("delete", "namespace", release_ns, "--wait=false", check=False)

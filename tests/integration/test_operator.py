@@ -151,3 +151,23 @@ def test_garbage_collector_cascades_owned_objects(api: Any, namespace: str) -> N
         return not [c for c in core.list_namespaced_config_map(namespace).items if c.metadata.name == "owned"]
 
     wait_for(gone, 60, "garbage collection of the owned ConfigMap")
+
+
+def test_kubectl_get_short_names_show_the_columns(api: Any, namespace: str, cluster: Any, operator: OperatorProcess) -> None:
+    for name in ("foundationmodel.yaml", "taskadapter.yaml", "rollout.yaml"):
+        apply(api, namespace, load_example(name))
+    wait_condition(api, "rollouts", namespace, "recommender", "Ready", "False")
+    wait_condition(api, "taskadapters", namespace, "region-jp", "Ready", "False")
+
+    out = cluster.kubectl("get", "fm,ta,fmro", "-n", namespace).stdout
+    assert re.search(r"^NAME\s+PHASE\s+LATEST\s+DATA\s+AGE$", out, re.M), out
+    assert re.search(r"^foundationmodel\.fmops\.dev/movielens\s+Pending\s+movielens100k\s+\S+$", out, re.M), out
+    assert re.search(r"^NAME\s+PHASE\s+TASK\s+MODEL\s+BASE\s+LATEST\s+AGE$", out, re.M), out
+    assert re.search(r"^taskadapter\.fmops\.dev/region-jp\s+Pending\s+region-jp\s+movielens\s+\S+$", out, re.M), out
+    assert re.search(r"^NAME\s+PHASE\s+STEP\s+WEIGHT\s+STABLE\s+CANARY\s+AGE$", out, re.M), out
+    assert re.search(r"^rollout\.fmops\.dev/recommender\s+Pending\s+0\s+\S+$", out, re.M), out
+
+    everything = cluster.kubectl("get", "fmops", "-n", namespace, "-o", "name").stdout.split()
+    assert sorted(everything) == ["foundationmodel.fmops.dev/movielens", "rollout.fmops.dev/recommender", "taskadapter.fmops.dev/region-jp"]
+    wide = cluster.kubectl("get", "fmro", "-n", namespace, "-o", "wide").stdout
+    assert "PROVIDER" in wide and "gatewayAPI" in wide

@@ -9,7 +9,7 @@ def test_defaults_watch_the_whole_cluster(monkeypatch: pytest.MonkeyPatch) -> No
     for var in ("FMOP_NAMESPACES", "FMOP_METRICS_PORT", "FMOP_RESYNC_SECONDS"):
         monkeypatch.delenv(var, raising=False)
     cfg = from_args([])
-    assert cfg.clusterwide and cfg.metrics_port == 9090 and cfg.resync_seconds == 30
+    assert cfg.clusterwide and cfg.metrics_port == 9090 and cfg.resync_seconds == 10
 
 
 def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:

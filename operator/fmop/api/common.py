@@ -111,7 +111,7 @@ class CustomResource(ApiModel):
 
     info: ClassVar[KindInfo]
 
-    apiVersion: Literal["fmops.dev/v1alpha1"] = API_VERSION
+    apiVersion: Literal["fmops.dev/v1alpha1"] = "fmops.dev/v1alpha1"
     kind: str
     metadata: dict[str, Any] = Field(default_factory=dict)
 

@@ -20,6 +20,7 @@ from fmop.api.common import (
 )
 
 EventField = Literal["item", "action", "timeGap", "hourOfDay", "dayOfWeek", "device", "page", "locale"]
+ExportFormat = Literal["tritonPython", "tritonInt8", "embeddings"]
 FieldName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)]
 
 
@@ -97,7 +98,7 @@ class Architecture(ApiModel):
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
     itemIdDropout: Annotated[float, Field(ge=0, lt=1, description="Probability of hiding the ID embedding so content carries cold items.")] = 0.1
     eventFields: Annotated[list[EventField], Field(min_length=1, max_length=8)] = Field(
-        default_factory=lambda: ["item", "action", "timeGap"],
+        default_factory=lambda: list[EventField](["item", "action", "timeGap"]),
         description="Fields embedded into each event token.",
     )
     attention: Attention = Field(default_factory=Attention)
@@ -153,8 +154,8 @@ class Objective(ApiModel):
 
 
 class ExportSettings(ApiModel):
-    formats: Annotated[list[Literal["tritonPython", "tritonInt8", "embeddings"]], Field(min_length=1, max_length=3)] = Field(
-        default_factory=lambda: ["tritonPython"]
+    formats: Annotated[list[ExportFormat], Field(min_length=1, max_length=3)] = Field(
+        default_factory=lambda: list[ExportFormat](["tritonPython"])
     )
     topK: Annotated[int, Field(ge=1, le=10000, description="Items returned per request by the served model.")] = 100
 

@@ -1,0 +1,52 @@
+# fm-operator: common tasks. `make setup` then `make test` is all a fresh machine needs.
+SHELL := /bin/bash
+PY := .venv/bin/python
+CACHE ?= $(or $(FMOP_CACHE),$(HOME)/.cache/fm-operator)
+KUBECONFIG_LOCAL := $(CACHE)/cluster/kubeconfig
+export PATH := $(CACHE)/bin:$(PATH)
+
+.PHONY: help setup lint test test-unit test-integration crds check-crds cluster-up cluster-down cluster-status run examples clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+setup: ## install everything: Python venv, kube-apiserver/etcd/kubectl/helm from Go modules, third-party CRDs
+	bash hack/setup.sh
+
+lint: ## strict type check of the operator, and CRDs in sync with the API types
+	$(PY) -m mypy
+	$(PY) -m fmop.crdgen --check
+
+test: ## all tests: fast unit tests, then integration tests against the real local control plane
+	$(PY) -m pytest tests
+
+test-unit: ## fast tests only (no processes started)
+	$(PY) -m pytest tests/unit
+
+test-integration: ## integration tests only
+	$(PY) -m pytest tests/integration
+
+crds: ## regenerate crds/ and the chart's crds/ from the pydantic API types
+	$(PY) -m fmop.crdgen
+
+check-crds: ## fail if the committed CRDs differ from the API types
+	$(PY) -m fmop.crdgen --check
+
+cluster-up: ## start etcd + kube-apiserver + kube-controller-manager on 127.0.0.1 and install all CRDs
+	$(PY) -m fmop.localcluster up
+
+cluster-down: ## stop the local control plane
+	$(PY) -m fmop.localcluster down
+
+cluster-status: ## show the local control plane's processes
+	$(PY) -m fmop.localcluster status
+
+run: ## run the operator against the local control plane (make cluster-up first)
+	KUBECONFIG=$(KUBECONFIG_LOCAL) $(PY) -m fmop --log-format=plain --bind-address=127.0.0.1
+
+examples: ## apply the examples to the local control plane and show them
+	kubectl --kubeconfig=$(KUBECONFIG_LOCAL) apply -f examples/
+	kubectl --kubeconfig=$(KUBECONFIG_LOCAL) get fmops
+
+clean: ## remove the virtualenv (the Go-built binaries stay cached in $(CACHE))
+	rm -rf .venv *.egg-info .pytest_cache

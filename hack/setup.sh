@@ -15,7 +15,9 @@ need openssl "used to make the local control plane's certificates (apt-get insta
 echo "[setup] Python virtualenv in .venv"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/python -m pip install -q -e '.[dev,model]'
+# MovieLens 100K ships inside the recbole wheel; only its data files are read (never copied here).
+.venv/bin/python -m pip install -q --no-deps 'recbole==1.2.1'
 
 echo "[setup] control-plane binaries and third-party CRDs (first run builds from Go modules; later runs are cached)"
 bash hack/build-tools.sh

@@ -15,7 +15,7 @@ need openssl "used to make the local control plane's certificates (apt-get insta
 echo "[setup] Python virtualenv in .venv"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev,model]'
+.venv/bin/python -m pip install -q -e '.[dev,model,bench]'
 # MovieLens 100K ships inside the recbole wheel; only its data files are read (never copied here).
 .venv/bin/python -m pip install -q --no-deps 'recbole==1.2.1'
 

@@ -1,0 +1,286 @@
+"""fmrec command line: train / evaluate / bench (and later finetune / export / embed).
+
+    python -m fmrec train --data movielens100k --out runs/fm
+    python -m fmrec evaluate --model runs/fm
+    python -m fmrec bench                      # our FM vs RecTools SASRec (and HSTU) on ML-100K
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fmrec import checkpoint
+from fmrec.data.schema import EventLog
+from fmrec.data.split import leave_one_out
+from fmrec.train import TrainSettings, build_model, evaluate, pick_device, train
+
+# Defaults chosen on ML-100K's validation split (second-to-last events), see README.
+ARCH_DEFAULTS: dict[str, Any] = {
+    "d_model": 64, "n_layers": 2, "n_heads": 2, "context_len": 200, "dropout": 0.2, "item_id_dropout": 0.1,
+    "event_fields": ("item", "action", "timeGap"), "objectives": {"nextItem": 1.0},
+}
+
+
+def load_data(spec: str) -> EventLog:
+    """movielens100k | synthetic[:EVENTS] | parquet:PATH | csv:PATH | a .parquet/.csv path."""
+    kind, _, arg = spec.partition(":")
+    if kind == "movielens100k":
+        from fmrec.data.movielens import load_ml100k
+        return load_ml100k()
+    if kind == "synthetic":
+        from fmrec.data.synthetic import generate
+        n = int(float(arg)) if arg else 1_000_000
+        return generate(n_events=n, n_users=max(1000, n // 50), n_items=max(1000, n // 20))
+    from fmrec.data.tabular import load_table
+    if kind in ("parquet", "csv"):
+        return load_table(arg, fmt=kind)
+    if spec.endswith((".parquet", ".csv")):
+        return load_table(spec)
+    raise SystemExit(f"--data {spec!r}: use movielens100k, synthetic[:EVENTS], parquet:PATH or csv:PATH")
+
+
+def _arch(args: argparse.Namespace) -> dict[str, Any]:
+    arch = dict(ARCH_DEFAULTS)
+    for key in ("d_model", "n_layers", "n_heads", "context_len", "dropout", "item_id_dropout"):
+        value = getattr(args, key, None)
+        if value is not None:
+            arch[key] = value
+    if args.event_fields:
+        arch["event_fields"] = tuple(args.event_fields.split(","))
+    if args.objectives:
+        arch["objectives"] = {k: float(v) for k, v in (p.split("=") for p in args.objectives.split(","))}
+    if args.horizon:
+        arch["horizon"] = args.horizon
+    return arch
+
+
+def _settings(args: argparse.Namespace) -> TrainSettings:
+    return TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, precision=args.precision,
+                         device=args.device, stride=args.stride or _arch(args)["context_len"])
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads) if args.threads else None
+    log = load_data(args.data)
+    split = leave_one_out(log)
+    device = pick_device(args.device)
+    model = build_model(log, **_arch(args)).to(device)
+    t0 = time.perf_counter()
+    curve = train(model, split, _settings(args), stage=args.stage)
+    train_s = time.perf_counter() - t0
+    metrics = evaluate(model, split, args.stage)
+    meta = {"data": args.data, "dataFingerprint": log.fingerprint(), "featureFingerprint": log.feature_fingerprint(),
+            "train_s": train_s, "metrics": metrics, "curve": curve, "settings": vars(_settings(args))}
+    path = checkpoint.save(model, Path(args.out), meta)
+    plot_curve(curve, Path(args.out) / "curves.png")
+    (Path(args.out) / "metrics.json").write_text(json.dumps({**metrics, "train_s": train_s}, indent=2))
+    print(json.dumps({"checkpoint": str(path), "train_s": round(train_s, 1), **{k: round(v, 4) for k, v in metrics.items()}}))
+    return 0
+
+
+def plot_curve(curve: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    epochs = [r["epoch"] for r in curve]
+    for key in sorted(k for k in curve[0] if k not in ("epoch", "seconds", "events_per_s")):
+        ax.plot(epochs, [r[key] for r in curve], label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    model, meta = checkpoint.load(Path(args.model), pick_device(args.device))
+    log = load_data(meta.get("data", "movielens100k"))
+    if log.fingerprint() != meta.get("dataFingerprint"):
+        print(f"warning: data fingerprint differs from the one {args.model} was trained on", file=sys.stderr)
+    print(json.dumps(evaluate(model, leave_one_out(log), args.stage)))
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from fmrec.nn.adapters import AdaptedModel, Adapter
+    from fmrec.train import finetune, slice_users
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    fm, meta = checkpoint.load(Path(args.model), pick_device(args.device))
+    log = load_data(meta.get("data", "movielens100k"))
+    split = leave_one_out(log)
+    if args.slice:
+        attribute, _, values = args.slice.partition("=")
+        users = slice_users(log, attribute, values.split(","))
+    else:
+        users = np.arange(1, log.n_users + 1)
+    test_users = np.intersect1d(users, split.test_users)
+    if args.min_action:
+        test_users = np.array([u for u in test_users if split.log.action[split.target(int(u), "test")] >= args.min_action])
+    before = evaluate(fm, split, users=test_users)
+    adapter = Adapter(fm, args.adapter, args.dim).to(next(fm.parameters()).device)
+    model = AdaptedModel(fm, adapter)
+    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    finetune(model, split, users, settings, min_action=args.min_action)
+    after = evaluate(model, split, users=test_users)
+    share = adapter.num_params() / fm.num_params()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"adapter": adapter.state_dict(), "kind": args.adapter, "dim": args.dim, "slice": args.slice,
+                "base": str(args.model), "baseFingerprint": meta.get("dataFingerprint")}, out / "adapter.pt")
+    result = {"slice": args.slice, "min_action": args.min_action, "users": int(len(test_users)), "adapter": args.adapter, "adapter_params": adapter.num_params(),
+              "fm_params": fm.num_params(), "param_share": share,
+              "frozen_fm": before, "fm_plus_adapter": after}
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    task = f"slice {args.slice or 'all users'}" + (f", next item rated >= {args.min_action}" if args.min_action else "")
+    print(f"{task}: {len(test_users)} test users; adapter {args.adapter} adds {adapter.num_params():,} parameters "
+          f"({100 * share:.2f}% of the FM's {fm.num_params():,})")
+    print(f"{'':22} {'HR@10':>7} {'NDCG@10':>8} {'NDCG@20':>8}")
+    for name, m in (("frozen FM", before), ("FM + adapter", after)):
+        print(f"{name:22} {m['HR@10']:7.4f} {m['NDCG@10']:8.4f} {m['NDCG@20']:8.4f}")
+    return 0
+
+
+def cmd_cold(args: argparse.Namespace) -> int:
+    from fmrec.train import cold_items, evaluate_cold
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    log = load_data("movielens100k")
+    split = leave_one_out(log)
+    cold = cold_items(log, args.share, args.seed)
+    model = build_model(log, **_arch(args))
+    train(model, split, _settings(args), withheld_items=cold)
+    result = evaluate_cold(model, split, cold)
+    users = int(result["fm_content_only"]["users"])
+    print(f"\ncold items: {len(cold)} of {log.n_items} items withheld from training; {users} users whose test item is one of them;"
+          f" ranked among the withheld items only")
+    print(f"{'scorer':26} {'HR@10':>7} {'NDCG@10':>8} {'HR@20':>7}")
+    for name, m in result.items():
+        print(f"{name:26} {m['HR@10']:7.4f} {m['NDCG@10']:8.4f} {m['HR@20']:7.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from fmrec.baselines import run_rectools
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    log = load_data("movielens100k")
+    split = leave_one_out(log)
+    rows: list[tuple[str, dict[str, float]]] = []
+    model = build_model(log, **_arch(args))
+    t0 = time.perf_counter()
+    train(model, split, _settings(args))
+    fm = evaluate(model, split)
+    fm["train_s"] = time.perf_counter() - t0
+    rows.append((f"fmrec FM ({model.num_params():,} params)", fm))
+    for kind in args.baselines.split(",") if args.baselines else []:
+        print(f"[bench] RecTools {kind} ...", file=sys.stderr, flush=True)
+        rows.append((f"RecTools {kind} (2x64, len 50, softmax, {args.baseline_epochs} ep)",
+                     run_rectools(split, kind, epochs=args.baseline_epochs)))
+    print(f"\nML-100K, leave-one-out, full ranking over {log.n_items} items, seen items filtered, {len(split.test_users)} users")
+    print(f"{'model':48} {'HR@10':>7} {'NDCG@10':>8} {'NDCG@20':>8} {'train s':>8}")
+    for name, m in rows:
+        print(f"{name:48} {m['HR@10']:7.4f} {m['NDCG@10']:8.4f} {m['NDCG@20']:8.4f} {m['train_s']:8.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps([{"model": n, **m} for n, m in rows], indent=2))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fmrec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (default %(default)s)")
+        sp.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+
+    def training(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--epochs", type=int, default=40)
+        sp.add_argument("--batch-size", type=int, default=128)
+        sp.add_argument("--lr", type=float, default=3e-3)
+        sp.add_argument("--seed", type=int, default=42)
+        sp.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+        sp.add_argument("--d-model", type=int)
+        sp.add_argument("--n-layers", type=int)
+        sp.add_argument("--n-heads", type=int)
+        sp.add_argument("--context-len", type=int)
+        sp.add_argument("--dropout", type=float)
+        sp.add_argument("--item-id-dropout", type=float)
+        sp.add_argument("--event-fields", help="comma-separated, e.g. item,action,timeGap")
+        sp.add_argument("--objectives", help="name=weight list, e.g. nextItem=1,multiToken=0.3")
+        sp.add_argument("--horizon", type=int, help="items ahead for multiToken")
+        sp.add_argument("--stride", type=int, help="sliding-window stride over long histories (default: context length)")
+
+    t = sub.add_parser("train", help="train the foundation model and evaluate it on the test split")
+    t.add_argument("--data", default="movielens100k")
+    t.add_argument("--out", required=True, help="output folder (model.pt, config.json, metrics.json)")
+    t.add_argument("--stage", choices=["val", "test"], default="test",
+                   help="val: train without each user's last two events and report validation metrics (for tuning)")
+    common(t)
+    training(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="HR/NDCG@10,20,50 of a trained model")
+    e.add_argument("--model", required=True)
+    e.add_argument("--stage", choices=["val", "test"], default="test")
+    common(e)
+    e.set_defaults(func=cmd_evaluate)
+
+    f = sub.add_parser("finetune", help="train a task adapter for a user slice on a frozen FM; shows the slice gain")
+    f.add_argument("--model", required=True, help="trained FM folder")
+    f.add_argument("--slice", default="", help="attribute=value[,value], e.g. region=us-9 or ageBand=18-24 (default: all users)")
+    f.add_argument("--min-action", type=int, default=0,
+                   help="task: next item rated at least this (4 = liked); 0 = any next item (default)")
+    f.add_argument("--adapter", choices=["bottleneck", "head"], default="bottleneck")
+    f.add_argument("--dim", type=int, default=16, help="bottleneck width")
+    f.add_argument("--out", required=True)
+    f.add_argument("--epochs", type=int, default=3)
+    f.add_argument("--batch-size", type=int, default=64)
+    f.add_argument("--lr", type=float, default=1e-3)
+    f.add_argument("--seed", type=int, default=42)
+    common(f)
+    f.set_defaults(func=cmd_finetune)
+
+    c = sub.add_parser("cold", help="cold-start: withhold items from training, score them from metadata only")
+    c.add_argument("--share", type=float, default=0.1, help="share of items withheld (default %(default)s)")
+    c.add_argument("--json", help="also write the result as JSON here")
+    common(c)
+    training(c)
+    c.set_defaults(func=cmd_cold)
+
+    b = sub.add_parser("bench", help="side-by-side table: our FM vs RecTools baselines on ML-100K")
+    b.add_argument("--baselines", default="sasrec,hstu", help="comma-separated RecTools models ('' for none)")
+    b.add_argument("--baseline-epochs", type=int, default=50)
+    b.add_argument("--json", help="also write the table as JSON here")
+    common(b)
+    training(b)
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (FileNotFoundError, ValueError) as err:  # bad input: say what and how to fix, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+from fmrec.nn.fm import FMConfig, FoundationModel
+
+__all__ = ["FMConfig", "FoundationModel"]

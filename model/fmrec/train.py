@@ -1,0 +1,275 @@
+"""Training and evaluation loops (the same on CPU, one GPU, or several GPUs under torchrun)."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from fmrec.data.schema import EventLog, IntArray
+from fmrec.data.split import LeaveOneOut
+from fmrec.nn.adapters import AdaptedModel
+from fmrec.nn.fm import FMConfig, FoundationModel, init_weights
+from fmrec.tokens import Tokens, tokenize, vocab_sizes, windows
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    seed: int = 42
+    stride: int | None = None  # sliding-window stride; default context_len // 2
+    precision: str = "auto"  # auto | fp32 | bf16
+    grad_clip: float = 1.0
+    device: str = "auto"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_model(log: EventLog, **arch: object) -> FoundationModel:
+    vocab = vocab_sizes(log)
+    genres = torch.from_numpy(log.items.genres) if log.items is not None else None
+    year = torch.from_numpy(log.items.year_bucket) if log.items is not None else None
+    cfg = FMConfig(n_items=log.n_items, vocab=vocab,
+                   n_genres=genres.shape[1] if genres is not None else 0,
+                   n_year_buckets=int(year.max()) if year is not None else 0, **arch)  # type: ignore[arg-type]
+    model = FoundationModel(cfg, genres, year)
+    init_weights(model)
+    return model
+
+
+def batch_tensors(tok: Tokens, rows: list[IntArray], T: int, H: int, fields: tuple[str, ...],
+                  device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Left-padded inputs (B, T') and targets: next H items (B, T', H) and next action (B, T').
+
+    T' is the longest window in the batch (at most T): padding costs compute, and positions
+    are counted from the newest event, so trimming changes nothing else."""
+    B = len(rows)
+    T = min(T, max(len(w) - 1 for w in rows))
+    idx = np.full((B, T), -1, dtype=np.int64)
+    tgt = np.full((B, T, H), -1, dtype=np.int64)
+    for b, w in enumerate(rows):
+        n = len(w) - 1  # inputs
+        idx[b, T - n:] = w[:-1]
+        for j in range(H):
+            k = n - j  # positions with a target j+1 steps ahead
+            if k > 0:
+                tgt[b, T - n:T - n + k, j] = w[1 + j:1 + j + k]
+    inputs = {f: torch.from_numpy(np.where(idx >= 0, tok[f][idx], 0)).to(device) for f in fields}
+    targets = {
+        "item": torch.from_numpy(np.where(tgt >= 0, tok["item"][tgt], 0)).to(device),
+        "action": torch.from_numpy(np.where(tgt[..., 0] >= 0, tok["action"][tgt[..., 0]], 0)).to(device),
+    }
+    return inputs, targets
+
+
+def length_buckets(wins: list[IntArray], batch_size: int, rng: np.random.Generator, pool: int = 32) -> list[list[IntArray]]:
+    """Shuffled batches of windows of similar length (less padding), in random order."""
+    order = rng.permutation(len(wins))
+    batches: list[list[IntArray]] = []
+    for start in range(0, len(order), batch_size * pool):
+        chunk = sorted(order[start:start + batch_size * pool], key=lambda i: len(wins[i]))
+        batches += [[wins[i] for i in chunk[b:b + batch_size]] for b in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def history_tensors(tok: Tokens, split: LeaveOneOut, users: IntArray, stage: str, T: int, fields: tuple[str, ...],
+                    device: torch.device) -> dict[str, torch.Tensor]:
+    rows = [split.history(int(u), stage)[-T:] for u in users]
+    idx = np.full((len(rows), T), -1, dtype=np.int64)
+    for b, r in enumerate(rows):
+        if len(r):
+            idx[b, T - len(r):] = r
+    return {f: torch.from_numpy(np.where(idx >= 0, tok[f][idx], 0)).to(device) for f in fields}
+
+
+def train(model: FoundationModel, split: LeaveOneOut, s: TrainSettings, stage: str = "test",
+          log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+          withheld_items: IntArray | None = None) -> list[dict[str, float]]:
+    """Train on every event before the held-out ones of `stage`; returns one record per epoch.
+
+    withheld_items: items whose events are removed from training entirely (cold-start evaluation)."""
+    torch.manual_seed(s.seed)
+    rng = np.random.default_rng(s.seed)
+    device = next(model.parameters()).device
+    cfg = model.cfg
+    tok = tokenize(split.log)
+    H = cfg.horizon if "multiToken" in cfg.objectives else 1
+    keep = split.train_mask(stage)
+    if withheld_items is not None:
+        keep = keep & ~np.isin(split.log.item, withheld_items)
+    wins = windows(split.offsets, keep, cfg.context_len, s.stride or max(1, cfg.context_len // 2))
+    steps_per_epoch = math.ceil(len(wins) / s.batch_size)
+    total = steps_per_epoch * s.epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / max(1, s.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * min(i, total) / total)))
+    use_bf16 = s.precision == "bf16" or (s.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    history: list[dict[str, float]] = []
+    n_events = sum(len(w) - 1 for w in wins)
+    log(f"training {model.num_params():,} parameters on {len(wins):,} windows ({n_events:,} targets) for {s.epochs} epochs on {device}"
+        f"{' in bf16' if use_bf16 else ''}")
+    model.train()
+    for epoch in range(1, s.epochs + 1):
+        t0, sums, seen = time.perf_counter(), {"loss": 0.0}, 0
+        for rows in length_buckets(wins, s.batch_size, rng):
+            inputs, targets = batch_tensors(tok, rows, cfg.context_len, H, cfg.event_fields, device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss, parts = model.loss(inputs, targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+            opt.step()
+            sched.step()
+            sums["loss"] += float(loss.detach()) * len(rows)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v * len(rows)
+            seen += len(rows)
+        dt = time.perf_counter() - t0
+        rec = {"epoch": float(epoch), **{k: v / seen for k, v in sums.items()}, "seconds": dt, "events_per_s": n_events / dt}
+        history.append(rec)
+        log(f"epoch {epoch:3d}/{s.epochs}  loss {rec['loss']:.4f}  {rec['events_per_s']:,.0f} events/s  {dt:.1f}s")
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def evaluate(model: FoundationModel | AdaptedModel, split: LeaveOneOut, stage: str = "test", ks: tuple[int, ...] = (10, 20, 50),
+             batch_size: int = 256, users: IntArray | None = None, cold: torch.Tensor | None = None,
+             candidates: torch.Tensor | None = None) -> dict[str, float]:
+    """Full ranking over all items, items the user already saw filtered; HR@k and NDCG@k."""
+    model.eval()
+    device = next(model.parameters()).device
+    tok = tokenize(split.log)
+    users = split.test_users if users is None else users
+    ranks: list[npt.NDArray[np.int64]] = []
+    for start in range(0, len(users), batch_size):
+        chunk = users[start:start + batch_size]
+        inputs = history_tensors(tok, split, chunk, stage, model.cfg.context_len, model.cfg.event_fields, device)
+        scores, _ = model.score_next(inputs, cold)
+        target = torch.tensor([split.log.item[split.target(int(u), stage)] for u in chunk], device=device)
+        ranks.append(rank_targets(scores, target, [split.log.item[split.history(int(u), stage)] for u in chunk], candidates).cpu().numpy())
+    return ranking_metrics(np.concatenate(ranks), ks)
+
+
+def rank_targets(scores: torch.Tensor, target: torch.Tensor, seen: list[IntArray], candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """0-based rank of each target among unseen items (ties count against the target)."""
+    scores = scores.float().clone()
+    for b, items in enumerate(seen):
+        scores[b, torch.from_numpy(items).to(scores.device)] = float("-inf")
+    if candidates is not None:
+        allowed = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
+        allowed[candidates] = True
+        scores[:, ~allowed] = float("-inf")
+    t = scores.gather(1, target[:, None])
+    return (scores >= t).sum(1) - 1
+
+
+def ranking_metrics(ranks: npt.NDArray[np.int64], ks: tuple[int, ...] = (10, 20, 50)) -> dict[str, float]:
+    out: dict[str, float] = {"users": float(len(ranks))}
+    for k in ks:
+        hit = ranks < k
+        out[f"HR@{k}"] = float(hit.mean())
+        out[f"NDCG@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2), 0.0).mean())
+    return out
+
+
+def slice_users(log: EventLog, attribute: str, values: list[str]) -> IntArray:
+    """User codes whose `attribute` (region, ageBand, gender, occupation) is one of `values`."""
+    if log.users is None or attribute not in log.users.columns:
+        known = sorted(log.users.columns) if log.users is not None else []
+        raise ValueError(f"slice attribute {attribute!r} is not in this data (known: {known}); fix spec.task.slice.attribute")
+    vocab = log.users.vocab[attribute]
+    unknown = [v for v in values if v not in vocab]
+    if unknown:
+        raise ValueError(f"slice values {unknown} do not occur for {attribute} (known: {list(vocab)}); fix spec.task.slice.values")
+    codes = [vocab.index(v) + 1 for v in values]
+    users: IntArray = np.flatnonzero(np.isin(log.users.columns[attribute], codes)).astype(np.int64)
+    return users
+
+
+def finetune(model: torch.nn.Module, split: LeaveOneOut, users: IntArray, s: TrainSettings, stage: str = "test",
+             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True), min_action: int = 0) -> list[dict[str, float]]:
+    """Train only the adapter of an AdaptedModel on the windows of `users` (the FM stays frozen).
+
+    min_action > 0 makes it a different task: predict the next item the user will rate at least
+    that high (e.g. 4 = "liked", for notifications); other next events are not targets."""
+    assert isinstance(model, AdaptedModel), "finetune trains an AdaptedModel (a frozen FM plus an adapter)"
+    torch.manual_seed(s.seed)
+    rng = np.random.default_rng(s.seed)
+    device = next(model.adapter.parameters()).device
+    cfg = model.cfg
+    tok = tokenize(split.log)
+    keep = split.train_mask(stage) & np.isin(split.log.user, users)
+    wins = windows(split.offsets, keep, cfg.context_len, s.stride or max(1, cfg.context_len // 2))
+    opt = torch.optim.AdamW(model.adapter.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    log(f"fine-tuning {model.adapter.num_params():,} adapter parameters on {len(users)} users ({len(wins)} windows), FM frozen")
+    history: list[dict[str, float]] = []
+    model.train()
+    for epoch in range(1, s.epochs + 1):
+        total, n = 0.0, 0
+        order = rng.permutation(len(wins))
+        for start in range(0, len(wins), s.batch_size):
+            rows = [wins[i] for i in order[start:start + s.batch_size]]
+            inputs, targets = batch_tensors(tok, rows, cfg.context_len, 1, cfg.event_fields, device)
+            t = targets["item"][..., 0]
+            sel = (t > 0) & (targets["action"] >= min_action)
+            if not sel.any():
+                continue
+            logits = model.logits(inputs)[sel]
+            loss = torch.nn.functional.cross_entropy(logits, t[sel])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, n = total + float(loss.detach()) * len(rows), n + len(rows)
+        history.append({"epoch": float(epoch), "loss": total / max(1, n)})
+        log(f"adapter epoch {epoch}/{s.epochs}  loss {history[-1]['loss']:.4f}")
+    model.eval()
+    return history
+
+
+def cold_items(log: EventLog, share: float = 0.1, seed: int = 0) -> IntArray:
+    """A seeded random share of the items (with metadata) to withhold from training."""
+    rng = np.random.default_rng(seed)
+    items = np.arange(1, log.n_items + 1)
+    chosen: IntArray = np.sort(rng.choice(items, size=max(1, int(share * log.n_items)), replace=False)).astype(np.int64)
+    return chosen
+
+
+@torch.no_grad()
+def evaluate_cold(model: FoundationModel, split: LeaveOneOut, cold: IntArray, ks: tuple[int, ...] = (10, 20)) -> dict[str, dict[str, float]]:
+    """Users whose test item was withheld from training: rank it among the withheld items only.
+
+    The FM scores withheld items from metadata alone (their ID embeddings never trained and are
+    switched off). Baselines: random order, and genre popularity (training events per genre)."""
+    users = np.array([u for u in split.test_users if split.log.item[split.target(int(u), "test")] in set(cold.tolist())])
+    cold_t = torch.from_numpy(cold)
+    fm = evaluate(model, split, users=users, ks=ks, cold=cold_t, candidates=cold_t)
+    rng = np.random.default_rng(0)
+    n = len(cold)
+    random_ranks = rng.integers(0, n, len(users))
+    out = {"fm_content_only": fm, "random": ranking_metrics(random_ranks, ks)}
+    items = split.log.items
+    if items is not None:
+        keep = split.train_mask("test") & ~np.isin(split.log.item, cold)
+        genre_counts = items.genres[split.log.item[keep]].sum(axis=0)
+        item_score = (items.genres * genre_counts).sum(axis=1) / np.maximum(items.genres.sum(axis=1), 1)
+        scores = torch.tensor(item_score, dtype=torch.float32)[None].repeat(len(users), 1)
+        scores[:, 0] = float("-inf")
+        target = torch.tensor([split.log.item[split.target(int(u), "test")] for u in users])
+        seen = [split.log.item[split.history(int(u), "test")] for u in users]
+        out["genre_popularity"] = ranking_metrics(rank_targets(scores, target, seen, cold_t).numpy(), ks)
+    out["fm_content_only"]["users"] = float(len(users))
+    return out

@@ -1,0 +1,41 @@
+"""The fmrec command line, as a user runs it (a real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def fmrec(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fmrec", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_train_then_evaluate_and_finetune(tmp_path: Path) -> None:
+    out = tmp_path / "fm"
+    r = fmrec("train", "--data", "synthetic:30000", "--out", str(out), "--epochs", "2", "--context-len", "32", "--threads", "2")
+    assert r.returncode == 0, r.stderr
+    assert "epoch   2/2" in r.stderr and "events/s" in r.stderr  # progress with throughput
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert 0 <= summary["NDCG@10"] <= 1 and summary["users"] > 0
+    for name in ("model.pt", "config.json", "metrics.json", "curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["dataFingerprint"].startswith("sha256:") and meta["config"]["context_len"] == 32
+
+    r = fmrec("evaluate", "--model", str(out))
+    assert r.returncode == 0, r.stderr
+    assert abs(json.loads(r.stdout)["NDCG@10"] - summary["NDCG@10"]) < 1e-3  # same model, same data, same numbers
+
+    r = fmrec("finetune", "--model", str(out), "--slice", "region=r2", "--out", str(tmp_path / "ad"), "--epochs", "1")
+    assert r.returncode == 0, r.stderr
+    assert "frozen FM" in r.stdout and "FM + adapter" in r.stdout
+    assert json.loads((tmp_path / "ad" / "metrics.json").read_text())["param_share"] < 0.05
+
+
+def test_bad_inputs_say_what_to_do(tmp_path: Path) -> None:
+    r = fmrec("train", "--data", "bigquery:foo", "--out", str(tmp_path / "x"))
+    assert r.returncode != 0 and "use movielens100k, synthetic[:EVENTS], parquet:PATH or csv:PATH" in r.stderr
+    r = fmrec("evaluate", "--model", str(tmp_path / "nowhere"))
+    assert r.returncode != 0 and "train one with `python -m fmrec train" in r.stderr

@@ -67,15 +67,35 @@ def _settings(args: argparse.Namespace) -> TrainSettings:
                          device=args.device, stride=args.stride or _arch(args)["context_len"])
 
 
+def _distributed(device: torch.device) -> tuple[int, torch.device]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group; each rank gets its own GPU."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, device
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), device
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads) if args.threads else None
     log = load_data(args.data)
     split = leave_one_out(log)
-    device = pick_device(args.device)
+    rank, device = _distributed(pick_device(args.device))
     model = build_model(log, **_arch(args)).to(device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    curve = train(model, split, _settings(args), stage=args.stage)
+    curve = train(model, split, _settings(args), stage=args.stage, state_path=out / "train_state.pt" if args.resume else None)
     train_s = time.perf_counter() - t0
+    if rank != 0:
+        return 0  # rank 0 evaluates and writes the version
     metrics = evaluate(model, split, args.stage)
     meta = {"data": args.data, "dataFingerprint": log.fingerprint(), "featureFingerprint": log.feature_fingerprint(),
             "train_s": train_s, "metrics": metrics, "curve": curve, "settings": vars(_settings(args))}
@@ -229,6 +249,8 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train the foundation model and evaluate it on the test split")
     t.add_argument("--data", default="movielens100k")
     t.add_argument("--out", required=True, help="output folder (model.pt, config.json, metrics.json)")
+    t.add_argument("--resume", action="store_true",
+                   help="keep OUT/train_state.pt after every epoch and continue from it if present")
     t.add_argument("--stage", choices=["val", "test"], default="test",
                    help="val: train without each user's last two events and report validation metrics (for tuning)")
     common(t)

@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -96,14 +97,38 @@ def history_tensors(tok: Tokens, split: LeaveOneOut, users: IntArray, stage: str
     return {f: torch.from_numpy(np.where(idx >= 0, tok[f][idx], 0)).to(device) for f in fields}
 
 
+class _LossModule(torch.nn.Module):
+    """Routes forward() to the multi-task loss, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: FoundationModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.model.loss(inputs, targets)
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def train(model: FoundationModel, split: LeaveOneOut, s: TrainSettings, stage: str = "test",
           log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
-          withheld_items: IntArray | None = None) -> list[dict[str, float]]:
+          withheld_items: IntArray | None = None, state_path: Path | None = None) -> list[dict[str, float]]:
     """Train on every event before the held-out ones of `stage`; returns one record per epoch.
 
-    withheld_items: items whose events are removed from training entirely (cold-start evaluation)."""
+    withheld_items: items whose events are removed from training entirely (cold-start evaluation).
+    state_path: after every epoch the full training state (weights, optimiser, schedule, RNGs) is
+    written there; if it exists when training starts, training resumes after its last epoch.
+    Under torchrun (torch.distributed initialised) every rank trains on its share of each epoch's
+    batches and DistributedDataParallel averages the gradients; rank 0 logs and saves."""
+    rank, world = _world()
     torch.manual_seed(s.seed)
-    rng = np.random.default_rng(s.seed)
+    rng = np.random.default_rng(s.seed)  # same on every rank: all ranks agree on the batch order
     device = next(model.parameters()).device
     cfg = model.cfg
     tok = tokenize(split.log)
@@ -112,22 +137,37 @@ def train(model: FoundationModel, split: LeaveOneOut, s: TrainSettings, stage: s
     if withheld_items is not None:
         keep = keep & ~np.isin(split.log.item, withheld_items)
     wins = windows(split.offsets, keep, cfg.context_len, s.stride or max(1, cfg.context_len // 2))
-    steps_per_epoch = math.ceil(len(wins) / s.batch_size)
+    steps_per_epoch = math.ceil(len(wins) / s.batch_size / world)
     total = steps_per_epoch * s.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / max(1, s.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * min(i, total) / total)))
     use_bf16 = s.precision == "bf16" or (s.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
     history: list[dict[str, float]] = []
+    first_epoch = 1
+    if state_path is not None and state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        history, first_epoch = state["history"], state["epoch"] + 1
+        log(f"resuming from {state_path} after epoch {state['epoch']}")
+    step: torch.nn.Module = _LossModule(model)
+    if world > 1:
+        step = torch.nn.parallel.DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
     n_events = sum(len(w) - 1 for w in wins)
-    log(f"training {model.num_params():,} parameters on {len(wins):,} windows ({n_events:,} targets) for {s.epochs} epochs on {device}"
-        f"{' in bf16' if use_bf16 else ''}")
+    log(f"training {model.num_params():,} parameters on {len(wins):,} windows ({n_events:,} targets) for {s.epochs} epochs on "
+        f"{world} x {device}{' in bf16' if use_bf16 else ''}")
     model.train()
-    for epoch in range(1, s.epochs + 1):
+    for epoch in range(first_epoch, s.epochs + 1):
         t0, sums, seen = time.perf_counter(), {"loss": 0.0}, 0
-        for rows in length_buckets(wins, s.batch_size, rng):
+        batches = length_buckets(wins, s.batch_size, rng)
+        batches = batches[: len(batches) // world * world][rank::world]  # equal step counts on every rank
+        for rows in batches:
             inputs, targets = batch_tensors(tok, rows, cfg.context_len, H, cfg.event_fields, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss, parts = model.loss(inputs, targets)
+                loss, parts = step(inputs, targets)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
@@ -138,9 +178,16 @@ def train(model: FoundationModel, split: LeaveOneOut, s: TrainSettings, stage: s
                 sums[k] = sums.get(k, 0.0) + v * len(rows)
             seen += len(rows)
         dt = time.perf_counter() - t0
-        rec = {"epoch": float(epoch), **{k: v / seen for k, v in sums.items()}, "seconds": dt, "events_per_s": n_events / dt}
+        rec = {"epoch": float(epoch), **{k: v / max(seen, 1) for k, v in sums.items()}, "seconds": dt, "events_per_s": n_events / dt}
         history.append(rec)
-        log(f"epoch {epoch:3d}/{s.epochs}  loss {rec['loss']:.4f}  {rec['events_per_s']:,.0f} events/s  {dt:.1f}s")
+        if rank == 0:
+            log(f"epoch {epoch:3d}/{s.epochs}  loss {rec['loss']:.4f}  {rec['events_per_s']:,.0f} events/s  {dt:.1f}s")
+            if state_path is not None:
+                tmp = state_path.with_suffix(".tmp")
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "history": history,
+                            "epoch": epoch}, tmp)
+                tmp.replace(state_path)  # atomic: a crash mid-write leaves the previous state
     model.eval()
     return history
 
@@ -266,7 +313,8 @@ def evaluate_cold(model: FoundationModel, split: LeaveOneOut, cold: IntArray, ks
         keep = split.train_mask("test") & ~np.isin(split.log.item, cold)
         genre_counts = items.genres[split.log.item[keep]].sum(axis=0)
         item_score = (items.genres * genre_counts).sum(axis=1) / np.maximum(items.genres.sum(axis=1), 1)
-        scores = torch.tensor(item_score, dtype=torch.float32)[None].repeat(len(users), 1)
+        item_score = item_score / max(item_score.max(), 1) + rng.uniform(0, 1e-6, len(item_score))  # random tie-break
+        scores = torch.tensor(item_score, dtype=torch.float64)[None].repeat(len(users), 1)
         scores[:, 0] = float("-inf")
         target = torch.tensor([split.log.item[split.target(int(u), "test")] for u in users])
         seen = [split.log.item[split.history(int(u), "test")] for u in users]

@@ -39,3 +39,28 @@ def test_bad_inputs_say_what_to_do(tmp_path: Path) -> None:
     assert r.returncode != 0 and "use movielens100k, synthetic[:EVENTS], parquet:PATH or csv:PATH" in r.stderr
     r = fmrec("evaluate", "--model", str(tmp_path / "nowhere"))
     assert r.returncode != 0 and "train one with `python -m fmrec train" in r.stderr
+
+
+def test_resume_continues_after_the_last_finished_epoch(tmp_path: Path) -> None:
+    out = tmp_path / "fm"
+    common = ["train", "--data", "synthetic:20000", "--out", str(out), "--context-len", "16", "--threads", "1", "--resume"]
+    r = fmrec(*common, "--epochs", "1")
+    assert r.returncode == 0, r.stderr
+    assert (out / "train_state.pt").exists()
+    r = fmrec(*common, "--epochs", "3")
+    assert r.returncode == 0, r.stderr
+    assert "resuming from" in r.stderr and "after epoch 1" in r.stderr
+    assert "epoch   1/3" not in r.stderr and "epoch   3/3" in r.stderr
+    curve = json.loads((out / "config.json").read_text())["curve"]
+    assert [c["epoch"] for c in curve] == [1.0, 2.0, 3.0]
+
+
+def test_distributed_data_parallel_under_torchrun(tmp_path: Path) -> None:
+    """Two CPU processes (gloo) as torchrun launches them on GPUs: both train, rank 0 writes."""
+    out = tmp_path / "ddp"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "fmrec",
+                        "train", "--data", "synthetic:20000", "--out", str(out), "--epochs", "2", "--context-len", "16",
+                        "--threads", "1", "--device", "cpu"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "on 2 x cpu" in r.stderr
+    assert (out / "model.pt").exists() and json.loads((out / "metrics.json").read_text())["users"] > 0

@@ -5,7 +5,7 @@ CACHE ?= $(or $(FMOP_CACHE),$(HOME)/.cache/fm-operator)
 KUBECONFIG_LOCAL := $(CACHE)/cluster/kubeconfig
 export PATH := $(CACHE)/bin:$(PATH)
 
-.PHONY: help setup lint test bench train-fm finetune cold test-unit test-integration crds check-crds cluster-up cluster-down cluster-status run examples clean
+.PHONY: help setup lint test bench train-fm finetune cold export serve-bench test-unit test-integration crds check-crds cluster-up cluster-down cluster-status run examples clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -59,6 +59,13 @@ finetune: ## fine-tune a "liked items" task adapter (next item rated >= 4) on th
 
 cold: ## cold-start evaluation: items withheld from training, scored from metadata only
 	$(PY) -m fmrec cold --threads 2
+
+export: ## write a Triton model repository for runs/fm into runs/triton (fp32 and int8)
+	$(PY) -m fmrec export --model runs/fm --repo runs/triton --name fmrec
+	$(PY) -m fmrec export --model runs/fm --repo runs/triton --name fmrec_int8 --int8
+
+serve-bench: ## real Triton on runs/fm: p50/p99/throughput at concurrency 1, 8, 32, fp32 vs int8 (make train-fm first)
+	$(PY) -m fmrec serve-bench --model runs/fm --threads 2
 
 clean: ## remove the virtualenv (the Go-built binaries stay cached in $(CACHE))
 	rm -rf .venv *.egg-info .pytest_cache

@@ -195,6 +195,36 @@ def cmd_cold(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from fmrec.serving.export import export_triton
+
+    path = export_triton(Path(args.model), Path(args.repo), name=args.name, k=args.top_k, int8=args.int8)
+    print(f"wrote Triton model {path} (python backend{', int8 dynamic quantisation' if args.int8 else ''}, top {args.top_k})")
+    return 0
+
+
+def cmd_serve_bench(args: argparse.Namespace) -> int:
+    from fmrec.serving.bench import serve_bench
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    _, meta = checkpoint.load(Path(args.model))
+    split = leave_one_out(load_data(meta.get("data", "movielens100k")))
+    r = serve_bench(Path(args.model), split, per_level=args.requests, k=args.top_k)
+    q, sizes, lat = r["quality"], r["sizes"], r["latency"]
+    assert isinstance(q, dict) and isinstance(sizes, dict) and isinstance(lat, dict)
+    change = 100 * (q["int8"]["NDCG@10"] / q["fp32"]["NDCG@10"] - 1)
+    print(f"\noffline NDCG@10: fp32 {q['fp32']['NDCG@10']:.4f}, int8 {q['int8']['NDCG@10']:.4f} ({change:+.2f}%); "
+          f"weights {sizes['fp32_bytes'] / 1e6:.2f} MB fp32, {sizes['int8_bytes'] / 1e6:.2f} MB int8 "
+          f"(ratio {sizes['int8_bytes'] / sizes['fp32_bytes']:.2f})")
+    print(f"{'model':12} {'concurrency':>11} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
+    for key, m in lat.items():
+        name, c = key.split("@")
+        print(f"{name:12} {c:>11} {int(m['requests']):8d} {m['p50_ms']:8.2f} {m['p99_ms']:8.2f} {m['throughput_rps']:8.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=2))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from fmrec.baselines import run_rectools
 
@@ -284,6 +314,22 @@ def parser() -> argparse.ArgumentParser:
     common(c)
     training(c)
     c.set_defaults(func=cmd_cold)
+
+    x = sub.add_parser("export", help="write a Triton model repository (python backend, dynamic batching)")
+    x.add_argument("--model", required=True)
+    x.add_argument("--repo", required=True, help="model repository folder")
+    x.add_argument("--name", default="fmrec")
+    x.add_argument("--top-k", type=int, default=100)
+    x.add_argument("--int8", action="store_true", help="serve with int8 dynamic quantisation of the Linear layers")
+    x.set_defaults(func=cmd_export)
+
+    sb = sub.add_parser("serve-bench", help="real Triton server: p50/p99/throughput at concurrency 1, 8, 32; fp32 vs int8")
+    sb.add_argument("--model", required=True)
+    sb.add_argument("--requests", type=int, default=600, help="requests per model and concurrency level")
+    sb.add_argument("--top-k", type=int, default=100)
+    sb.add_argument("--json")
+    common(sb)
+    sb.set_defaults(func=cmd_serve_bench)
 
     b = sub.add_parser("bench", help="side-by-side table: our FM vs RecTools baselines on ML-100K")
     b.add_argument("--baselines", default="sasrec,hstu", help="comma-separated RecTools models ('' for none)")

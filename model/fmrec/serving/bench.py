@@ -1,0 +1,99 @@
+"""Serving benchmark: the real Triton server, fp32 vs int8, at several client concurrencies."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from fmrec import checkpoint
+from fmrec.data.split import LeaveOneOut
+from fmrec.serving.export import export_triton
+from fmrec.serving.infer import quantize_int8
+from fmrec.serving.server import TritonServer
+from fmrec.train import evaluate
+
+
+def request_arrays(split: LeaveOneOut, T: int, n: int) -> list[dict[str, npt.NDArray[np.int64]]]:
+    """One request per test user: the newest T events before the test event, left-padded."""
+    out = []
+    for u in split.test_users[:n]:
+        rows = split.history(int(u), "test")[-T:]
+        arrays = {k: np.zeros((1, T), dtype=np.int64) for k in ("ITEMS", "ACTIONS", "TIMESTAMPS")}
+        arrays["ITEMS"][0, T - len(rows):] = split.log.item[rows]
+        arrays["ACTIONS"][0, T - len(rows):] = split.log.action[rows]
+        arrays["TIMESTAMPS"][0, T - len(rows):] = split.log.timestamp[rows]
+        out.append(arrays)
+    return out
+
+
+def load(url: str, model: str, requests: list[dict[str, npt.NDArray[np.int64]]], concurrency: int, total: int) -> dict[str, float]:
+    """`concurrency` threads, each with its own HTTP client, send `total` requests back to back."""
+    import tritonclient.http as thttp
+
+    latencies: list[float] = []
+    lock = threading.Lock()
+    counter = iter(range(total))
+
+    def worker() -> None:
+        client = thttp.InferenceServerClient(url)
+        mine: list[float] = []
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                break
+            arrays = requests[i % len(requests)]
+            inputs = []
+            for key, arr in arrays.items():
+                x = thttp.InferInput(key, list(arr.shape), "INT64")
+                x.set_data_from_numpy(arr)
+                inputs.append(x)
+            t0 = time.perf_counter()
+            client.infer(model, inputs)
+            mine.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    lat = np.array(latencies) * 1000
+    return {"requests": float(len(lat)), "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "throughput_rps": len(lat) / elapsed}
+
+
+def state_bytes(model: torch.nn.Module) -> int:
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.tell()
+
+
+def serve_bench(model_dir: Path, split: LeaveOneOut, concurrencies: tuple[int, ...] = (1, 8, 32), per_level: int = 600,
+                k: int = 100) -> dict[str, object]:
+    fm, _ = checkpoint.load(model_dir)
+    q = quantize_int8(fm)
+    quality = {"fp32": evaluate(fm, split), "int8": evaluate(q, split)}
+    sizes = {"fp32_bytes": state_bytes(fm), "int8_bytes": state_bytes(q)}
+    requests = request_arrays(split, fm.cfg.context_len, 256)
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        export_triton(model_dir, work / "repo", name="fmrec", k=k)
+        export_triton(model_dir, work / "repo", name="fmrec_int8", k=k, int8=True)
+        with TritonServer(work / "repo", work) as server:
+            for name in ("fmrec", "fmrec_int8"):
+                load(server.http_url, name, requests, 4, 64)  # warm-up
+                for c in concurrencies:
+                    results[f"{name}@{c}"] = load(server.http_url, name, requests, c, per_level)
+    return {"quality": quality, "sizes": sizes, "latency": results}

@@ -195,6 +195,37 @@ def cmd_cold(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Item embeddings (the output table) and user embeddings (newest state) as Parquet and NumPy."""
+    import pandas as pd
+
+    from fmrec.tokens import tokenize
+    from fmrec.train import history_tensors
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    model, meta = checkpoint.load(Path(args.model))
+    log = load_data(meta.get("data", "movielens100k"))
+    split = leave_one_out(log)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        items = model.item_table()[1:].numpy()  # row i = item code i+1
+    users_codes = split.test_users
+    tok = tokenize(split.log)
+    chunks = []
+    for start in range(0, len(users_codes), 256):
+        part = users_codes[start:start + 256]
+        inputs = history_tensors(tok, split, part, "full", model.cfg.context_len, model.cfg.event_fields, torch.device("cpu"))
+        chunks.append(model.score_next(inputs)[1].numpy())
+    users = np.concatenate(chunks)
+    np.save(out / "item_embeddings.npy", items)
+    np.save(out / "user_embeddings.npy", users)
+    pd.DataFrame({"item_id": list(log.item_ids), "embedding": list(items)}).to_parquet(out / "item_embeddings.parquet")
+    pd.DataFrame({"user_id": [log.user_ids[u - 1] for u in users_codes], "embedding": list(users)}).to_parquet(out / "user_embeddings.parquet")
+    print(f"wrote {items.shape[0]} item and {users.shape[0]} user embeddings of width {items.shape[1]} to {out}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from fmrec.serving.export import export_triton
 
@@ -314,6 +345,12 @@ def parser() -> argparse.ArgumentParser:
     common(c)
     training(c)
     c.set_defaults(func=cmd_cold)
+
+    em = sub.add_parser("embed", help="item and user embeddings to Parquet and NumPy")
+    em.add_argument("--model", required=True)
+    em.add_argument("--out", required=True)
+    common(em)
+    em.set_defaults(func=cmd_embed)
 
     x = sub.add_parser("export", help="write a Triton model repository (python backend, dynamic batching)")
     x.add_argument("--model", required=True)

@@ -28,6 +28,16 @@ def test_train_then_evaluate_and_finetune(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert abs(json.loads(r.stdout)["NDCG@10"] - summary["NDCG@10"]) < 1e-3  # same model, same data, same numbers
 
+    r = fmrec("embed", "--model", str(out), "--out", str(tmp_path / "emb"))
+    assert r.returncode == 0, r.stderr
+    import numpy as np
+    import pandas as pd
+
+    items = np.load(tmp_path / "emb" / "item_embeddings.npy")
+    users = pd.read_parquet(tmp_path / "emb" / "user_embeddings.parquet")
+    assert items.shape[1] == meta["config"]["d_model"] and len(users) == summary["users"]
+    assert len(pd.read_parquet(tmp_path / "emb" / "item_embeddings.parquet")) == items.shape[0]
+
     r = fmrec("finetune", "--model", str(out), "--slice", "region=r2", "--out", str(tmp_path / "ad"), "--epochs", "1")
     assert r.returncode == 0, r.stderr
     assert "frozen FM" in r.stdout and "FM + adapter" in r.stdout

@@ -18,8 +18,10 @@ class LeaveOneOut:
     test_users: IntArray  # users with >= 2 events
 
     def history(self, user: int, stage: str) -> IntArray:
-        """Indices into log of the user's events before the held-out event of `stage` (val or test)."""
-        return np.arange(int(self.offsets[user - 1]), self.target(user, stage), dtype=np.int64)
+        """Indices into log of the user's events before the held-out event of `stage` (val or test),
+        or all of them for stage "full" (serving: nothing is held out)."""
+        end = int(self.offsets[user]) if stage == "full" else self.target(user, stage)
+        return np.arange(int(self.offsets[user - 1]), end, dtype=np.int64)
 
     def target(self, user: int, stage: str) -> int:
         """Index into log of the held-out event for `stage` (val: second-to-last, test: last)."""

@@ -18,15 +18,20 @@ N_GAP_BUCKETS = 24  # 1 + log2 buckets up to ~2^22 s (48 days) and beyond
 FIELDS = ("item", "action", "timeGap", "hourOfDay", "dayOfWeek", "device", "page", "locale")
 
 
+def gap_to_bucket(gap: IntArray) -> IntArray:
+    """Seconds since the previous event -> bucket: 1 for 0 s (or no previous event), else 2 + floor(log2)."""
+    b = np.where(gap > 0, 2 + np.floor(np.log2(np.maximum(gap, 1))).astype(np.int64), 1)
+    out: IntArray = np.minimum(b, N_GAP_BUCKETS - 1).astype(np.int64)
+    return out
+
+
 def gap_buckets(timestamp: IntArray, user: IntArray) -> IntArray:
-    """Bucket of log2(seconds since the user's previous event); 1 = first event or same second."""
+    """Time-gap bucket of every event of a sorted log; a user's first event has no previous one."""
     gap = np.diff(timestamp, prepend=timestamp[:1])
     first = np.ones(len(user), dtype=bool)
     first[1:] = user[1:] != user[:-1]
     gap[first] = 0
-    b = np.where(gap > 0, 2 + np.floor(np.log2(np.maximum(gap, 1))).astype(np.int64), 1)
-    out: IntArray = np.minimum(b, N_GAP_BUCKETS - 1).astype(np.int64)
-    return out
+    return gap_to_bucket(gap)
 
 
 @dataclass(frozen=True)

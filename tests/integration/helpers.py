@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kubernetes import client
+
+from fmop.localcluster import free_port
 
 GROUP, VERSION = "fmops.dev", "v1alpha1"
 T = TypeVar("T")
@@ -28,12 +29,6 @@ def wait_for(probe: Callable[[], T | None], timeout: float = 60.0, what: str = "
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(api: Any, plural: str, namespace: str, name: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import numpy.typing as npt
 import torch
 
 from fmrec.nn.fm import FoundationModel
-from fmrec.tokens import N_GAP_BUCKETS
+from fmrec.tokens import gap_to_bucket
 
 Int = npt.NDArray[np.int64]
 
@@ -20,8 +20,7 @@ def request_gaps(items: Int, timestamps: Int) -> Int:
     first = np.ones_like(items, dtype=bool)
     first[:, 1:] = items[:, :-1] == 0  # the first real event follows padding
     gap[first] = 0
-    b = np.where(gap > 0, 2 + np.floor(np.log2(np.maximum(gap, 1))).astype(np.int64), 1)
-    out: Int = np.where(items > 0, np.minimum(b, N_GAP_BUCKETS - 1), 0).astype(np.int64)
+    out: Int = np.where(items > 0, gap_to_bucket(gap), 0).astype(np.int64)
     return out
 
 

@@ -15,7 +15,11 @@ Int = npt.NDArray[np.int64]
 
 
 def request_gaps(items: Int, timestamps: Int) -> Int:
-    """Time-gap buckets for left-padded histories (same buckets as fmrec.tokens.gap_buckets)."""
+    """Time-gap buckets for left-padded histories (same buckets as fmrec.tokens.gap_buckets).
+
+    A request carries only the newest events, so its oldest event has no previous one and gets
+    bucket 1; in training that event would see its real gap. The skew touches one position of
+    the window; send one extra older event if it matters."""
     gap = np.diff(timestamps, axis=1, prepend=timestamps[:, :1])
     first = np.ones_like(items, dtype=bool)
     first[:, 1:] = items[:, :-1] == 0  # the first real event follows padding

@@ -24,7 +24,7 @@ from fmop.api import GROUP, KINDS, VERSION
 from fmop.api.common import CATEGORY, CustomResource
 
 # Keys of JSON Schema that a CRD schema cannot carry (or that add nothing there).
-_DROP = {"title", "examples", "$defs", "additionalProperties_false", "discriminator"}
+_DROP = {"title", "examples", "$defs", "discriminator"}
 
 
 def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:

@@ -179,7 +179,6 @@ class LocalCluster:
         ])
         time.sleep(0.5)
         self._check_alive()
-        self.pids = {name: pid for name, pid in self.pids.items()}
         (self.workdir / "state.json").write_text(json.dumps({
             "pids": self.pids, "server": self.server, "kubeconfig": str(self.kubeconfig_path),
         }))

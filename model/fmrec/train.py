@@ -87,13 +87,19 @@ def length_buckets(wins: list[IntArray], batch_size: int, rng: np.random.Generat
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def history_tensors(tok: Tokens, split: LeaveOneOut, users: IntArray, stage: str, T: int, fields: tuple[str, ...],
-                    device: torch.device) -> dict[str, torch.Tensor]:
-    rows = [split.history(int(u), stage)[-T:] for u in users]
-    idx = np.full((len(rows), T), -1, dtype=np.int64)
-    for b, r in enumerate(rows):
+def history_index(split: LeaveOneOut, users: IntArray, stage: str, T: int) -> IntArray:
+    """(B, T) log rows of each user's newest T events before the `stage` target, left-padded with -1."""
+    idx: IntArray = np.full((len(users), T), -1, dtype=np.int64)
+    for b, u in enumerate(users):
+        r = split.history(int(u), stage)[-T:]
         if len(r):
             idx[b, T - len(r):] = r
+    return idx
+
+
+def history_tensors(tok: Tokens, split: LeaveOneOut, users: IntArray, stage: str, T: int, fields: tuple[str, ...],
+                    device: torch.device) -> dict[str, torch.Tensor]:
+    idx = history_index(split, users, stage, T)
     return {f: torch.from_numpy(np.where(idx >= 0, tok[f][idx], 0)).to(device) for f in fields}
 
 

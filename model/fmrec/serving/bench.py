@@ -17,20 +17,15 @@ from fmrec.data.split import LeaveOneOut
 from fmrec.serving.export import export_triton
 from fmrec.serving.infer import quantize_int8
 from fmrec.serving.server import TritonServer
-from fmrec.train import evaluate
+from fmrec.train import evaluate, history_index
 
 
 def request_arrays(split: LeaveOneOut, T: int, n: int) -> list[dict[str, npt.NDArray[np.int64]]]:
     """One request per test user: the newest T events before the test event, left-padded."""
-    out = []
-    for u in split.test_users[:n]:
-        rows = split.history(int(u), "test")[-T:]
-        arrays = {k: np.zeros((1, T), dtype=np.int64) for k in ("ITEMS", "ACTIONS", "TIMESTAMPS")}
-        arrays["ITEMS"][0, T - len(rows):] = split.log.item[rows]
-        arrays["ACTIONS"][0, T - len(rows):] = split.log.action[rows]
-        arrays["TIMESTAMPS"][0, T - len(rows):] = split.log.timestamp[rows]
-        out.append(arrays)
-    return out
+    idx = history_index(split, split.test_users[:n], "test", T)
+    columns = {"ITEMS": split.log.item, "ACTIONS": split.log.action, "TIMESTAMPS": split.log.timestamp}
+    padded = {name: np.where(idx >= 0, col[idx], 0).astype(np.int64) for name, col in columns.items()}
+    return [{name: arr[b:b + 1] for name, arr in padded.items()} for b in range(len(idx))]
 
 
 def load(url: str, model: str, requests: list[dict[str, npt.NDArray[np.int64]]], concurrency: int, total: int) -> dict[str, float]:

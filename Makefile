@@ -10,7 +10,7 @@ export PATH := $(CACHE)/bin:$(PATH)
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-setup: ## install everything: Python venv, kube-apiserver/etcd/kubectl/helm from Go modules, third-party CRDs
+setup: ## install everything: Debian packages, Python venv, Kubernetes/etcd/helm/KServe/Argo from Go modules, CRDs
 	bash hack/setup.sh
 
 lint: ## strict type check of the operator, and CRDs in sync with the API types
@@ -32,14 +32,14 @@ crds: ## regenerate crds/ and the chart's crds/ from the pydantic API types
 check-crds: ## fail if the committed CRDs differ from the API types
 	$(PY) -m fmop.crdgen --check
 
-cluster-up: ## start etcd + kube-apiserver + kube-controller-manager on 127.0.0.1 and install all CRDs
-	$(PY) -m fmop.localcluster up
+cluster-up: ## start the local single-node Kubernetes: control plane, kubelet + containerd, KServe, Argo (root)
+	$(PY) -m fmop.local up
 
-cluster-down: ## stop the local control plane
-	$(PY) -m fmop.localcluster down
+cluster-down: ## stop it and remove every process, container, netns, bridge and mount it made
+	$(PY) -m fmop.local down
 
-cluster-status: ## show the local control plane's processes
-	$(PY) -m fmop.localcluster status
+cluster-status: ## show what runs and where
+	$(PY) -m fmop.local status
 
 run: ## run the operator against the local control plane (make cluster-up first)
 	KUBECONFIG=$(KUBECONFIG_LOCAL) $(PY) -m fmop --log-format=plain --bind-address=127.0.0.1

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Build the control-plane binaries this project tests against, from Go modules, once.
 #
-#   kube-apiserver, kube-controller-manager, kubectl  <- k8s.io/kubernetes (staging modules replaced)
+#   kube-apiserver, kube-controller-manager,
+#   kube-scheduler, kubelet, kubectl                  <- k8s.io/kubernetes (staging modules replaced)
+#   fmop-cri (hack/fmop-cri, our own)                 <- k8s.io/cri-client, in the same wrapper module
 #   etcd                                              <- go.etcd.io/etcd/server/v3 (wrapper module)
 #   helm                                              <- helm.sh/helm/v3 (wrapper module)
+#   kserve-manager                                    <- github.com/kserve/kserve/cmd/manager
+#   workflow-controller, argoexec                     <- github.com/argoproj/argo-workflows/v3
 #
 # Everything lands in $FMOP_CACHE (default ~/.cache/fm-operator), outside the repository, and a
 # binary that already exists with the right version stamp is not rebuilt. Only the Go module proxy
@@ -23,46 +27,100 @@ log() { printf '[build-tools] %s\n' "$*" >&2; }
 stamp_ok() { [ -x "$BIN/$1" ] && [ "$(cat "$BIN/.$1.version" 2>/dev/null)" = "$2" ]; }
 stamp() { echo "$2" >"$BIN/.$1.version"; }
 
+K8S_CMDS="kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
 build_kubernetes() {
-  local want="$K8S_VERSION"
-  if stamp_ok kube-apiserver "$want" && stamp_ok kube-controller-manager "$want" && stamp_ok kubectl "$want"; then
-    log "kubernetes $want: cached"; return
-  fi
+  local want="$K8S_VERSION" cri_sum all_ok=1
+  cri_sum="$(sha256sum "$HERE/fmop-cri/main.go" | cut -c1-16)"
+  for cmd in $K8S_CMDS; do stamp_ok "$cmd" "$want" || all_ok=0; done
+  stamp_ok fmop-cri "$want-$cri_sum" || all_ok=0
+  if [ "$all_ok" = 1 ]; then log "kubernetes $want: cached"; return; fi
   local dir="$SRC/kubernetes-$want" minor="${want#v1.}"; minor="${minor%%.*}"
   local staging="v0.${want#v1.}"
-  mkdir -p "$dir"
-  log "kubernetes $want: writing wrapper module (staging modules at $staging)"
-  # The staging modules are the '=> ./staging/...' replace lines of k8s.io/kubernetes' own go.mod.
-  local upstream
-  upstream="$(cd "$dir" && go mod download -json "k8s.io/kubernetes@$want" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
-  {
-    echo "module fmop.local/kubernetes-tools"
-    echo
-    echo "go $(awk '/^go /{print $2; exit}' "$upstream")"
-    echo
-    echo "require k8s.io/kubernetes $want"
-    echo
-    grep -E '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$upstream" \
-      | awk -v v="$staging" '{print "replace " $1 " => " $1 " " v}'
-  } >"$dir/go.mod"
-  cat >"$dir/tools.go" <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
-  (cd "$dir" && go mod tidy -e >/dev/null 2>&1 || true; cd "$dir" && go mod tidy)
+  mkdir -p "$dir/cmd/fmop-cri"
+  cp "$HERE/fmop-cri/main.go" "$dir/cmd/fmop-cri/main.go"
+  local tools
+  tools="$(printf '//go:build tools\n\npackage tools\n\nimport (\n'; for cmd in $K8S_CMDS; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$cmd"; done; printf ')\n')"
+  if [ "$(cat "$dir/tools.go" 2>/dev/null)" != "$tools" ] || [ ! -f "$dir/go.sum" ]; then
+    log "kubernetes $want: writing wrapper module (staging modules at $staging)"
+    # The staging modules are the '=> ./staging/...' replace lines of k8s.io/kubernetes' own go.mod.
+    local upstream
+    upstream="$(cd "$dir" && go mod download -json "k8s.io/kubernetes@$want" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+    {
+      echo "module fmop.local/kubernetes-tools"
+      echo
+      echo "go $(awk '/^go /{print $2; exit}' "$upstream")"
+      echo
+      echo "require k8s.io/kubernetes $want"
+      echo
+      grep -E '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$upstream" \
+        | awk -v v="$staging" '{print "replace " $1 " => " $1 " " v}'
+    } >"$dir/go.mod"
+    echo "$tools" >"$dir/tools.go"
+    (cd "$dir" && go mod tidy -e >/dev/null 2>&1 || true; cd "$dir" && go mod tidy)
+  fi
   local ld="-s -w -X k8s.io/component-base/version.gitVersion=$want -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z"
   ld="$ld -X k8s.io/client-go/pkg/version.gitVersion=$want -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
-  for cmd in kube-apiserver kube-controller-manager kubectl; do
+  for cmd in $K8S_CMDS; do
+    stamp_ok "$cmd" "$want" && continue
     log "kubernetes $want: building $cmd (slow the first time)"
     (cd "$dir" && go build -trimpath -ldflags "$ld" -o "$BIN/$cmd" "k8s.io/kubernetes/cmd/$cmd")
     stamp "$cmd" "$want"
+  done
+  if ! stamp_ok fmop-cri "$want-$cri_sum"; then
+    log "fmop-cri: building (CRI client for the local node's clean shutdown)"
+    (cd "$dir" && go build -trimpath -ldflags "-s -w" -o "$BIN/fmop-cri" ./cmd/fmop-cri)
+    stamp fmop-cri "$want-$cri_sum"
+  fi
+}
+
+# A wrapper module that requires $1@$2 and carries the module's own replace lines (single-line
+# `replace a => b v` forms, which is what KServe and Argo use), so `go build` resolves exactly as
+# the project's own build does.
+wrapper_module() {
+  local dir="$1" mod="$2" ver="$3" upstream
+  mkdir -p "$dir"
+  [ -f "$dir/go.sum" ] && grep -q "^require $mod $ver\$" "$dir/go.mod" 2>/dev/null && return
+  upstream="$(cd "$dir" && printf 'module fmop.local/probe\n\ngo 1.24\n' >go.mod && go mod download -json "$mod@$ver" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+  {
+    echo "module fmop.local/$(basename "$dir")"
+    echo
+    echo "go $(awk '/^go /{print $2; exit}' "$upstream")"
+    echo
+    echo "require $mod $ver"
+    echo
+    grep -E '^replace [^ ]+ => [^ ]+ v[^ ]+$' "$upstream" || true
+  } >"$dir/go.mod"
+}
+
+build_kserve() {
+  if stamp_ok kserve-manager "$KSERVE_VERSION"; then log "kserve $KSERVE_VERSION: cached"; return; fi
+  local dir="$SRC/kserve-$KSERVE_VERSION"
+  wrapper_module "$dir" github.com/kserve/kserve "$KSERVE_VERSION"
+  printf '//go:build tools\n\npackage tools\n\nimport _ "github.com/kserve/kserve/cmd/manager"\n' >"$dir/tools.go"
+  (cd "$dir" && go mod tidy)
+  log "kserve $KSERVE_VERSION: building the controller manager"
+  (cd "$dir" && go build -trimpath -ldflags "-s -w" -o "$BIN/kserve-manager" github.com/kserve/kserve/cmd/manager)
+  stamp kserve-manager "$KSERVE_VERSION"
+}
+
+build_argo() {
+  if stamp_ok workflow-controller "$ARGO_VERSION" && stamp_ok argoexec "$ARGO_VERSION"; then log "argo $ARGO_VERSION: cached"; return; fi
+  local dir="$SRC/argo-$ARGO_VERSION" mod="github.com/argoproj/argo-workflows/v3"
+  wrapper_module "$dir" "$mod" "$ARGO_VERSION"
+  printf '//go:build tools\n\npackage tools\n\nimport (\n\t_ "%s/cmd/workflow-controller"\n\t_ "%s/cmd/argoexec"\n)\n' "$mod" "$mod" >"$dir/tools.go"
+  (cd "$dir" && go mod tidy)
+  # Upstream's workflow/executor/osspecific/signal_linux.go is a symlink to signal_darwin.go, and Go
+  # module zips drop symlinks, so the module as served lacks it ("undefined: Setpgid"). Build from a
+  # vendor tree (Go refuses overlays into the module cache) with exactly that symlink restored.
+  (cd "$dir" && go mod vendor)
+  ln -sfn signal_darwin.go "$dir/vendor/$mod/workflow/executor/osspecific/signal_linux.go"
+  local ld="-s -w -X $mod.version=$ARGO_VERSION -X $mod.gitTag=$ARGO_VERSION -X $mod.gitTreeState=clean"
+  for cmd in workflow-controller argoexec; do
+    log "argo $ARGO_VERSION: building $cmd"
+    (cd "$dir" && go build -mod=vendor -trimpath -ldflags "$ld" -o "$BIN/$cmd" "$mod/cmd/$cmd")
+    stamp "$cmd" "$ARGO_VERSION"
   done
 }
 
@@ -130,12 +188,14 @@ KSERVE_VERSION="${KSERVE_VERSION:-v0.17.0}"
 GATEWAY_API_VERSION="${GATEWAY_API_VERSION:-v1.4.0}"
 PROM_OPERATOR_VERSION="${PROM_OPERATOR_VERSION:-v0.88.0}"
 CRDS="$CACHE/crds"
+KSERVE_CONFIG="$CACHE/kserve"
 
 fetch_crds() {
-  local want="argo=$ARGO_VERSION kserve=$KSERVE_VERSION gateway=$GATEWAY_API_VERSION prometheus-operator=$PROM_OPERATOR_VERSION"
+  # Bump the layout tag when the set of files changes, so a cached copy is refreshed.
+  local want="layout=2 argo=$ARGO_VERSION kserve=$KSERVE_VERSION gateway=$GATEWAY_API_VERSION prometheus-operator=$PROM_OPERATOR_VERSION"
   if [ "$(cat "$CRDS/.version" 2>/dev/null)" = "$want" ]; then log "third-party CRDs: cached"; return; fi
   local dir="$SRC/crd-fetch"
-  mkdir -p "$dir" && rm -rf "$CRDS.tmp" && mkdir -p "$CRDS.tmp"
+  mkdir -p "$dir" && rm -rf "$CRDS.tmp" "$KSERVE_CONFIG.tmp" && mkdir -p "$CRDS.tmp" "$KSERVE_CONFIG.tmp"
   printf 'module fmop.local/crd-fetch\n\ngo 1.24\n' >"$dir/go.mod"
   moddir() { (cd "$dir" && go mod download -json "$1") | python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(d["Error"]) if d.get("Error") else print(d["Dir"])'; }
   local argo kserve gw promop
@@ -144,18 +204,37 @@ fetch_crds() {
   gw="$(moddir "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION")"
   promop="$(moddir "github.com/prometheus-operator/prometheus-operator@$PROM_OPERATOR_VERSION")"
   # "full" variants carry the complete OpenAPI schema, so the server validates what we write.
-  cp "$argo/manifests/base/crds/full/argoproj.io_workflows.yaml" \
-     "$argo/manifests/base/crds/full/argoproj.io_workflowtemplates.yaml" "$CRDS.tmp/"
-  cp "$kserve/config/crd/full/serving.kserve.io_inferenceservices.yaml" \
-     "$kserve/config/crd/full/serving.kserve.io_servingruntimes.yaml" \
-     "$kserve/config/crd/full/serving.kserve.io_clusterservingruntimes.yaml" "$CRDS.tmp/"
-  cp "$gw/config/crd/standard/"gateway.networking.k8s.io_{gatewayclasses,gateways,httproutes,referencegrants}.yaml "$CRDS.tmp/"
+  # All eight Argo CRDs: the controller watches every one of them (task results, task sets, ...).
+  cp "$argo"/manifests/base/crds/full/argoproj.io_*.yaml "$CRDS.tmp/"
+  # Every KServe CRD the controller manager's informers list (localmodel, clusterstoragecontainer,
+  # llmisvc included); the conversion-webhook patches are kustomize inputs, not CRDs.
+  find "$kserve/config/crd/full" -name 'serving.kserve.io_*.yaml' -exec cp {} "$CRDS.tmp/" \;
+  # The whole Gateway API standard channel (Traefik's gateway provider needs GRPCRoute and
+  # BackendTLSPolicy too, or its informers fail).
+  cp "$gw"/config/crd/standard/gateway.networking.k8s.io_*.yaml "$CRDS.tmp/"
   cp "$promop/example/prometheus-operator-crd-full/monitoring.coreos.com_servicemonitors.yaml" \
      "$promop/example/prometheus-operator-crd-full/monitoring.coreos.com_prometheusrules.yaml" "$CRDS.tmp/"
-  chmod u+w "$CRDS.tmp"/*
+  # KServe's own configuration: the inferenceservice-config ConfigMap, its webhook registrations and
+  # its Triton ClusterServingRuntime; fmop.local adapts them to the local node at start-up.
+  cp "$kserve/config/configmap/inferenceservice.yaml" "$kserve/config/webhook/manifests.yaml" \
+     "$kserve/config/runtimes/kserve-tritonserver.yaml" "$KSERVE_CONFIG.tmp/"
+  chmod u+w "$CRDS.tmp"/* "$KSERVE_CONFIG.tmp"/*
   echo "$want" >"$CRDS.tmp/.version"
-  rm -rf "$CRDS" && mv "$CRDS.tmp" "$CRDS"
-  log "third-party CRDs: $(ls "$CRDS" | wc -l) files in $CRDS"
+  rm -rf "$CRDS" "$KSERVE_CONFIG" && mv "$CRDS.tmp" "$CRDS" && mv "$KSERVE_CONFIG.tmp" "$KSERVE_CONFIG"
+  log "third-party CRDs: $(ls "$CRDS" | wc -l) files in $CRDS; KServe config in $KSERVE_CONFIG"
+}
+
+# The Kubernetes pause container, compiled from the pause.c that ships in the k8s.io/kubernetes
+# module (build/pause/linux), statically, so the sandbox image is one small binary.
+build_pause() {
+  if stamp_ok pause "$K8S_VERSION"; then log "pause $K8S_VERSION: cached"; return; fi
+  command -v gcc >/dev/null || { log "pause: gcc is required (apt-get install gcc libc6-dev)"; exit 1; }
+  local k8s
+  k8s="$(cd "$SRC/kubernetes-$K8S_VERSION" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)"
+  gcc -Os -static -Wall -Werror -DVERSION="$K8S_VERSION" -o "$BIN/pause" "$k8s/build/pause/linux/pause.c"
+  strip "$BIN/pause"
+  stamp pause "$K8S_VERSION"
+  log "pause $K8S_VERSION: built"
 }
 
 start=$(date +%s)
@@ -163,4 +242,7 @@ fetch_crds
 build_etcd
 build_helm
 build_kubernetes
+build_pause
+build_kserve
+build_argo
 log "done in $(( $(date +%s) - start ))s; binaries in $BIN"

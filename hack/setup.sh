@@ -8,17 +8,21 @@ start=$(date +%s)
 
 need() { command -v "$1" >/dev/null 2>&1 || { echo "setup: '$1' is required but not installed ($2)" >&2; exit 1; }; }
 need "$PYTHON" "Python 3.11 or newer"
-need go "Go 1.24 or newer, to build kube-apiserver, etcd and helm from modules"
+need go "Go 1.25 or newer, to build Kubernetes, etcd, helm, KServe and Argo from modules"
 need openssl "used to make the local control plane's certificates (apt-get install openssl)"
 "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "setup: Python 3.11+ is required, found " + sys.version.split()[0])'
 
-# Triton's python-backend stub (from nvidia-pytriton) links against the system libpython3.11.
-if ! ldconfig -p 2>/dev/null | grep -q 'libpython3\.11\.so\.1\.0'; then
+# Debian packages: Triton's python-backend stub (from nvidia-pytriton) links against the system
+# libpython3.11; the local node runs containerd + runc with Debian's CNI plugins; images are built
+# with debootstrap + buildah; gcc + libc6-dev compile the static pause binary.
+DEBS="libpython3.11 containerd runc containernetworking-plugins buildah debootstrap gcc libc6-dev iproute2"
+missing=$(for d in $DEBS; do dpkg-query -W -f='${Status}' "$d" 2>/dev/null | grep -q 'install ok installed' || echo "$d"; done)
+if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "[setup] installing Debian's libpython3.11 (for Triton's python backend)"
-    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libpython3.11 >/dev/null
+    echo "[setup] installing Debian packages: $(echo $missing)"
+    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >/dev/null
   else
-    echo "setup: Triton's python backend needs libpython3.11.so.1.0: run 'sudo apt-get install libpython3.11'" >&2; exit 1
+    echo "setup: missing Debian packages: $(echo $missing); run 'sudo apt-get install $(echo $missing)'" >&2; exit 1
   fi
 fi
 
@@ -31,5 +35,12 @@ echo "[setup] Python virtualenv in .venv"
 
 echo "[setup] control-plane binaries and third-party CRDs (first run builds from Go modules; later runs are cached)"
 bash hack/build-tools.sh
+
+if [ "$(id -u)" = 0 ]; then
+  echo "[setup] images for the local node (debootstrap + buildah; cached by content, the first run takes minutes)"
+  .venv/bin/python -m fmop.local.images
+else
+  echo "[setup] not root: skipping the local node's images (containerd, kubelet and buildah need root)"
+fi
 
 echo "[setup] done in $(( $(date +%s) - start ))s. Next: make test"

@@ -25,9 +25,9 @@ def examples() -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """etcd + kube-apiserver + kube-controller-manager on 127.0.0.1, with all CRDs installed."""
-    from fmop.localcluster import LocalCluster
+    """The real single-node Kubernetes (control plane, kubelet + containerd, the KServe and Argo
+    controllers) with every CRD installed, once per test session."""
+    from fmop.local.cluster import LocalCluster
 
-    with LocalCluster(workdir=tmp_path_factory.mktemp("cluster")) as c:
-        c.install_crds()
+    with LocalCluster(workdir=tmp_path_factory.mktemp("cluster"), node=True, kserve=True, argo=True) as c:
         yield c

@@ -1,0 +1,103 @@
+"""python -m fmop.local up|down|status: the local single-node Kubernetes, detached.
+
+    up       control plane, node (containerd + kubelet), KServe and Argo controllers, all CRDs
+    down     stop everything and remove every container, network namespace, bridge and mount
+    status   what runs and where
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from fmop.local.common import DEFAULT_DIR, ClusterError, alive
+
+
+def _up(args: argparse.Namespace) -> int:
+    from fmop.local.cluster import LocalCluster
+
+    state = args.dir / "state.json"
+    if state.exists() and any(alive(p) for p in json.loads(state.read_text()).get("pids", {}).values()):
+        print(f"already running; export KUBECONFIG={args.dir / 'kubeconfig'}")
+        return 0
+    node = not args.no_node
+    if node and os.geteuid() != 0:
+        print("the node (containerd, kubelet, a bridge) needs root; run as root or with --no-node", file=sys.stderr)
+        return 1
+    cluster = LocalCluster(workdir=args.dir, attached=False, node=node, kserve=node and not args.no_kserve,
+                           argo=node and not args.no_argo)
+    t0 = time.monotonic()
+    try:
+        cluster.start()
+        if args.no_crds:
+            pass
+        else:
+            cluster.install_extras()
+    except (ClusterError, OSError) as err:
+        cluster.stop()
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"up in {time.monotonic() - t0:.1f}s")
+    for name, where in cluster.endpoints.items():
+        print(f"  {name:15} {where}")
+    print(f"logs in {args.dir}/*.log")
+    print(f"export KUBECONFIG={cluster.kubeconfig_path}")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from fmop.local import node as nodemod
+    from fmop.local.common import terminate
+
+    state = args.dir / "state.json"
+    data = json.loads(state.read_text()) if state.exists() else {}
+    if data.get("node") or (args.dir / "node").exists():
+        nodemod.cleanup(args.dir)
+        if nodemod.LOCK.exists() and json.loads(nodemod.LOCK.read_text()).get("workdir") == str(args.dir):
+            nodemod.LOCK.unlink()
+    for name, pid in reversed(list(data.get("pids", {}).items())):
+        terminate(pid, name)
+    state.unlink(missing_ok=True)
+    print("stopped" if data else "not running (cleaned up anything left behind)")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    state = args.dir / "state.json"
+    if not state.exists():
+        print("not running")
+        return 1
+    data = json.loads(state.read_text())
+    for name, pid in data["pids"].items():
+        print(f"{name:24} pid {pid:<8} {'running' if alive(pid) else 'DEAD'}")
+    for name, where in data.get("endpoints", {}).items():
+        print(f"{name:24} {where}")
+    print(f"export KUBECONFIG={data['kubeconfig']}")
+    return 0 if all(alive(p) for p in data["pids"].values()) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fmop.local", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dir", type=Path, default=Path(os.environ.get("FMOP_CLUSTER_DIR", DEFAULT_DIR)),
+                        help="state directory (kubeconfig, logs, etcd data, node state); default %(default)s")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="start in the background")
+    up.add_argument("--no-crds", action="store_true", help="do not install CRDs (nor start KServe and Argo)")
+    up.add_argument("--no-node", action="store_true", help="control plane only: objects are stored, pods never run")
+    up.add_argument("--no-kserve", action="store_true", help="do not start the KServe controller")
+    up.add_argument("--no-argo", action="store_true", help="do not start the Argo workflow-controller")
+    up.set_defaults(func=_up)
+    sub.add_parser("down", help="stop and clean up").set_defaults(func=_down)
+    sub.add_parser("status", help="show processes and endpoints").set_defaults(func=_status)
+    args = parser.parse_args(argv)
+    args.dir = args.dir.resolve()
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

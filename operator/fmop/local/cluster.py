@@ -80,6 +80,13 @@ class LocalCluster:
         if self.node:
             from fmop.local import images
 
+            # The kubelet authorises the API server's calls (logs, exec, port-forward) like anyone
+            # else's: by SubjectAccessReview for the API server's client certificate.
+            self.apply([{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                         "metadata": {"name": "fmop:kube-apiserver-kubelet-client"},
+                         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:kubelet-api-admin"},
+                         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "kube-apiserver-kubelet-client"}]}],
+                       "RBAC for the API server's calls to the kubelet")
             n = self.the_node = nodemod.Node(self.workdir, self.plane)
             n.start_containerd(self.sup)
             self._save()

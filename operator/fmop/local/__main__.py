@@ -3,6 +3,7 @@
     up       control plane, node (containerd + kubelet), KServe and Argo controllers, all CRDs
     down     stop everything and remove every container, network namespace, bridge and mount
     status   what runs and where
+    models-volume NAMESPACE   the fmop-models claim in NAMESPACE (`default` has one after `up`)
 """
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ def _down(args: argparse.Namespace) -> int:
 
     state = args.dir / "state.json"
     data = json.loads(state.read_text()) if state.exists() else {}
+    if nodemod.LOCK.exists():
+        owner = Path(json.loads(nodemod.LOCK.read_text())["workdir"])
+        owner_state = owner / "state.json"
+        owner_pids = json.loads(owner_state.read_text()).get("pids", {}) if owner_state.exists() else {}
+        if owner != args.dir and any(alive(p) for p in owner_pids.values()):
+            print(f"the node on this machine belongs to {owner}, not {args.dir}: use --dir {owner}", file=sys.stderr)
+            return 1
     if data.get("node") or (args.dir / "node").exists():
         nodemod.cleanup(args.dir)
         if nodemod.LOCK.exists() and json.loads(nodemod.LOCK.read_text()).get("workdir") == str(args.dir):
@@ -63,6 +71,20 @@ def _down(args: argparse.Namespace) -> int:
         terminate(pid, name)
     state.unlink(missing_ok=True)
     print("stopped" if data else "not running (cleaned up anything left behind)")
+    return 0
+
+
+def _models_volume(args: argparse.Namespace) -> int:
+    from fmop.local import kserve
+    from fmop.local.cluster import LocalCluster
+
+    cluster = LocalCluster(workdir=args.dir, attached=False)
+    try:
+        kserve.models_volume(cluster, args.namespace)
+    except ClusterError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"pvc://{kserve.MODELS_CLAIM}/<path> in namespace {args.namespace} is {kserve.models_dir(cluster)}/<path>")
     return 0
 
 
@@ -94,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     up.set_defaults(func=_up)
     sub.add_parser("down", help="stop and clean up").set_defaults(func=_down)
     sub.add_parser("status", help="show processes and endpoints").set_defaults(func=_status)
+    mv = sub.add_parser("models-volume", help="create the fmop-models claim (pvc://fmop-models/...) in a namespace")
+    mv.add_argument("namespace")
+    mv.set_defaults(func=_models_volume)
     args = parser.parse_args(argv)
     args.dir = args.dir.resolve()
     return int(args.func(args))

@@ -33,6 +33,7 @@ class LocalCluster:
     plane: ControlPlane = field(init=False)
     sup: Supervisor = field(init=False)
     the_node: nodemod.Node | None = field(default=None, init=False)
+    _claimed: bool = field(default=False, init=False)
     endpoints: dict[str, str] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -115,7 +116,7 @@ class LocalCluster:
             self._save()
 
     def stop(self) -> None:
-        if self.node:
+        if self._claimed:  # the bridge and cgroups are shared: only the node's owner cleans them up
             nodemod.cleanup(self.workdir, log=self.log)
             self._release_node()
         self.sup.stop_all()
@@ -151,11 +152,13 @@ class LocalCluster:
                 self.log(f"cleaning up a node left behind by {other['workdir']}")
                 nodemod.cleanup(Path(other["workdir"]), log=self.log)
         lock.write_text(json.dumps({"workdir": str(self.workdir)}))
+        self._claimed = True
 
     def _release_node(self) -> None:
         lock = nodemod.LOCK
         if lock.exists() and json.loads(lock.read_text()).get("workdir") == str(self.workdir):
             lock.unlink()
+        self._claimed = False
 
     # ------------------------------------------------------------------ API helpers
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -4,7 +4,7 @@ into the node's containerd. No registry is involved anywhere.
     pause     the sandbox image: the static pause binary from the Kubernetes module
     argoexec  Argo's executor: the argoexec binary built from the Argo module
     base      Debian bookworm minbase with python3.11 (Argo step image for plain scripts)
-    fmrec     base + torch, nvidia-pytriton and this project: the model server (Triton with the
+    fmrec     base + torch, nvidia-pytriton and the fmrec package: the model server (Triton with the
               fmrec python backend, `tritonserver` on PATH) and the trainer, one image for both
 
 Each image is tagged with a hash of its inputs and cached in buildah's storage under the cache
@@ -56,10 +56,10 @@ def _digest(*parts: bytes | str) -> str:
     return h.hexdigest()[:12]
 
 
-def _tree_digest(root: Path, pattern: str = "*.py") -> str:
+def _tree_digest(root: Path) -> str:
     h = hashlib.sha256()
-    for f in sorted(root.rglob(pattern)):
-        if "__pycache__" not in f.parts:
+    for f in sorted(root.rglob("*")):
+        if f.is_file() and "__pycache__" not in f.parts:
             h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:12]
 
@@ -174,7 +174,7 @@ def fmrec_deps_ref() -> str:
 
 
 def fmrec_ref() -> str:
-    src = _digest(fmrec_deps_ref(), _tree_digest(REPO / "model"), _tree_digest(REPO / "operator"), (REPO / "pyproject.toml").read_text(), TRITON_WRAPPER)
+    src = _digest(fmrec_deps_ref(), _tree_digest(REPO / "model" / "fmrec"), TRITON_WRAPPER)
     return f"localhost/fmop/fmrec:{src}"
 
 
@@ -198,8 +198,10 @@ def build_fmrec(log: Log) -> str:
         return ref
     c = buildah("from", deps, what="fmrec image")
     mnt = Path(buildah("mount", c, what="fmrec image"))
-    _pip_target(mnt / DIST, ["--no-deps", "--upgrade", str(REPO)], "installing this project into the image")
-    shutil.rmtree(mnt / DIST / "bin", ignore_errors=True)
+    # Only the model package: the operator is not part of this image, and an operator change must
+    # not rebuild (and re-import) several GB.
+    shutil.rmtree(mnt / DIST / "fmrec", ignore_errors=True)
+    shutil.copytree(REPO / "model" / "fmrec", mnt / DIST / "fmrec", ignore=shutil.ignore_patterns("__pycache__"))
     backends = mnt / "opt" / "fmop" / "backends" / "python"
     backends.mkdir(parents=True, exist_ok=True)
     triton = f"/{DIST}/pytriton/tritonserver"

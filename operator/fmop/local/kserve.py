@@ -119,4 +119,5 @@ def start(cluster: LocalCluster, node: Node) -> str:
     url = f"https://127.0.0.1:{webhook_port}"
     cluster.apply(webhooks(url, cluster.ca_file.read_bytes()), "KServe webhook configurations")
     cluster.apply([serving_runtime(refs["fmrec"])], "the Triton ClusterServingRuntime")  # goes through KServe's validating webhook
+    models_volume(cluster, "default")
     return f"controller manager (webhooks {url}, metrics 127.0.0.1:{metrics_port}), runtime {RUNTIME} = {refs['fmrec']}"

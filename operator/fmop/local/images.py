@@ -23,7 +23,8 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +69,21 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
-def _commit(container: str, ref: str, config: list[str]) -> None:
-    if config:
-        buildah("config", *config, container, what=f"configuring {ref}")
-    buildah("commit", "--disable-compression", "--rm", container, ref, what=f"committing {ref}")
+@contextmanager
+def _working(source: str, ref: str, config: list[str]) -> Iterator[Path]:
+    """A buildah working container from source, mounted at the yielded path; committed as ref
+    (with config) when the block succeeds, removed when it fails."""
+    container = buildah("from", source, what=f"building {ref}")
+    try:
+        mnt = Path(buildah("mount", container, what=f"building {ref}"))
+        yield mnt
+        buildah("umount", container, what=f"building {ref}")
+        if config:
+            buildah("config", *config, container, what=f"configuring {ref}")
+        buildah("commit", "--disable-compression", "--rm", container, ref, what=f"committing {ref}")
+    except BaseException:
+        subprocess.run(["buildah", f"--root={STORE / 'storage'}", f"--runroot={STORE / 'run'}", "rm", container], capture_output=True)
+        raise
 
 
 def _mirror() -> str:
@@ -97,11 +109,8 @@ def pause_ref() -> str:
 def build_pause(log: Log) -> str:
     ref = pause_ref()
     if not _has(ref):
-        c = buildah("from", "scratch", what="pause image")
-        mnt = Path(buildah("mount", c, what="pause image"))
-        shutil.copy2(binary("pause"), mnt / "pause")
-        buildah("umount", c, what="pause image")
-        _commit(c, ref, ["--entrypoint", '["/pause"]', "--user", "65535:65535"])
+        with _working("scratch", ref, ["--entrypoint", '["/pause"]', "--user", "65535:65535"]) as mnt:
+            shutil.copy2(binary("pause"), mnt / "pause")
     return ref
 
 
@@ -112,16 +121,13 @@ def argoexec_ref() -> str:
 def build_argoexec(log: Log) -> str:
     ref = argoexec_ref()
     if not _has(ref):
-        c = buildah("from", "scratch", what="argoexec image")
-        mnt = Path(buildah("mount", c, what="argoexec image"))
-        (mnt / "bin").mkdir()
-        shutil.copy2(binary("argoexec"), mnt / "bin" / "argoexec")
-        (mnt / "tmp").mkdir(mode=0o1777)
-        os.chmod(mnt / "tmp", 0o1777)
-        (mnt / "etc").mkdir()
-        (mnt / "etc" / "passwd").write_text("root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n")
-        buildah("umount", c, what="argoexec image")
-        _commit(c, ref, ["--entrypoint", '["/bin/argoexec"]', "--env", "PATH=/bin"])
+        with _working("scratch", ref, ["--entrypoint", '["/bin/argoexec"]', "--env", "PATH=/bin"]) as mnt:
+            (mnt / "bin").mkdir()
+            shutil.copy2(binary("argoexec"), mnt / "bin" / "argoexec")
+            (mnt / "tmp").mkdir()
+            os.chmod(mnt / "tmp", 0o1777)
+            (mnt / "etc").mkdir()
+            (mnt / "etc" / "passwd").write_text("root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n")
     return ref
 
 
@@ -135,15 +141,12 @@ def build_base(log: Log) -> str:
         return ref
     t0 = time.monotonic()
     log(f"[images] {ref}: debootstrap --variant=minbase bookworm (about a minute)")
-    c = buildah("from", "scratch", what="base image")
-    mnt = buildah("mount", c, what="base image")
-    run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", "bookworm", mnt, _mirror()],
-        "debootstrap of the base image", timeout=1800)
-    # Slim what an image never needs: apt lists and caches, docs, man pages.
-    for sub in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/info"):
-        shutil.rmtree(Path(mnt) / sub, ignore_errors=True)
-    buildah("umount", c, what="base image")
-    _commit(c, ref, ["--env", "PATH=/usr/local/bin:/usr/bin:/bin", "--env", "LANG=C.UTF-8", "--cmd", '["python3"]'])
+    with _working("scratch", ref, ["--env", "PATH=/usr/local/bin:/usr/bin:/bin", "--env", "LANG=C.UTF-8", "--cmd", '["python3"]']) as mnt:
+        run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", "bookworm", str(mnt), _mirror()],
+            "debootstrap of the base image", timeout=1800)
+        # Slim what an image never needs: apt lists and caches, docs, man pages.
+        for sub in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/info"):
+            shutil.rmtree(mnt / sub, ignore_errors=True)
     log(f"[images] {ref}: built in {time.monotonic() - t0:.0f}s")
     return ref
 
@@ -184,40 +187,34 @@ def build_fmrec(log: Log) -> str:
     if not _has(deps):
         t0 = time.monotonic()
         log(f"[images] {deps}: torch, nvidia-pytriton and their dependencies (several minutes, several GB)")
-        c = buildah("from", base, what="fmrec-deps image")
-        mnt = Path(buildah("mount", c, what="fmrec-deps image"))
-        _pip_target(mnt / DIST, _fmrec_requirements(), "installing the model and serving dependencies into the image")
-        # MovieLens 100K ships inside the recbole wheel; only its data files are read, so no deps.
-        _pip_target(mnt / DIST, ["--no-deps", "recbole==1.2.1"], "installing recbole (MovieLens data) into the image")
-        shutil.rmtree(mnt / DIST / "bin", ignore_errors=True)
-        buildah("umount", c, what="fmrec-deps image")
-        _commit(c, deps, [])
+        with _working(base, deps, []) as mnt:
+            _pip_target(mnt / DIST, _fmrec_requirements(), "installing the model and serving dependencies into the image")
+            # MovieLens 100K ships inside the recbole wheel; only its data files are read, so no deps.
+            _pip_target(mnt / DIST, ["--no-deps", "recbole==1.2.1"], "installing recbole (MovieLens data) into the image")
+            shutil.rmtree(mnt / DIST / "bin", ignore_errors=True)
         log(f"[images] {deps}: built in {time.monotonic() - t0:.0f}s")
     ref = fmrec_ref()
     if _has(ref):
         return ref
-    c = buildah("from", deps, what="fmrec image")
-    mnt = Path(buildah("mount", c, what="fmrec image"))
-    # Only the model package: the operator is not part of this image, and an operator change must
-    # not rebuild (and re-import) several GB.
-    shutil.rmtree(mnt / DIST / "fmrec", ignore_errors=True)
-    shutil.copytree(REPO / "model" / "fmrec", mnt / DIST / "fmrec", ignore=shutil.ignore_patterns("__pycache__"))
-    backends = mnt / "opt" / "fmop" / "backends" / "python"
-    backends.mkdir(parents=True, exist_ok=True)
-    triton = f"/{DIST}/pytriton/tritonserver"
-    for name, target in (("libtriton_python.so", f"{triton}/backends/python/libtriton_python.so"),
-                         ("triton_python_backend_utils.py", f"{triton}/backends/python/triton_python_backend_utils.py"),
-                         ("triton_python_backend_stub", f"{triton}/python_backend_stubs/3.11/triton_python_backend_stub")):
-        if not (mnt / target.lstrip("/")).exists():
-            raise ClusterError(f"the fmrec image lacks {target}: has nvidia-pytriton's layout changed?")
-        (backends / name).unlink(missing_ok=True)
-        (backends / name).symlink_to(target)
-    wrapper = mnt / "usr" / "local" / "bin" / "tritonserver"
-    wrapper.write_text(TRITON_WRAPPER)
-    wrapper.chmod(0o755)
-    buildah("umount", c, what="fmrec image")
-    _commit(c, ref, ["--env", "HOME=/tmp", "--env", "PYTHONDONTWRITEBYTECODE=1", "--env", "PYTHONUNBUFFERED=1",
-                     "--cmd", '["tritonserver", "--help"]'])
+    config = ["--env", "HOME=/tmp", "--env", "PYTHONDONTWRITEBYTECODE=1", "--env", "PYTHONUNBUFFERED=1", "--cmd", '["tritonserver", "--help"]']
+    with _working(deps, ref, config) as mnt:
+        # Only the model package: the operator is not part of this image, and an operator change must
+        # not rebuild (and re-import) several GB.
+        shutil.rmtree(mnt / DIST / "fmrec", ignore_errors=True)
+        shutil.copytree(REPO / "model" / "fmrec", mnt / DIST / "fmrec", ignore=shutil.ignore_patterns("__pycache__"))
+        backends = mnt / "opt" / "fmop" / "backends" / "python"
+        backends.mkdir(parents=True, exist_ok=True)
+        triton = f"/{DIST}/pytriton/tritonserver"
+        for name, target in (("libtriton_python.so", f"{triton}/backends/python/libtriton_python.so"),
+                             ("triton_python_backend_utils.py", f"{triton}/backends/python/triton_python_backend_utils.py"),
+                             ("triton_python_backend_stub", f"{triton}/python_backend_stubs/3.11/triton_python_backend_stub")):
+            if not (mnt / target.lstrip("/")).exists():
+                raise ClusterError(f"the fmrec image lacks {target}: has nvidia-pytriton's layout changed?")
+            (backends / name).unlink(missing_ok=True)
+            (backends / name).symlink_to(target)
+        wrapper = mnt / "usr" / "local" / "bin" / "tritonserver"
+        wrapper.write_text(TRITON_WRAPPER)
+        wrapper.chmod(0o755)
     return ref
 
 

@@ -18,33 +18,16 @@ import numpy as np
 import torch
 
 from fmrec import checkpoint
-from fmrec.data.schema import EventLog
+from fmrec.data.sources import load_data
 from fmrec.data.split import leave_one_out
 from fmrec.train import TrainSettings, build_model, evaluate, pick_device, train
+from fmrec.vocab import Vocabulary
 
 # Defaults chosen on ML-100K's validation split (second-to-last events), see README.
 ARCH_DEFAULTS: dict[str, Any] = {
     "d_model": 64, "n_layers": 2, "n_heads": 2, "context_len": 200, "dropout": 0.2, "item_id_dropout": 0.1,
     "event_fields": ("item", "action", "timeGap"), "objectives": {"nextItem": 1.0},
 }
-
-
-def load_data(spec: str) -> EventLog:
-    """movielens100k | synthetic[:EVENTS] | parquet:PATH | csv:PATH | a .parquet/.csv path."""
-    kind, _, arg = spec.partition(":")
-    if kind == "movielens100k":
-        from fmrec.data.movielens import load_ml100k
-        return load_ml100k()
-    if kind == "synthetic":
-        from fmrec.data.synthetic import generate
-        n = int(float(arg)) if arg else 1_000_000
-        return generate(n_events=n, n_users=max(1000, n // 50), n_items=max(1000, n // 20))
-    from fmrec.data.tabular import load_table
-    if kind in ("parquet", "csv"):
-        return load_table(arg, fmt=kind)
-    if spec.endswith((".parquet", ".csv")):
-        return load_table(spec)
-    raise SystemExit(f"--data {spec!r}: use movielens100k, synthetic[:EVENTS], parquet:PATH or csv:PATH")
 
 
 def _arch(args: argparse.Namespace) -> dict[str, Any]:
@@ -99,7 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     metrics = evaluate(model, split, args.stage)
     meta = {"data": args.data, "dataFingerprint": log.fingerprint(), "featureFingerprint": log.feature_fingerprint(),
             "train_s": train_s, "metrics": metrics, "curve": curve, "settings": vars(_settings(args))}
-    path = checkpoint.save(model, Path(args.out), meta)
+    path = checkpoint.save(model, Path(args.out), meta, Vocabulary.from_log(split.log, split.train_mask(args.stage)))
     plot_curve(curve, Path(args.out) / "curves.png")
     (Path(args.out) / "metrics.json").write_text(json.dumps({**metrics, "train_s": train_s}, indent=2))
     print(json.dumps({"checkpoint": str(path), "train_s": round(train_s, 1), **{k: round(v, 4) for k, v in metrics.items()}}))
@@ -159,8 +142,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     share = adapter.num_params() / fm.num_params()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"adapter": adapter.state_dict(), "kind": args.adapter, "dim": args.dim, "slice": args.slice,
-                "base": str(args.model), "baseFingerprint": meta.get("dataFingerprint")}, out / "adapter.pt")
+    checkpoint.save_adapter(adapter, fm, out, args.task or out.name,
+                            {"slice": args.slice, "minAction": args.min_action, "baseFingerprint": meta.get("dataFingerprint"),
+                             "metrics": after})
     result = {"slice": args.slice, "min_action": args.min_action, "users": int(len(test_users)), "adapter": args.adapter, "adapter_params": adapter.num_params(),
               "fm_params": fm.num_params(), "param_share": share,
               "frozen_fm": before, "fm_plus_adapter": after}
@@ -332,6 +316,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--adapter", choices=["bottleneck", "head"], default="bottleneck")
     f.add_argument("--dim", type=int, default=16, help="bottleneck width")
     f.add_argument("--out", required=True)
+    f.add_argument("--task", help="the task name requests use to pick this adapter (default: the --out folder's name)")
     f.add_argument("--epochs", type=int, default=3)
     f.add_argument("--batch-size", type=int, default=64)
     f.add_argument("--lr", type=float, default=1e-3)

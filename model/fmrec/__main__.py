@@ -213,8 +213,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from fmrec.serving.export import export_triton
 
-    path = export_triton(Path(args.model), Path(args.repo), name=args.name, k=args.top_k, int8=args.int8)
-    print(f"wrote Triton model {path} (python backend{', int8 dynamic quantisation' if args.int8 else ''}, top {args.top_k})")
+    from fmrec.serving.artifact import Manifest
+
+    adapters = [(task, Path(folder)) for task, _, folder in (a.rpartition("=") for a in args.adapter)]
+    path = export_triton(Path(args.model), Path(args.repo), name=args.name, k=args.top_k, int8=args.int8, adapters=adapters)
+    tasks = ", ".join(Manifest.read(path / "1").tasks)
+    print(f"wrote Triton model {path} (python backend{', int8 dynamic quantisation' if args.int8 else ''}, top {args.top_k}; "
+          f"tasks: {tasks})")
     return 0
 
 
@@ -343,6 +348,8 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--name", default="fmrec")
     x.add_argument("--top-k", type=int, default=100)
     x.add_argument("--int8", action="store_true", help="serve with int8 dynamic quantisation of the Linear layers")
+    x.add_argument("--adapter", action="append", default=[], metavar="[TASK=]DIR",
+                   help="a TaskAdapter version (fmrec finetune --out DIR) served as TASK; repeat for more (default name: its own)")
     x.set_defaults(func=cmd_export)
 
     sb = sub.add_parser("serve-bench", help="real Triton server: p50/p99/throughput at concurrency 1, 8, 32; fp32 vs int8")

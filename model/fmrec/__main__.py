@@ -20,7 +20,7 @@ import torch
 from fmrec import checkpoint
 from fmrec.data.sources import load_data
 from fmrec.data.split import leave_one_out
-from fmrec.train import TrainSettings, build_model, evaluate, pick_device, train
+from fmrec.train import TrainSettings, build_model, evaluate, pick_device, top_score_deciles, train
 from fmrec.vocab import Vocabulary
 
 # Defaults chosen on ML-100K's validation split (second-to-last events), see README.
@@ -80,8 +80,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if rank != 0:
         return 0  # rank 0 evaluates and writes the version
     metrics = evaluate(model, split, args.stage)
+    deciles = top_score_deciles(model, split, args.stage)
     meta = {"data": args.data, "dataFingerprint": log.fingerprint(), "featureFingerprint": log.feature_fingerprint(),
-            "train_s": train_s, "metrics": metrics, "curve": curve, "settings": vars(_settings(args))}
+            "train_s": train_s, "metrics": metrics, "curve": curve, "settings": vars(_settings(args)),
+            "topScoreDeciles": deciles}
     path = checkpoint.save(model, Path(args.out), meta, Vocabulary.from_log(split.log, split.train_mask(args.stage)))
     plot_curve(curve, Path(args.out) / "curves.png")
     (Path(args.out) / "metrics.json").write_text(json.dumps({**metrics, "train_s": train_s}, indent=2))
@@ -144,7 +146,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     checkpoint.save_adapter(adapter, fm, out, args.task or out.name,
                             {"slice": args.slice, "minAction": args.min_action, "baseFingerprint": meta.get("dataFingerprint"),
-                             "metrics": after})
+                             "metrics": after, "topScoreDeciles": top_score_deciles(model, split, users=test_users)})
     result = {"slice": args.slice, "min_action": args.min_action, "users": int(len(test_users)), "adapter": args.adapter, "adapter_params": adapter.num_params(),
               "fm_params": fm.num_params(), "param_share": share,
               "frozen_fm": before, "fm_plus_adapter": after}

@@ -231,6 +231,16 @@ def evaluate(model: FoundationModel | AdaptedModel, split: LeaveOneOut, stage: s
     return ranking_metrics(np.concatenate(ranks), ks)
 
 
+@torch.no_grad()
+def top_score_deciles(model: FoundationModel | AdaptedModel, split: LeaveOneOut, stage: str = "test",
+                      users: IntArray | None = None) -> list[float]:
+    """The 10%..90% points of each evaluated user's top-1 score (seen items filtered): the served
+    model's top-score histogram buckets, so offline each bucket holds a tenth of the users."""
+    users = split.test_users if users is None else users
+    top = torch.cat([scores.max(1).values for _, scores in ranked_scores(model, split, users, stage)])  # (U,)
+    return [float(q) for q in torch.quantile(top, torch.linspace(0.1, 0.9, 9))]
+
+
 def mask_seen(scores: torch.Tensor, seen: list[IntArray], candidates: torch.Tensor | None = None) -> torch.Tensor:
     """A copy of scores (B, N) with each row's seen items and, when given, every non-candidate at -inf."""
     scores = scores.float().clone()

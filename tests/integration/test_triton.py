@@ -189,6 +189,43 @@ def test_a_model_with_hour_day_and_device_fields_serves_exactly(server: TritonSe
         assert_same_ranking(_codes(fielded_split, r.items), want[b], u, r.scores)
 
 
+def _metrics(server: TritonServer) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    out = {}
+    for name, labels, value in re.findall(r'^(fmrec_\w+)\{([^}]*)\} (\S+)$', text, flags=re.M):
+        out[(name, frozenset(re.findall(r'(\w+)="([^"]*)"', labels)))] = float(value)
+    return out
+
+
+def _total(m: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in m.items() if n == name and set(labels.items()) <= ls)
+
+
+def test_unknown_items_are_served_and_counted_and_metrics_are_per_task(server: TritonServer, ml: LeaveOneOut) -> None:
+    before = _metrics(server)
+    assert ("fmrec_recommended_items_total", frozenset({("model", "fmrec"), ("version", "1"), ("task", "liked"),
+                                                        ("decile", "10")})) in before  # every series exists from start-up
+    client = RecommenderClient(server.http_url)
+    history = _events(ml, int(ml.test_users[0]))
+    noisy = [*history, Event("no-such-movie", 893286700, "5"), Event("another-new-one", 893286701, "6")]
+    answers = [client.recommend(noisy, task="liked", k=7) for _ in range(3)]
+    assert all(len(a.items) == 7 and "no-such-movie" not in a.items for a in answers)
+    after = _metrics(server)
+
+    def delta(name: str, **labels: str) -> float:
+        return _total(after, name, model="fmrec", **labels) - _total(before, name, model="fmrec", **labels)
+
+    assert delta("fmrec_unknown_values_total", task="liked", field="item") == 6
+    assert delta("fmrec_unknown_values_total", task="liked", field="action") == 3  # "6" is no rating
+    assert delta("fmrec_unknown_values_total", task="fm") == 0
+    assert delta("fmrec_recommended_items_total", task="liked") == 3 * 7
+    assert delta("fmrec_top_score_count", task="liked") == 3 and delta("fmrec_top_score_count", task="fm") == 0
+    assert delta("fmrec_history_events_total", task="liked") == 3 * len(noisy)
+    deciles = {int(dict(ls)["decile"]) for (n, ls), v in after.items()
+               if n == "fmrec_recommended_items_total" and dict(ls)["task"] == "liked" and v > before.get((n, ls), 0)}
+    assert deciles and deciles <= set(range(1, 11))
+
+
 def _post(server: TritonServer, model: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     req = urllib.request.Request(f"http://{server.http_url}/v2/models/{model}/infer", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})

@@ -1,7 +1,7 @@
 """One Triton model version folder holds everything the served model needs, and nothing else:
 
     NAME/1/model.py           Triton's python-backend entry point (a copy of fmrec/serving/triton_model.py)
-    NAME/1/serving.json       manifest: format, event fields, context length, tasks -> files
+    NAME/1/serving.json       manifest: format, event fields, context length, tasks -> files and score buckets
     NAME/1/vocab.json         raw values of the item / action / context codes, item popularity deciles
     NAME/1/model.pt           the foundation model: config and weights
     NAME/1/adapters/TASK.pt   one file per task adapter, trained on exactly this FM's weights
@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fmrec import checkpoint
+from fmrec.data.schema import IntArray
 from fmrec.nn.adapters import Adapter
 from fmrec.nn.fm import FoundationModel
 from fmrec.serving.infer import FM_TASK, Recommender
@@ -37,7 +39,7 @@ class Manifest:
     context_len: int
     d_model: int
     fm_digest: str
-    tasks: dict[str, dict[str, Any]]  # task -> {"file": relative path}
+    tasks: dict[str, dict[str, Any]]  # task -> {"file": relative path, "scoreBuckets": [...]}
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "fields": list(self.fields), "contextLen": self.context_len, "dModel": self.d_model,
@@ -54,7 +56,7 @@ class Manifest:
 
 
 def write_version(version: Path, fm: FoundationModel, vocab: Vocabulary, adapters: dict[str, Adapter],
-                  meta: dict[str, Any]) -> Manifest:
+                  meta: dict[str, Any], buckets: dict[str, tuple[float, ...]]) -> Manifest:
     """Write the version folder (replacing an earlier export there)."""
     for task in adapters:
         if not TASK_NAME.match(task) or task == FM_TASK:
@@ -66,12 +68,12 @@ def write_version(version: Path, fm: FoundationModel, vocab: Vocabulary, adapter
     (version / "adapters").mkdir(parents=True)
     digest = checkpoint.weights_digest(fm)
     torch.save({"config": fm.cfg.to_dict(), "state_dict": fm.state_dict(), "meta": meta}, version / "model.pt")
-    tasks: dict[str, dict[str, Any]] = {FM_TASK: {"file": "model.pt"}}
+    tasks: dict[str, dict[str, Any]] = {FM_TASK: {"file": "model.pt", "scoreBuckets": list(buckets[FM_TASK])}}
     for task, adapter in adapters.items():
         rel = f"adapters/{task}.pt"
         torch.save({"adapter": adapter.state_dict(), "kind": adapter.kind, "dim": adapter.dim, "task": task,
                     "baseDigest": digest}, version / rel)
-        tasks[task] = {"file": rel}
+        tasks[task] = {"file": rel, "scoreBuckets": list(buckets[task])}
     (version / "vocab.json").write_text(json.dumps(vocab.to_dict()))
     manifest = Manifest(fields=fm.cfg.event_fields, context_len=fm.cfg.context_len, d_model=fm.cfg.d_model,
                         fm_digest=digest, tasks=tasks)
@@ -89,3 +91,8 @@ def load_version(version: Path, k_max: int, int8: bool = False) -> tuple[Recomme
                 for task, spec in manifest.tasks.items() if task != FM_TASK}
     return Recommender(fm, vocab, adapters, k_max=k_max, int8=int8), manifest, vocab
 
+
+def item_deciles(vocab: Vocabulary) -> IntArray:
+    """Popularity decile per item code (0 for padding, and for every item when the vocabulary has none)."""
+    out: IntArray = np.asarray(vocab.item_decile or [0] * (len(vocab.items) + 1), dtype=np.int64)
+    return out

@@ -19,6 +19,7 @@ from fmrec.nn.adapters import Adapter
 from fmrec.nn.fm import FMConfig, FoundationModel
 from fmrec.serving import artifact, protocol
 from fmrec.serving.infer import FM_TASK
+from fmrec.serving.metrics import score_buckets
 from fmrec.tokens import FIELDS
 from fmrec.vocab import Vocabulary
 
@@ -37,7 +38,7 @@ parameters: {{ key: "top_k" value: {{ string_value: "{k}" }} }}
 parameters: {{ key: "int8" value: {{ string_value: "{int8}" }} }}
 parameters: {{ key: "threads" value: {{ string_value: "{threads}" }} }}
 """
-KEEP_META = ("dataFingerprint", "featureFingerprint", "metrics")  # never paths
+KEEP_META = ("dataFingerprint", "featureFingerprint", "metrics", "topScoreDeciles")  # never paths
 
 
 class ExportError(ValueError):
@@ -87,9 +88,10 @@ def vocabulary(model_dir: Path, meta: dict[str, Any]) -> Vocabulary:
 Adapters = Mapping[str, Path] | Sequence[tuple[str, Path]]  # task ("" = the name saved with the adapter) -> folder
 
 
-def load_adapters(fm: FoundationModel, adapters: Adapters) -> dict[str, Adapter]:
-    """Adapters by task name, each checked to be trained on this FM."""
+def load_adapters(fm: FoundationModel, adapters: Adapters) -> tuple[dict[str, Adapter], dict[str, Any]]:
+    """Adapters by task name, each checked to be trained on this FM; and the top-score deciles each recorded."""
     out: dict[str, Adapter] = {}
+    deciles: dict[str, Any] = {}
     for task, path in adapters.items() if isinstance(adapters, Mapping) else adapters:
         adapter, info = checkpoint.load_adapter(path, fm)
         name = task or str(info.get("task") or "")
@@ -98,7 +100,8 @@ def load_adapters(fm: FoundationModel, adapters: Adapters) -> dict[str, Adapter]
         if name in out or name == FM_TASK:
             raise ExportError(f"task {name!r} is given twice (or is {FM_TASK!r}, the FM's own); give each adapter its own name")
         out[name] = adapter
-    return out
+        deciles[name] = info.get("meta", {}).get("topScoreDeciles")
+    return out, deciles
 
 
 def export_triton(model_dir: Path, repo: Path, name: str = "fmrec", k: int = 100, int8: bool = False,
@@ -110,9 +113,10 @@ def export_triton(model_dir: Path, repo: Path, name: str = "fmrec", k: int = 100
     check_servable(fm.cfg, vocab)
     if not 1 <= k <= fm.cfg.n_items:
         raise ExportError(f"--top-k {k} must be between 1 and the model's {fm.cfg.n_items} items")
-    loaded = load_adapters(fm, adapters)
+    loaded, deciles = load_adapters(fm, adapters)
+    buckets = {FM_TASK: score_buckets(meta.get("topScoreDeciles"))} | {t: score_buckets(d) for t, d in deciles.items()}
     target = repo / name
-    artifact.write_version(target / "1", fm, vocab, loaded, {k: meta[k] for k in KEEP_META if k in meta})
+    artifact.write_version(target / "1", fm, vocab, loaded, {k: meta[k] for k in KEEP_META if k in meta}, buckets)
     (target / "config.pbtxt").write_text(CONFIG.format(
         name=name, max_batch=max_batch, delay_us=delay_us, instances=instances, k=k, int8=str(int8).lower(), threads=threads,
         inputs=",\n  ".join(s.pbtxt() for s in protocol.INPUTS),

@@ -48,6 +48,10 @@ class TritonServer:
     proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
     def http_url(self) -> str:
         return f"127.0.0.1:{self.http_port}"
 

@@ -1,7 +1,7 @@
 """Triton python-backend model for fmrec (copied into each exported version folder as model.py).
 
 Only the glue between Triton and fmrec lives here: read the request tensors, answer each request
-(or reject it with a 400 that names the input). The model itself
+(or reject it with a 400 that names the input), update the model-aware metrics. The model itself
 is fmrec.serving.infer.Recommender, loaded from this version folder (fmrec.serving.artifact).
 """
 
@@ -18,8 +18,9 @@ import torch
 import triton_python_backend_utils as pb_utils  # provided by Triton's python backend
 
 from fmrec.serving import protocol
-from fmrec.serving.artifact import load_version
+from fmrec.serving.artifact import item_deciles, load_version
 from fmrec.serving.infer import Prepared, Recommendation
+from fmrec.serving.metrics import ServingMetrics
 from fmrec.serving.request import RequestError
 
 
@@ -29,7 +30,9 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         torch.set_num_threads(int(params.get("threads", "1")))
         version = Path(args["model_repository"]) / args["model_version"]
-        self.rec, _, _ = load_version(version, k_max=int(params.get("top_k", "100")), int8=params.get("int8") == "true")
+        self.rec, manifest, vocab = load_version(version, k_max=int(params.get("top_k", "100")), int8=params.get("int8") == "true")
+        buckets = {task: spec["scoreBuckets"] for task, spec in manifest.tasks.items()}
+        self.metrics = ServingMetrics(pb_utils, args["model_name"], args["model_version"], buckets, item_deciles(vocab))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         prepared: list[list[Prepared] | str] = []
@@ -40,12 +43,15 @@ class TritonPythonModel:
             except RequestError as err:
                 prepared.append(str(err))
         results = iter(self.rec.run([row for p in prepared if not isinstance(p, str) for row in p]))  # one backbone pass
-        responses = []
+        responses, answered = [], []
         for p in prepared:
             if isinstance(p, str):
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(p, pb_utils.TritonError.INVALID_ARG)))
                 continue
-            responses.append(pb_utils.InferenceResponse(output_tensors=_outputs([next(results) for _ in p])))
+            mine = [next(results) for _ in p]
+            answered += mine
+            responses.append(pb_utils.InferenceResponse(output_tensors=_outputs(mine)))
+        self.metrics.record(answered)
         return responses
 
 

@@ -247,6 +247,22 @@ def cmd_serve_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_consolidation_bench(args: argparse.Namespace) -> int:
+    from fmrec.serving.consolidation import consolidation_bench
+
+    _, meta = checkpoint.load(Path(args.model))
+    split = leave_one_out(load_data(meta.get("data", "movielens100k")))
+    ns = tuple(int(n) for n in args.tasks.split(","))
+    rows = consolidation_bench(Path(args.model), split, ns=ns, per_level=args.requests, k=args.top_k)
+    print(f"\n{'tasks':>5} {'layout':16} {'artifact MiB':>12} {'RSS MiB':>8} {'PSS MiB':>8} {'concurrency':>11} {'req/s':>7} {'p99 ms':>7}")
+    for r in rows:
+        print(f"{int(r['tasks']):5d} {r['layout']:16} {r['artifact_mib']:12.1f} {r['rss_mib']:8.0f} {r['pss_mib']:8.0f} "
+              f"{int(r['concurrency']):11d} {r['throughput_rps']:7.1f} {r['p99_ms']:7.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from fmrec.baselines import run_rectools
 
@@ -361,6 +377,15 @@ def parser() -> argparse.ArgumentParser:
     sb.add_argument("--json")
     common(sb)
     sb.set_defaults(func=cmd_serve_bench)
+
+    cb = sub.add_parser("consolidation-bench",
+                        help="real Triton: N tasks as one model with N adapters vs N separate models (memory, size, req/s, p99)")
+    cb.add_argument("--model", required=True)
+    cb.add_argument("--tasks", default="1,4,16", help="comma-separated task counts (default %(default)s)")
+    cb.add_argument("--requests", type=int, default=300, help="requests per layout and concurrency level")
+    cb.add_argument("--top-k", type=int, default=100)
+    cb.add_argument("--json")
+    cb.set_defaults(func=cmd_consolidation_bench)
 
     b = sub.add_parser("bench", help="side-by-side table: our FM vs RecTools baselines on ML-100K")
     b.add_argument("--baselines", default="sasrec,hstu", help="comma-separated RecTools models ('' for none)")

@@ -30,16 +30,15 @@ def request_histories(split: LeaveOneOut, n: int) -> list[list[Event]]:
     return out
 
 
-def load(url: str, model: str, histories: list[list[Event]], concurrency: int, total: int,
-         tasks: tuple[str, ...] = ("",)) -> dict[str, float]:
-    """`concurrency` threads, each with its own HTTP client, send `total` requests back to back
-    (request i asks for tasks[i % len(tasks)])."""
+def load(url: str, targets: list[tuple[str, str]], histories: list[list[Event]], concurrency: int, total: int) -> dict[str, float]:
+    """`concurrency` threads, each with its own HTTP clients, send `total` requests back to back;
+    request i goes to the (model, task) targets[i % len(targets)]."""
     latencies: list[float] = []
     lock = threading.Lock()
     counter = iter(range(total))
 
     def worker() -> None:
-        client = RecommenderClient(url, model)
+        clients = {model: RecommenderClient(url, model) for model in {m for m, _ in targets}}
         mine: list[float] = []
         while True:
             with lock:
@@ -47,7 +46,8 @@ def load(url: str, model: str, histories: list[list[Event]], concurrency: int, t
             if i is None:
                 break
             t0 = time.perf_counter()
-            client.recommend(histories[i % len(histories)], task=tasks[i % len(tasks)])
+            model, task = targets[i % len(targets)]
+            clients[model].recommend(histories[i % len(histories)], task=task)
             mine.append(time.perf_counter() - t0)
         with lock:
             latencies.extend(mine)
@@ -84,7 +84,7 @@ def serve_bench(model_dir: Path, split: LeaveOneOut, concurrencies: tuple[int, .
         export_triton(model_dir, work / "repo", name="fmrec_int8", k=k, int8=True)
         with TritonServer(work / "repo", work) as server:
             for name in ("fmrec", "fmrec_int8"):
-                load(server.http_url, name, requests, 4, 64)  # warm-up
+                load(server.http_url, [(name, "")], requests, 4, 64)  # warm-up
                 for c in concurrencies:
-                    results[f"{name}@{c}"] = load(server.http_url, name, requests, c, per_level)
+                    results[f"{name}@{c}"] = load(server.http_url, [(name, "")], requests, c, per_level)
     return {"quality": quality, "sizes": sizes, "latency": results}

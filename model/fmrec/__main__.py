@@ -18,33 +18,16 @@ import numpy as np
 import torch
 
 from fmrec import checkpoint
-from fmrec.data.schema import EventLog
+from fmrec.data.sources import load_data
 from fmrec.data.split import leave_one_out
-from fmrec.train import TrainSettings, build_model, evaluate, pick_device, train
+from fmrec.train import TrainSettings, build_model, evaluate, pick_device, top_score_deciles, train
+from fmrec.vocab import Vocabulary
 
 # Defaults chosen on ML-100K's validation split (second-to-last events), see README.
 ARCH_DEFAULTS: dict[str, Any] = {
     "d_model": 64, "n_layers": 2, "n_heads": 2, "context_len": 200, "dropout": 0.2, "item_id_dropout": 0.1,
     "event_fields": ("item", "action", "timeGap"), "objectives": {"nextItem": 1.0},
 }
-
-
-def load_data(spec: str) -> EventLog:
-    """movielens100k | synthetic[:EVENTS] | parquet:PATH | csv:PATH | a .parquet/.csv path."""
-    kind, _, arg = spec.partition(":")
-    if kind == "movielens100k":
-        from fmrec.data.movielens import load_ml100k
-        return load_ml100k()
-    if kind == "synthetic":
-        from fmrec.data.synthetic import generate
-        n = int(float(arg)) if arg else 1_000_000
-        return generate(n_events=n, n_users=max(1000, n // 50), n_items=max(1000, n // 20))
-    from fmrec.data.tabular import load_table
-    if kind in ("parquet", "csv"):
-        return load_table(arg, fmt=kind)
-    if spec.endswith((".parquet", ".csv")):
-        return load_table(spec)
-    raise SystemExit(f"--data {spec!r}: use movielens100k, synthetic[:EVENTS], parquet:PATH or csv:PATH")
 
 
 def _arch(args: argparse.Namespace) -> dict[str, Any]:
@@ -97,9 +80,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if rank != 0:
         return 0  # rank 0 evaluates and writes the version
     metrics = evaluate(model, split, args.stage)
+    deciles = top_score_deciles(model, split, args.stage)
     meta = {"data": args.data, "dataFingerprint": log.fingerprint(), "featureFingerprint": log.feature_fingerprint(),
-            "train_s": train_s, "metrics": metrics, "curve": curve, "settings": vars(_settings(args))}
-    path = checkpoint.save(model, Path(args.out), meta)
+            "train_s": train_s, "metrics": metrics, "curve": curve, "settings": vars(_settings(args)),
+            "topScoreDeciles": deciles}
+    path = checkpoint.save(model, Path(args.out), meta, Vocabulary.from_log(split.log, split.train_mask(args.stage)))
     plot_curve(curve, Path(args.out) / "curves.png")
     (Path(args.out) / "metrics.json").write_text(json.dumps({**metrics, "train_s": train_s}, indent=2))
     print(json.dumps({"checkpoint": str(path), "train_s": round(train_s, 1), **{k: round(v, 4) for k, v in metrics.items()}}))
@@ -159,8 +144,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     share = adapter.num_params() / fm.num_params()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"adapter": adapter.state_dict(), "kind": args.adapter, "dim": args.dim, "slice": args.slice,
-                "base": str(args.model), "baseFingerprint": meta.get("dataFingerprint")}, out / "adapter.pt")
+    checkpoint.save_adapter(adapter, fm, out, args.task or out.name,
+                            {"slice": args.slice, "minAction": args.min_action, "baseFingerprint": meta.get("dataFingerprint"),
+                             "metrics": after, "topScoreDeciles": top_score_deciles(model, split, users=test_users)})
     result = {"slice": args.slice, "min_action": args.min_action, "users": int(len(test_users)), "adapter": args.adapter, "adapter_params": adapter.num_params(),
               "fm_params": fm.num_params(), "param_share": share,
               "frozen_fm": before, "fm_plus_adapter": after}
@@ -229,8 +215,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from fmrec.serving.export import export_triton
 
-    path = export_triton(Path(args.model), Path(args.repo), name=args.name, k=args.top_k, int8=args.int8)
-    print(f"wrote Triton model {path} (python backend{', int8 dynamic quantisation' if args.int8 else ''}, top {args.top_k})")
+    from fmrec.serving.artifact import Manifest
+
+    adapters = [(task, Path(folder)) for task, _, folder in (a.rpartition("=") for a in args.adapter)]
+    path = export_triton(Path(args.model), Path(args.repo), name=args.name, k=args.top_k, int8=args.int8, adapters=adapters)
+    tasks = ", ".join(Manifest.read(path / "1").tasks)
+    print(f"wrote Triton model {path} (python backend{', int8 dynamic quantisation' if args.int8 else ''}, top {args.top_k}; "
+          f"tasks: {tasks})")
     return 0
 
 
@@ -253,6 +244,22 @@ def cmd_serve_bench(args: argparse.Namespace) -> int:
         print(f"{name:12} {c:>11} {int(m['requests']):8d} {m['p50_ms']:8.2f} {m['p99_ms']:8.2f} {m['throughput_rps']:8.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2))
+    return 0
+
+
+def cmd_consolidation_bench(args: argparse.Namespace) -> int:
+    from fmrec.serving.consolidation import consolidation_bench
+
+    _, meta = checkpoint.load(Path(args.model))
+    split = leave_one_out(load_data(meta.get("data", "movielens100k")))
+    ns = tuple(int(n) for n in args.tasks.split(","))
+    rows = consolidation_bench(Path(args.model), split, ns=ns, per_level=args.requests, k=args.top_k)
+    print(f"\n{'tasks':>5} {'layout':16} {'artifact MiB':>12} {'RSS MiB':>8} {'PSS MiB':>8} {'concurrency':>11} {'req/s':>7} {'p99 ms':>7}")
+    for r in rows:
+        print(f"{int(r['tasks']):5d} {r['layout']:16} {r['artifact_mib']:12.1f} {r['rss_mib']:8.0f} {r['pss_mib']:8.0f} "
+              f"{int(r['concurrency']):11d} {r['throughput_rps']:7.1f} {r['p99_ms']:7.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
 
 
@@ -332,6 +339,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--adapter", choices=["bottleneck", "head"], default="bottleneck")
     f.add_argument("--dim", type=int, default=16, help="bottleneck width")
     f.add_argument("--out", required=True)
+    f.add_argument("--task", help="the task name requests use to pick this adapter (default: the --out folder's name)")
     f.add_argument("--epochs", type=int, default=3)
     f.add_argument("--batch-size", type=int, default=64)
     f.add_argument("--lr", type=float, default=1e-3)
@@ -358,6 +366,8 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--name", default="fmrec")
     x.add_argument("--top-k", type=int, default=100)
     x.add_argument("--int8", action="store_true", help="serve with int8 dynamic quantisation of the Linear layers")
+    x.add_argument("--adapter", action="append", default=[], metavar="[TASK=]DIR",
+                   help="a TaskAdapter version (fmrec finetune --out DIR) served as TASK; repeat for more (default name: its own)")
     x.set_defaults(func=cmd_export)
 
     sb = sub.add_parser("serve-bench", help="real Triton server: p50/p99/throughput at concurrency 1, 8, 32; fp32 vs int8")
@@ -367,6 +377,15 @@ def parser() -> argparse.ArgumentParser:
     sb.add_argument("--json")
     common(sb)
     sb.set_defaults(func=cmd_serve_bench)
+
+    cb = sub.add_parser("consolidation-bench",
+                        help="real Triton: N tasks as one model with N adapters vs N separate models (memory, size, req/s, p99)")
+    cb.add_argument("--model", required=True)
+    cb.add_argument("--tasks", default="1,4,16", help="comma-separated task counts (default %(default)s)")
+    cb.add_argument("--requests", type=int, default=300, help="requests per layout and concurrency level")
+    cb.add_argument("--top-k", type=int, default=100)
+    cb.add_argument("--json")
+    cb.set_defaults(func=cmd_consolidation_bench)
 
     b = sub.add_parser("bench", help="side-by-side table: our FM vs RecTools baselines on ML-100K")
     b.add_argument("--baselines", default="sasrec,hstu", help="comma-separated RecTools models ('' for none)")

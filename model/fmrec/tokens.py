@@ -25,6 +25,18 @@ def gap_to_bucket(gap: IntArray) -> IntArray:
     return out
 
 
+def hour_of_day(timestamp: IntArray) -> IntArray:
+    """Code 1..24 of the UTC hour of each timestamp (0 stays free for padding)."""
+    out: IntArray = ((timestamp // 3600) % 24 + 1).astype(np.int64)
+    return out
+
+
+def day_of_week(timestamp: IntArray) -> IntArray:
+    """Code 1..7 of the UTC weekday of each timestamp, 1 = Monday (1970-01-01 was a Thursday)."""
+    out: IntArray = ((timestamp // 86400 + 3) % 7 + 1).astype(np.int64)
+    return out
+
+
 def gap_buckets(timestamp: IntArray, user: IntArray) -> IntArray:
     """Time-gap bucket of every event of a sorted log; a user's first event has no previous one."""
     gap = np.diff(timestamp, prepend=timestamp[:1])
@@ -45,11 +57,9 @@ class Tokens:
 
 
 def tokenize(log: EventLog) -> Tokens:
-    hour = ((log.timestamp // 3600) % 24 + 1).astype(np.int64)
-    dow = ((log.timestamp // 86400 + 3) % 7 + 1).astype(np.int64)  # 1970-01-01 was a Thursday
     fields: dict[str, IntArray] = {
         "item": log.item, "action": log.action, "timeGap": gap_buckets(log.timestamp, log.user),
-        "hourOfDay": hour, "dayOfWeek": dow,
+        "hourOfDay": hour_of_day(log.timestamp), "dayOfWeek": day_of_week(log.timestamp),
     }
     fields.update(log.context)
     return Tokens(fields)

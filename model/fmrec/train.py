@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,26 +199,50 @@ def train(model: FoundationModel, split: LeaveOneOut, s: TrainSettings, stage: s
 
 
 @torch.no_grad()
+def ranked_scores(model: FoundationModel | AdaptedModel, split: LeaveOneOut, users: IntArray, stage: str = "test",
+                  batch_size: int = 256, cold: torch.Tensor | None = None,
+                  candidates: torch.Tensor | None = None) -> Iterator[tuple[IntArray, torch.Tensor]]:
+    """What evaluation ranks, batch by batch: (users (B,), scores (B, N)) where every item in the
+    user's whole history before the `stage` target (and every non-candidate) scores -inf.
+
+    Input per user: the newest context_len events before the target, left-padded; each event's
+    fields as tokenize() gives them over the whole log (so the oldest event in the window keeps
+    its real time gap). The served model must rank exactly like this; its tests compare with it."""
+    model.eval()
+    device = next(model.parameters()).device
+    tok = tokenize(split.log)
+    for start in range(0, len(users), batch_size):
+        chunk = users[start:start + batch_size]
+        inputs = history_tensors(tok, split, chunk, stage, model.cfg.context_len, model.cfg.event_fields, device)
+        scores, _ = model.score_next(inputs, cold)  # (B, N)
+        yield chunk, mask_seen(scores, [split.log.item[split.history(int(u), stage)] for u in chunk], candidates)
+
+
+@torch.no_grad()
 def evaluate(model: FoundationModel | AdaptedModel, split: LeaveOneOut, stage: str = "test", ks: tuple[int, ...] = (10, 20, 50),
              batch_size: int = 256, users: IntArray | None = None, cold: torch.Tensor | None = None,
              candidates: torch.Tensor | None = None) -> dict[str, float]:
     """Full ranking over all items, items the user already saw filtered; HR@k and NDCG@k."""
-    model.eval()
-    device = next(model.parameters()).device
-    tok = tokenize(split.log)
     users = split.test_users if users is None else users
     ranks: list[npt.NDArray[np.int64]] = []
-    for start in range(0, len(users), batch_size):
-        chunk = users[start:start + batch_size]
-        inputs = history_tensors(tok, split, chunk, stage, model.cfg.context_len, model.cfg.event_fields, device)
-        scores, _ = model.score_next(inputs, cold)
-        target = torch.tensor([split.log.item[split.target(int(u), stage)] for u in chunk], device=device)
-        ranks.append(rank_targets(scores, target, [split.log.item[split.history(int(u), stage)] for u in chunk], candidates).cpu().numpy())
+    for chunk, scores in ranked_scores(model, split, users, stage, batch_size, cold, candidates):
+        target = torch.tensor([split.log.item[split.target(int(u), stage)] for u in chunk], device=scores.device)
+        ranks.append(rank_of(scores, target).cpu().numpy())
     return ranking_metrics(np.concatenate(ranks), ks)
 
 
-def rank_targets(scores: torch.Tensor, target: torch.Tensor, seen: list[IntArray], candidates: torch.Tensor | None = None) -> torch.Tensor:
-    """0-based rank of each target among unseen items (ties count against the target)."""
+@torch.no_grad()
+def top_score_deciles(model: FoundationModel | AdaptedModel, split: LeaveOneOut, stage: str = "test",
+                      users: IntArray | None = None) -> list[float]:
+    """The 10%..90% points of each evaluated user's top-1 score (seen items filtered): the served
+    model's top-score histogram buckets, so offline each bucket holds a tenth of the users."""
+    users = split.test_users if users is None else users
+    top = torch.cat([scores.max(1).values for _, scores in ranked_scores(model, split, users, stage)])  # (U,)
+    return [float(q) for q in torch.quantile(top, torch.linspace(0.1, 0.9, 9))]
+
+
+def mask_seen(scores: torch.Tensor, seen: list[IntArray], candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """A copy of scores (B, N) with each row's seen items and, when given, every non-candidate at -inf."""
     scores = scores.float().clone()
     for b, items in enumerate(seen):
         scores[b, torch.from_numpy(items).to(scores.device)] = float("-inf")
@@ -226,8 +250,18 @@ def rank_targets(scores: torch.Tensor, target: torch.Tensor, seen: list[IntArray
         allowed = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
         allowed[candidates] = True
         scores[:, ~allowed] = float("-inf")
-    t = scores.gather(1, target[:, None])
+    return scores
+
+
+def rank_of(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each target in its row of scores (B, N); ties count against the target."""
+    t = scores.gather(1, target[:, None])  # (B, 1)
     return (scores >= t).sum(1) - 1
+
+
+def rank_targets(scores: torch.Tensor, target: torch.Tensor, seen: list[IntArray], candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """0-based rank of each target among unseen items (ties count against the target)."""
+    return rank_of(mask_seen(scores, seen, candidates), target)
 
 
 def ranking_metrics(ranks: npt.NDArray[np.int64], ks: tuple[int, ...] = (10, 20, 50)) -> dict[str, float]:

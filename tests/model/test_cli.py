@@ -43,6 +43,16 @@ def test_train_then_evaluate_and_finetune(tmp_path: Path) -> None:
     assert "frozen FM" in r.stdout and "FM + adapter" in r.stdout
     assert json.loads((tmp_path / "ad" / "metrics.json").read_text())["param_share"] < 0.05
 
+    # export the FM with the adapter (task name: its folder's); the top-score buckets are the deciles training recorded
+    deciles = meta["topScoreDeciles"]
+    assert len(deciles) == 9 and deciles == sorted(deciles)
+    r = fmrec("export", "--model", str(out), "--repo", str(tmp_path / "repo"), "--name", "fmrec", "--adapter", str(tmp_path / "ad"))
+    assert r.returncode == 0, r.stderr
+    assert "tasks: fm, ad" in r.stdout
+    manifest = json.loads((tmp_path / "repo" / "fmrec" / "1" / "serving.json").read_text())
+    assert manifest["tasks"]["fm"]["scoreBuckets"] == sorted({float(f"{d:.4g}") for d in deciles})
+    assert manifest["tasks"]["ad"]["file"] == "adapters/ad.pt" and len(manifest["tasks"]["ad"]["scoreBuckets"]) >= 2
+
 
 def test_bad_inputs_say_what_to_do(tmp_path: Path) -> None:
     r = fmrec("train", "--data", "bigquery:foo", "--out", str(tmp_path / "x"))

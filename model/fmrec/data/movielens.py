@@ -17,6 +17,7 @@ import numpy as np
 from fmrec.data.schema import EventLog, ItemMeta, UserAttrs, encode
 
 AGE_BANDS = ((0, 17, "<18"), (18, 24, "18-24"), (25, 34, "25-34"), (35, 44, "35-44"), (45, 49, "45-49"), (50, 55, "50-55"), (56, 200, "56+"))
+RATINGS = ("1", "2", "3", "4", "5")  # action code c is the rating c: what a client sends as the action
 YEAR_BUCKETS = (1930, 1950, 1960, 1970, 1980, 1985, 1990, 1993, 1995, 1996, 1997, 1998)
 
 
@@ -102,6 +103,6 @@ def load_ml100k(folder: Path | None = None) -> EventLog:
 
     return EventLog(
         user=user, item=item, timestamp=ts, action=rating, user_ids=user_ids, item_ids=item_ids, n_actions=5,
-        items=ItemMeta(genres=genres, genre_names=genre_names, year_bucket=year, titles=tuple(titles)),
+        action_ids=RATINGS, items=ItemMeta(genres=genres, genre_names=genre_names, year_bucket=year, titles=tuple(titles)),
         users=UserAttrs(columns=columns, vocab=vocab), source="movielens100k",
     ).sorted()

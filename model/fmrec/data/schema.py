@@ -49,6 +49,8 @@ class EventLog:
     user_ids: tuple[str, ...] = ()  # raw id of user code c at index c-1
     item_ids: tuple[str, ...] = ()
     n_actions: int = 0
+    action_ids: tuple[str, ...] = ()  # raw value of action code c at index c-1 (what a client sends)
+    context_ids: dict[str, tuple[str, ...]] = field(default_factory=dict)  # raw values of each context field's codes
     items: ItemMeta | None = None
     users: UserAttrs | None = None
     source: str = ""
@@ -60,6 +62,10 @@ class EventLog:
         for name, col in self.context.items():
             assert name in CONTEXT_FIELDS, f"unknown context field {name!r}; known: {CONTEXT_FIELDS}"
             assert len(col) == n, f"EventLog.context[{name!r}] has {len(col)} rows, user has {n}"
+        extra = sorted(set(self.context_ids) - set(self.context))
+        assert not extra, f"EventLog.context_ids has vocabularies {extra} for context fields the log does not have"
+        assert not self.action_ids or len(self.action_ids) == self.n_actions, \
+            f"EventLog.action_ids has {len(self.action_ids)} values for {self.n_actions} action codes"
 
     @property
     def n_users(self) -> int:
@@ -81,7 +87,8 @@ class EventLog:
         return EventLog(
             user=self.user[idx], item=self.item[idx], timestamp=self.timestamp[idx], action=self.action[idx],
             context={k: v[idx] for k, v in self.context.items()}, user_ids=self.user_ids, item_ids=self.item_ids,
-            n_actions=self.n_actions, items=self.items, users=self.users, source=self.source,
+            n_actions=self.n_actions, action_ids=self.action_ids, context_ids=self.context_ids, items=self.items,
+            users=self.users, source=self.source,
         )
 
     def user_offsets(self) -> IntArray:

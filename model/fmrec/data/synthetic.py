@@ -69,6 +69,7 @@ def generate(n_events: int = 1_000_000, n_users: int = 20_000, n_items: int = 50
     region = np.concatenate([[0], rng.integers(1, 6, n_users)]).astype(np.int64)
     return EventLog(
         user=users, item=item, timestamp=ts, action=rating, user_ids=user_ids, item_ids=item_ids, n_actions=5,
+        action_ids=("1", "2", "3", "4", "5"),
         items=ItemMeta(genres=genres, genre_names=tuple(f"g{k}" for k in range(n_genres)),
                        year_bucket=np.concatenate([[0], 1 + ((arrival - start) * 4 // (span + 1))]).astype(np.int64)),
         users=UserAttrs(columns={"region": region}, vocab={"region": ("r1", "r2", "r3", "r4", "r5")}),

@@ -44,14 +44,15 @@ def load_table(path: str | Path, schema: FeatureSchema = FeatureSchema(), fmt: s
     item, item_ids = encode(frame[schema.itemField].astype(str).to_numpy())
     ts_col = frame[schema.timestampField]
     ts = _timestamps(ts_col, path, schema.timestampField)
+    action_vocab: tuple[str, ...] = ()
     if schema.actionField:
         action, action_vocab = encode(frame[schema.actionField].astype(str).to_numpy())
-        n_actions = len(action_vocab)
     else:
-        action, n_actions = np.zeros(len(frame), dtype=np.int64), 0
-    context = {c: encode(frame[c].astype(str).to_numpy())[0] for c in schema.contextFields}
-    return EventLog(user=user, item=item, timestamp=ts, action=action, context=context, user_ids=user_ids,
-                    item_ids=item_ids, n_actions=n_actions, source=str(path)).sorted()
+        action = np.zeros(len(frame), dtype=np.int64)
+    encoded = {c: encode(frame[c].astype(str).to_numpy()) for c in schema.contextFields}
+    return EventLog(user=user, item=item, timestamp=ts, action=action, context={c: e[0] for c, e in encoded.items()},
+                    user_ids=user_ids, item_ids=item_ids, n_actions=len(action_vocab), action_ids=action_vocab,
+                    context_ids={c: e[1] for c, e in encoded.items()}, source=str(path)).sorted()
 
 
 def _timestamps(col: pd.Series, path: Path, name: str) -> IntArray:

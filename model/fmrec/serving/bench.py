@@ -9,49 +9,45 @@ import time
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import torch
 
 from fmrec import checkpoint
 from fmrec.data.split import LeaveOneOut
+from fmrec.serving.client import Event, RecommenderClient
 from fmrec.serving.export import export_triton
 from fmrec.serving.infer import quantize_int8
 from fmrec.serving.server import TritonServer
-from fmrec.train import evaluate, history_index
+from fmrec.train import evaluate
 
 
-def request_arrays(split: LeaveOneOut, T: int, n: int) -> list[dict[str, npt.NDArray[np.int64]]]:
-    """One request per test user: the newest T events before the test event, left-padded."""
-    idx = history_index(split, split.test_users[:n], "test", T)
-    columns = {"ITEMS": split.log.item, "ACTIONS": split.log.action, "TIMESTAMPS": split.log.timestamp}
-    padded = {name: np.where(idx >= 0, col[idx], 0).astype(np.int64) for name, col in columns.items()}
-    return [{name: arr[b:b + 1] for name, arr in padded.items()} for b in range(len(idx))]
+def request_histories(split: LeaveOneOut, n: int) -> list[list[Event]]:
+    """One request per test user: the user's whole history before the test event, raw, as a client sends it."""
+    log = split.log
+    out = []
+    for u in split.test_users[:n]:
+        rows = split.history(int(u), "test")
+        out.append([Event(log.item_ids[log.item[r] - 1], int(log.timestamp[r]), log.action_ids[log.action[r] - 1]) for r in rows])
+    return out
 
 
-def load(url: str, model: str, requests: list[dict[str, npt.NDArray[np.int64]]], concurrency: int, total: int) -> dict[str, float]:
-    """`concurrency` threads, each with its own HTTP client, send `total` requests back to back."""
-    import tritonclient.http as thttp
-
+def load(url: str, targets: list[tuple[str, str]], histories: list[list[Event]], concurrency: int, total: int) -> dict[str, float]:
+    """`concurrency` threads, each with its own HTTP clients, send `total` requests back to back;
+    request i goes to the (model, task) targets[i % len(targets)]."""
     latencies: list[float] = []
     lock = threading.Lock()
     counter = iter(range(total))
 
     def worker() -> None:
-        client = thttp.InferenceServerClient(url)
+        clients = {model: RecommenderClient(url, model) for model in {m for m, _ in targets}}
         mine: list[float] = []
         while True:
             with lock:
                 i = next(counter, None)
             if i is None:
                 break
-            arrays = requests[i % len(requests)]
-            inputs = []
-            for key, arr in arrays.items():
-                x = thttp.InferInput(key, list(arr.shape), "INT64")
-                x.set_data_from_numpy(arr)
-                inputs.append(x)
             t0 = time.perf_counter()
-            client.infer(model, inputs)
+            model, task = targets[i % len(targets)]
+            clients[model].recommend(histories[i % len(histories)], task=task)
             mine.append(time.perf_counter() - t0)
         with lock:
             latencies.extend(mine)
@@ -80,7 +76,7 @@ def serve_bench(model_dir: Path, split: LeaveOneOut, concurrencies: tuple[int, .
     q = quantize_int8(fm)
     quality = {"fp32": evaluate(fm, split), "int8": evaluate(q, split)}
     sizes = {"fp32_bytes": state_bytes(fm), "int8_bytes": state_bytes(q)}
-    requests = request_arrays(split, fm.cfg.context_len, 256)
+    requests = request_histories(split, 256)
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -88,7 +84,7 @@ def serve_bench(model_dir: Path, split: LeaveOneOut, concurrencies: tuple[int, .
         export_triton(model_dir, work / "repo", name="fmrec_int8", k=k, int8=True)
         with TritonServer(work / "repo", work) as server:
             for name in ("fmrec", "fmrec_int8"):
-                load(server.http_url, name, requests, 4, 64)  # warm-up
+                load(server.http_url, [(name, "")], requests, 4, 64)  # warm-up
                 for c in concurrencies:
-                    results[f"{name}@{c}"] = load(server.http_url, name, requests, c, per_level)
+                    results[f"{name}@{c}"] = load(server.http_url, [(name, "")], requests, c, per_level)
     return {"quality": quality, "sizes": sizes, "latency": results}

@@ -1,31 +1,27 @@
-"""Top-k scoring from raw request arrays: the one code path both offline checks and Triton use."""
+"""The served model: one FM backbone, any number of task adapters, raw IDs in and out.
+
+A batch of requests runs the backbone once; each request's task (an adapter, or the FM itself)
+is applied to its own rows, so one batch can mix tasks. Scores are computed exactly as
+FoundationModel.score_next / AdaptedModel.score_next compute them and ranked exactly as
+evaluation ranks them (fmrec.train.ranked_scores): items of the history are never returned.
+"""
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
+from fmrec.data.schema import IntArray
+from fmrec.nn.adapters import Adapter
 from fmrec.nn.fm import FoundationModel
-from fmrec.tokens import gap_to_bucket
+from fmrec.serving.request import Encoded, Query, RequestError, encode
+from fmrec.vocab import Vocabulary
 
-Int = npt.NDArray[np.int64]
-
-
-def request_gaps(items: Int, timestamps: Int) -> Int:
-    """Time-gap buckets for left-padded histories (same buckets as fmrec.tokens.gap_buckets).
-
-    A request carries only the newest events, so its oldest event has no previous one and gets
-    bucket 1; in training that event would see its real gap. The skew touches one position of
-    the window; send one extra older event if it matters."""
-    gap = np.diff(timestamps, axis=1, prepend=timestamps[:, :1])
-    first = np.ones_like(items, dtype=bool)
-    first[:, 1:] = items[:, :-1] == 0  # the first real event follows padding
-    gap[first] = 0
-    out: Int = np.where(items > 0, gap_to_bucket(gap), 0).astype(np.int64)
-    return out
+FM_TASK = "fm"  # the task name that asks for the foundation model itself (also what an empty TASK means)
 
 
 def quantize_int8(model: FoundationModel) -> FoundationModel:
@@ -40,25 +36,90 @@ def quantize_int8(model: FoundationModel) -> FoundationModel:
     return quantized
 
 
-class Scorer:
-    def __init__(self, model: FoundationModel, k: int = 100, int8: bool = False) -> None:
-        model = model.eval()
-        if int8:
-            model = quantize_int8(model)
-        self.model, self.k = model, k
-        self.fields = model.cfg.event_fields
+@dataclass(frozen=True)
+class Prepared:
+    """A validated request row, ready to batch."""
+
+    encoded: Encoded
+    task: str
+    k: int
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    items: npt.NDArray[np.object_]  # (K,) raw item IDs, best first ("" where fewer than K items are left)
+    codes: IntArray  # (K,) their item codes (0 where "")
+    scores: npt.NDArray[np.float32]  # (K,) -inf where ""
+    user: npt.NDArray[np.float32]  # (C,) the state the items were scored against
+    task: str
+    events: int
+    unknown: dict[str, int]
+
+
+class Recommender:
+    def __init__(self, fm: FoundationModel, vocab: Vocabulary, adapters: dict[str, Adapter] | None = None,
+                 k_max: int = 100, int8: bool = False) -> None:
+        adapters = adapters or {}
+        assert FM_TASK not in adapters, f"an adapter cannot be named {FM_TASK!r}: that task name means the FM itself"
+        assert 1 <= k_max <= fm.cfg.n_items, f"k_max {k_max} must be between 1 and the {fm.cfg.n_items} items"
+        fm = fm.eval()
+        self.fm = quantize_int8(fm) if int8 else fm
+        self.adapters = {name: a.eval() for name, a in adapters.items()}
+        self.vocab, self.k_max, self.cfg = vocab, k_max, fm.cfg
+        with torch.no_grad():
+            self.table = self.fm.item_table()  # (N, C), what score_next multiplies with
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return (FM_TASK, *self.adapters)
+
+    def prepare(self, q: Query) -> Prepared:
+        """Validate and encode one request row; RequestError says what to fix."""
+        task = q.task or FM_TASK
+        if task not in self.tasks:
+            raise RequestError(f"unknown TASK {task!r}: this model serves {list(self.tasks)}")
+        k = q.k or self.k_max
+        if not 1 <= k <= self.k_max:
+            raise RequestError(f"K={k} is outside 1..{self.k_max}, the most this model was exported to return; "
+                               "ask for fewer or re-export with a larger --top-k")
+        return Prepared(encode(q, self.vocab, self.cfg.event_fields, self.cfg.context_len), task, k)
 
     @torch.no_grad()
-    def topk(self, items: Int, actions: Int, timestamps: Int) -> tuple[Int, npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        tokens = {"item": torch.from_numpy(items.astype(np.int64)), "action": torch.from_numpy(actions.astype(np.int64)),
-                  "timeGap": torch.from_numpy(request_gaps(items, timestamps))}
-        for name in ("hourOfDay", "dayOfWeek"):
-            if name in self.fields:
-                raise NotImplementedError(f"serving does not compute {name} yet; export a model without it")
+    def run(self, rows: list[Prepared]) -> list[Recommendation]:
+        """One backbone pass over all rows, then each task's head on its own rows."""
+        if not rows:
+            return []
+        tokens = {f: torch.from_numpy(np.stack([r.encoded.tokens[f] for r in rows])) for f in self.cfg.event_fields}  # (B, T)
         with warnings.catch_warnings():  # quantised kernels warn about their own deprecation
             warnings.filterwarnings("ignore", message=".*quantiz.*deprecated.*")
-            scores, user = self.model.score_next({f: tokens[f] for f in self.fields})
-        seen = torch.from_numpy(items.astype(np.int64))
-        scores.scatter_(1, seen, float("-inf"))  # never recommend what the user already has (padding 0 too)
-        top = torch.topk(scores, self.k, dim=1)
-        return top.indices.numpy().astype(np.int64), top.values.numpy().astype(np.float32), user.numpy().astype(np.float32)
+            h = self.fm(tokens)[:, -1]  # (B, C) newest position
+        users = torch.empty_like(h)
+        scores = torch.empty(len(rows), self.table.shape[0])  # (B, N)
+        tasks = np.array([r.task for r in rows])
+        for task in np.unique(tasks):
+            idx = torch.from_numpy(np.flatnonzero(tasks == task))
+            u, s = self._head(str(task), h[idx])
+            users[idx], scores[idx] = u, s
+        scores[:, 0] = float("-inf")  # padding is no item
+        for b, r in enumerate(rows):
+            scores[b, torch.from_numpy(r.encoded.blocked)] = float("-inf")
+        top = torch.topk(scores, max(r.k for r in rows), dim=1)  # (B, K)
+        out = []
+        for b, r in enumerate(rows):
+            vals = top.values[b, :r.k].numpy().astype(np.float32)
+            codes = np.where(np.isfinite(vals), top.indices[b, :r.k].numpy(), 0).astype(np.int64)
+            out.append(Recommendation(items=self.vocab.decode_items(codes), codes=codes, scores=vals, user=users[b].numpy(),
+                                      task=r.task, events=r.encoded.events, unknown=r.encoded.unknown))
+        return out
+
+    def _head(self, task: str, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user state (b, C), scores (b, N)) as FoundationModel / AdaptedModel.score_next compute them."""
+        if task == FM_TASK:
+            return h, h @ self.table.T
+        adapter = self.adapters[task]
+        u = adapter(h)  # (b, C)
+        return u, u @ self.table.T + adapter.item_bias
+
+    def recommend(self, queries: list[Query]) -> list[Recommendation]:
+        """prepare + run for callers outside Triton (tests, benchmarks, notebooks)."""
+        return self.run([self.prepare(q) for q in queries])

@@ -25,6 +25,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# A private mount namespace (Linux, needs root) in which the repository is a read-only bind mount of
+# itself; the shell then becomes tritonserver (same pid), so stop() still reaches it.
+READ_ONLY = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" "$1" && shift && exec "$@"', "sh"]
+
+
 def pytriton_root() -> Path:
     import pytriton
 
@@ -38,7 +44,12 @@ class TritonServer:
     http_port: int = field(default_factory=_free_port)
     grpc_port: int = field(default_factory=_free_port)
     metrics_port: int = field(default_factory=_free_port)
+    read_only: bool = False  # serve the repository through a read-only bind mount, as KServe mounts /mnt/models
     proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
     def http_url(self) -> str:
@@ -74,6 +85,8 @@ class TritonServer:
                 "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
                 "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
                 "--allow-gpu-metrics=false", "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0"]
+        if self.read_only:
+            argv = [*READ_ONLY, str(self.repository.resolve()), *argv]
         log = open(self.workdir / "tritonserver.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()

@@ -1,17 +1,27 @@
-"""Triton python-backend model for an fmrec FoundationModel (copied into the repository as model.py)."""
+"""Triton python-backend model for fmrec (copied into each exported version folder as model.py).
+
+Only the glue between Triton and fmrec lives here: read the request tensors, answer each request
+(or reject it with a 400 that names the input), update the model-aware metrics. The model itself
+is fmrec.serving.infer.Recommender, loaded from this version folder (fmrec.serving.artifact).
+"""
 
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import triton_python_backend_utils as pb_utils  # provided by Triton's python backend
 
-from fmrec import checkpoint
-from fmrec.serving.infer import Scorer
+from fmrec.serving import protocol
+from fmrec.serving.artifact import item_deciles, load_version
+from fmrec.serving.infer import Prepared, Recommendation
+from fmrec.serving.metrics import ServingMetrics
+from fmrec.serving.request import RequestError
 
 
 class TritonPythonModel:
@@ -19,22 +29,40 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         torch.set_num_threads(int(params.get("threads", "1")))
-        model, _ = checkpoint.load(Path(args["model_repository"]) / args["model_version"] / "model.pt")
-        self.scorer = Scorer(model, k=int(params.get("top_k", "100")), int8=params.get("int8", "false") == "true")
+        version = Path(args["model_repository"]) / args["model_version"]
+        self.rec, manifest, vocab = load_version(version, k_max=int(params.get("top_k", "100")), int8=params.get("int8") == "true")
+        buckets = {task: spec["scoreBuckets"] for task, spec in manifest.tasks.items()}
+        self.metrics = ServingMetrics(pb_utils, args["model_name"], args["model_version"], buckets, item_deciles(vocab))
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        arrays = [{name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in ("ITEMS", "ACTIONS", "TIMESTAMPS")}
-                  for r in requests]
-        sizes = [a["ITEMS"].shape[0] for a in arrays]
-        batch = {name: np.concatenate([a[name] for a in arrays]) for name in ("ITEMS", "ACTIONS", "TIMESTAMPS")}
-        items, scores, users = self.scorer.topk(batch["ITEMS"], batch["ACTIONS"], batch["TIMESTAMPS"])
-        responses, start = [], 0
-        for n in sizes:
-            sl = slice(start, start + n)
-            start += n
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("TOPK_ITEMS", items[sl]),
-                pb_utils.Tensor("TOPK_SCORES", scores[sl]),
-                pb_utils.Tensor("USER_EMBEDDING", users[sl]),
-            ]))
+        prepared: list[list[Prepared] | str] = []
+        for request in requests:
+            try:
+                rows = protocol.queries(partial(_array, request))
+                prepared.append([self.rec.prepare(q) for q in rows])
+            except RequestError as err:
+                prepared.append(str(err))
+        results = iter(self.rec.run([row for p in prepared if not isinstance(p, str) for row in p]))  # one backbone pass
+        responses, answered = [], []
+        for p in prepared:
+            if isinstance(p, str):
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(p, pb_utils.TritonError.INVALID_ARG)))
+                continue
+            mine = [next(results) for _ in p]
+            answered += mine
+            responses.append(pb_utils.InferenceResponse(output_tensors=_outputs(mine)))
+        self.metrics.record(answered)
         return responses
+
+
+def _array(request: Any, name: str) -> npt.NDArray[np.generic] | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else np.asarray(tensor.as_numpy())
+
+
+def _outputs(rows: list[Recommendation]) -> list[Any]:
+    return [
+        pb_utils.Tensor("TOPK_ITEMS", np.array([[i.encode() for i in r.items] for r in rows], dtype=np.object_)),  # (B, K)
+        pb_utils.Tensor("TOPK_SCORES", np.stack([r.scores for r in rows]).astype(np.float32)),  # (B, K)
+        pb_utils.Tensor("USER_EMBEDDING", np.stack([r.user for r in rows]).astype(np.float32)),  # (B, C)
+    ]

@@ -1,6 +1,6 @@
 """The real KServe controller serves the exported FM: an InferenceService with a pvc:// storageUri
 becomes a Deployment, a pod running Triton (from the fmrec image) and an EndpointSlice, reports
-READY=True, and the pod answers v2 inference with exactly the offline top-k. KServe's own webhooks
+READY=True, and the pod answers raw-ID v2 requests (HTTP and gRPC) with exactly evaluate()'s ranking. KServe's own webhooks
 are live: they mount the model volume into the pod and reject an invalid InferenceService."""
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-import tritonclient.http as thttp
 
 from fmop.local import kserve
 from fmrec import checkpoint
 from fmrec.data.movielens import load_ml100k
-from fmrec.data.split import leave_one_out
+from fmrec.data.split import LeaveOneOut, leave_one_out
+from fmrec.serving.client import Event, RecommenderClient
 from fmrec.serving.export import export_triton
-from fmrec.serving.infer import Scorer
 from fmrec.train import TrainSettings, build_model, train
+from fmrec.vocab import Vocabulary
+from tests.model.serving_cases import assert_same_ranking, evaluated_scores, raw_history
 
 from .helpers import wait_for
 
@@ -27,12 +28,16 @@ T, K = 32, 10
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    log = load_ml100k()
-    model = build_model(log, d_model=32, n_layers=1, n_heads=2, context_len=T, event_fields=("item", "action", "timeGap"))
-    train(model, leave_one_out(log), TrainSettings(epochs=1, batch_size=256, stride=T), log=lambda m: None)
+def ml() -> LeaveOneOut:
+    return leave_one_out(load_ml100k())
+
+
+@pytest.fixture(scope="module")
+def trained(ml: LeaveOneOut, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = build_model(ml.log, d_model=32, n_layers=1, n_heads=2, context_len=T, event_fields=("item", "action", "timeGap"))
+    train(model, ml, TrainSettings(epochs=1, batch_size=256, stride=T), log=lambda m: None)
     out = tmp_path_factory.mktemp("fm")
-    checkpoint.save(model, out, {"data": "movielens100k"})
+    checkpoint.save(model, out, {"data": "movielens100k"}, Vocabulary.from_log(ml.log, ml.train_mask()))
     return out
 
 
@@ -44,18 +49,12 @@ def isvc(name: str, namespace: str, storage_uri: str, **predictor: Any) -> dict[
                                              "storageUri": storage_uri}, **predictor}}}
 
 
-def histories(n: int = 8) -> dict[str, np.ndarray]:
-    split = leave_one_out(load_ml100k())
-    arrays = {k: np.zeros((n, T), dtype=np.int64) for k in ("ITEMS", "ACTIONS", "TIMESTAMPS")}
-    for b, u in enumerate(split.test_users[:n]):
-        rows = split.history(int(u), "test")[-T:]
-        arrays["ITEMS"][b, T - len(rows):] = split.log.item[rows]
-        arrays["ACTIONS"][b, T - len(rows):] = split.log.action[rows]
-        arrays["TIMESTAMPS"][b, T - len(rows):] = split.log.timestamp[rows]
-    return arrays
+def events(split: LeaveOneOut, user: int) -> list[Event]:
+    h = raw_history(split, user)
+    return [Event(i, int(t), a) for i, t, a in zip(h["items"], h["timestamps"], h["actions"], strict=True)]
 
 
-def test_inferenceservice_serves_the_exported_fm(cluster: Any, namespace: str, trained: Path) -> None:
+def test_inferenceservice_serves_the_exported_fm(cluster: Any, namespace: str, trained: Path, ml: LeaveOneOut) -> None:
     export_triton(trained, kserve.models_dir(cluster) / namespace / "fm-v1", name="fmrec", k=K)
     kserve.models_volume(cluster, namespace)
     cluster.apply([isvc("fm", namespace, f"pvc://{kserve.MODELS_CLAIM}/{namespace}/fm-v1")], "InferenceService fm")
@@ -80,18 +79,17 @@ def test_inferenceservice_serves_the_exported_fm(cluster: Any, namespace: str, t
     # The predictor Service's EndpointSlice carries the pod's address; ask Triton there.
     slices = json.loads(cluster.kubectl("get", "endpointslices", "-n", namespace, "-l", "kubernetes.io/service-name=fm-predictor", "-o", "json").stdout)
     address = slices["items"][0]["endpoints"][0]["addresses"][0]
-    arrays = histories()
-    client = thttp.InferenceServerClient(f"{address}:8080")
-    inputs = []
-    for key, arr in arrays.items():
-        i = thttp.InferInput(key, list(arr.shape), "INT64")
-        i.set_data_from_numpy(arr)
-        inputs.append(i)
-    result = client.infer("fmrec", inputs)
-    model, _ = checkpoint.load(trained)
-    want_items, want_scores, _ = Scorer(model, k=K).topk(arrays["ITEMS"], arrays["ACTIONS"], arrays["TIMESTAMPS"])
-    np.testing.assert_array_equal(result.as_numpy("TOPK_ITEMS"), want_items)
-    np.testing.assert_allclose(result.as_numpy("TOPK_SCORES"), want_scores, rtol=1e-5, atol=1e-5)
+    # Raw MovieLens IDs in, raw IDs out, over v2 HTTP (8080) and gRPC (9000) as KServe's Triton
+    # runtime exposes them; the ranking is evaluate()'s for the same history.
+    fm, _ = checkpoint.load(trained)
+    users = ml.test_users[:8]
+    want = evaluated_scores(fm, ml, users)
+    index = {raw: c for c, raw in enumerate(ml.log.item_ids, start=1)}
+    for client in (RecommenderClient(f"{address}:8080"), RecommenderClient(f"{address}:9000", protocol="grpc")):
+        for b, u in enumerate(users):
+            got = client.recommend(events(ml, int(u)), k=K)
+            assert len(got.items) == K
+            assert_same_ranking(np.array([index[i] for i in got.items], dtype=np.int64), want[b], int(u), got.scores)
 
 
 def test_kserve_webhook_rejects_an_invalid_inferenceservice(cluster: Any, namespace: str) -> None:

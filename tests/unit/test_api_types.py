@@ -47,3 +47,22 @@ def test_default_spec_sections() -> None:
     assert fm.spec.objectives[0].type == "nextItem"
     assert fm.spec.training.precision == "auto"
     assert fm.spec.resources.gpus == 0
+
+
+def test_rollout_status_written_before_the_engine_still_parses() -> None:
+    """Objects whose status the operator wrote before the engine existed (phase and conditions only) stay valid."""
+    from fmop.api.rollout import RolloutStatus
+
+    old = {"phase": "Pending", "observedGeneration": 1, "message": "waiting",
+           "conditions": [{"type": "Ready", "status": "False", "reason": "NotServing", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+    status = RolloutStatus.model_validate(old)
+    assert status.stable is None and status.canary is None and status.handledAlerts == [] and status.heldSince is None
+    assert RolloutStatus.model_validate({"phase": "Shadowing", "currentStepIndex": -1}).phase == "Shadowing"
+
+
+def test_keep_warm_defaults_and_is_a_duration() -> None:
+    obj = load_example("rollout.yaml")
+    assert Rollout.model_validate(obj).spec.strategy.keepWarm == "10m"
+    obj["spec"]["strategy"]["keepWarm"] = "ten minutes"
+    with pytest.raises(ValidationError, match="strategy.keepWarm"):
+        Rollout.model_validate(obj)

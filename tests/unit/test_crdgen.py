@@ -83,3 +83,11 @@ def test_defaults_satisfy_their_own_rules() -> None:
     arch_default = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["architecture"]["default"]
     assert arch_default == arch.model_dump(mode="json", exclude_none=True)
     assert "objectives" in FoundationModelSpec.model_fields
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.info.kind)
+def test_rendered_yaml_has_no_anchors(kind: Any) -> None:
+    """A type used twice (e.g. ServeTarget in spec and status) must be written out twice: CRDs are read by people and by tools
+    that do not resolve YAML aliases."""
+    text = crdgen.render(kind)
+    assert "&id0" not in text and "*id0" not in text

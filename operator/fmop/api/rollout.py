@@ -132,6 +132,11 @@ class Step(ApiModel):
 class Strategy(ApiModel):
     shadow: ShadowStep | None = None
     steps: Annotated[list[Step], Field(min_length=1, max_length=32)]
+    keepWarm: Duration = Field(
+        "10m",
+        description="How long the previous stable InferenceService keeps running after a promotion, so traffic can go back "
+        "to it without a cold start; then it is deleted.",
+    )
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -321,6 +326,8 @@ class MeasurementResult(ApiModel):
     successes: Annotated[int, Field(ge=0)] = 0
     failures: Annotated[int, Field(ge=0)] = 0
     errors: Annotated[int, Field(ge=0)] = 0
+    inconclusive: Annotated[int, Field(ge=0, description="Measurements that returned no data; never a success, never a failure.")] = 0
+    consecutiveErrors: Annotated[int, Field(ge=0, description="Errors since the last measurement that returned a value.")] = 0
 
 
 class HistoryEntry(ApiModel):
@@ -333,8 +340,26 @@ class HistoryEntry(ApiModel):
     finishedAt: Timestamp | None = None
 
 
+class ServedRevision(ApiModel):
+    """One revision of the served model: what its InferenceService serves and when it started."""
+
+    revision: Annotated[int, Field(ge=1)]
+    model: ServeTarget = Field(description="What this revision's InferenceService serves.")
+    startedAt: Timestamp | None = None
+    promotedAt: Timestamp | None = Field(None, description="When it became the stable; unset while it is a canary.")
+    keepWarmUntil: Timestamp | None = Field(None, description="Only on status.previousStable: when its InferenceService is deleted.")
+
+
+class HandledAlert(ApiModel):
+    """An Alertmanager alert already acted on; a resend with the same or an older startsAt is ignored."""
+
+    fingerprint: ShortText
+    startsAt: Timestamp
+    alertname: ShortText = ""
+
+
 class RolloutStatus(ApiModel):
-    phase: Literal["Pending", "Progressing", "Paused", "Promoted", "RolledBack", "Failed"] = "Pending"
+    phase: Literal["Pending", "Shadowing", "Progressing", "Paused", "Promoted", "RolledBack", "Failed"] = "Pending"
     observedGeneration: Annotated[int, Field(ge=0)] | None = None
     conditions: Annotated[list[Condition], Field(max_length=16)] = Field(default_factory=list)
     revision: Annotated[int, Field(ge=0)] = 0
@@ -349,6 +374,18 @@ class RolloutStatus(ApiModel):
     rollbackReason: Message | None = None
     history: Annotated[list[HistoryEntry], Field(max_length=100)] = Field(default_factory=list)
     message: Message = ""
+    stable: ServedRevision | None = Field(None, description="The revision serving the stable share of traffic.")
+    canary: ServedRevision | None = Field(None, description="The newest revision while it is rolled out; kept after a rollback to show what was rolled back.")
+    previousStable: ServedRevision | None = Field(None, description="The stable before the last promotion, kept warm until keepWarmUntil.")
+    heldSince: Timestamp | None = Field(
+        None,
+        description="Since when the current step waits on something outside the operator (InferenceService readiness, "
+        "traffic, the observed split); spec.progressDeadline counts from here.",
+    )
+    strategyHash: ShortText | None = Field(None, description="Fingerprint of spec.strategy the current revision follows; a change restarts the steps.")
+    handledAlerts: Annotated[list[HandledAlert], Field(max_length=64)] = Field(default_factory=list)
+    lastPromoteRequest: ShortText | None = Field(None, description="The promote request (annotation value) last acted on.")
+    lastRetryRequest: ShortText | None = Field(None, description="The retry request (annotation value) last acted on.")
 
 
 class Rollout(CustomResource):
@@ -367,6 +404,7 @@ class Rollout(CustomResource):
             {"name": "Canary", "type": "string", "jsonPath": ".status.canaryVersion"},
             {"name": "Mirror", "type": "integer", "jsonPath": ".status.mirrorPercent", "priority": 1},
             {"name": "Provider", "type": "string", "jsonPath": ".spec.trafficRouting.provider", "priority": 1},
+            {"name": "Revision", "type": "integer", "jsonPath": ".status.revision", "priority": 1},
             {"name": "Reason", "type": "string", "jsonPath": ".status.rollbackReason", "priority": 1},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],

@@ -1,0 +1,753 @@
+"""The rollout engine: every decision about a Rollout as one pure function, `decide`.
+
+`decide` reads like Argo Rollouts' rolloutCanary: a list of small `_reconcile_x` steps, each of which
+may settle the call, followed by the level-triggered actions (InferenceServices, traffic, measurements,
+clean-up) and one status summary. No I/O: the kopf handler reads the observations, calls decide,
+writes the returned status once and carries out the actions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from fmop.api.common import Condition
+from fmop.api.rollout import HandledAlert, HistoryEntry, MeasurementResult, Metric, RolloutSpec, RolloutStatus, ServedRevision, Step
+from fmop.conditions import Cond, merge
+from fmop.rollout import verdicts
+from fmop.rollout.clock import parse_duration, parse_ts, ts, utc
+from fmop.rollout.types import (
+    PROMOTE_ANNOTATION,
+    RETRY_ANNOTATION,
+    Action,
+    Alert,
+    Decision,
+    EmitEvent,
+    EnsureInferenceService,
+    InferenceServiceState,
+    Measure,
+    ModelRef,
+    Observations,
+    RecordHistory,
+    RemoveInferenceService,
+    SetTraffic,
+    Side,
+)
+
+SHADOW = -1  # status.currentStepIndex while shadowing
+ACTIVE = ("Pending", "Shadowing", "Progressing", "Paused")
+FINISHED = ("Promoted", "RolledBack", "Failed")
+PROGRESSING, ANALYSIS = "Progressing", "Analysis"  # the conditions the engine owns
+MAX_HANDLED_ALERTS = 64
+
+
+@dataclass(frozen=True)
+class _Wait:
+    """Why the Rollout stays where it is on this call.
+
+    hold:  on something outside the operator (InferenceService, traffic provider); counts towards spec.progressDeadline
+    pause: deliberately (spec.paused, a pause step, an analysis without data); phase Paused, no deadline
+    work:  doing what the current step says (shadowing, measuring)
+    """
+
+    kind: Literal["hold", "pause", "work"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class _View:
+    """The current step as seen now: is it done, and what is it doing (or waiting for)."""
+
+    done: bool
+    wait: _Wait
+
+
+# A reconcile step returns None to let the next one run, a _Wait when the Rollout waits, or
+# "settled" when it made a transition that ends this call (or there is nothing to do).
+_Outcome = _Wait | Literal["settled"] | None
+
+
+@dataclass
+class _Tick:
+    """One call of decide: the inputs, the status being built and the actions collected so far."""
+
+    spec: RolloutSpec
+    obs: Observations
+    now: datetime
+    status: RolloutStatus
+    actions: list[Action] = field(default_factory=list)  # level-triggered: InferenceServices, traffic, measurements
+    notes: list[Action] = field(default_factory=list)  # once per transition: history records and Events
+    promote: bool = False  # a new promote request arrived on this call
+    retry: bool = False
+    promote_used: bool = False
+    retry_used: bool = False
+
+    def event(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        self.notes.append(EmitEvent(type_, reason, _clip(message)))
+
+
+def decide(spec: RolloutSpec, status: RolloutStatus, observations: Observations, now: datetime) -> Decision:
+    """The next status of a Rollout and the actions that get the world there. Pure and deterministic.
+
+    State machine (status.phase; status.currentStepIndex is -1 while shadowing)::
+
+        Pending --canary Ready--> Shadowing --shadow.duration over, shadow analysis Successful--> Progressing
+          (no strategy.shadow: straight to steps[0])
+        Progressing: steps[i] done (setWeight applied and the observed split within 3 sigma, pause over or
+          promoted, analysis Successful) --> steps[i+1]; after the last step --> Promoted
+        Paused <--> Shadowing/Progressing: spec.paused, a pause step, an analysis without data (Inconclusive)
+          or with more errors in a row than inconclusiveLimit; it resumes by itself when the cause goes away
+        any active phase --failed analysis (failureLimit) or a new matching alert--> RolledBack
+        any active phase --waiting on the outside longer than spec.progressDeadline--> Failed (naming the step)
+        spec.model changes --> the revision in flight is Superseded; a new revision starts at Pending
+        RolledBack / Failed --retry request or a new spec.model--> a new revision at Pending
+
+    The first revision has nothing to compare against: it becomes the stable and is Promoted once Ready.
+
+    Restartable: all progress lives in status. Requests (promote, retry) and alerts are remembered once
+    handled, a measurement is counted once (by metric and measuredAt), and a step never ends at the
+    same instant it began, so calling decide again with its own output and the same observations
+    changes nothing: no transition happens twice.
+    """
+    t = _Tick(spec, observations, utc(now), status.model_copy(deep=True))
+    outcome: _Outcome = None
+    for reconcile in _RECONCILERS:
+        outcome = reconcile(t)
+        if outcome is not None:
+            break
+    _reconcile_deadline(t, outcome)
+    _reconcile_serving(t)
+    _summarise(t, outcome)
+    return Decision(t.status, tuple(t.actions + t.notes))
+
+
+# ---------------------------------------------------------------- reconcile steps, in order
+def _reconcile_requests(t: _Tick) -> _Outcome:
+    """A promote or retry request is an annotation value; it acts once, when it is new."""
+    s = t.status
+    promote, retry = _short(t.obs.promote_request), _short(t.obs.retry_request)
+    if promote is not None and promote != s.lastPromoteRequest:
+        t.promote, s.lastPromoteRequest = True, promote
+    if retry is not None and retry != s.lastRetryRequest:
+        t.retry, s.lastRetryRequest = True, retry
+    return None
+
+
+def _reconcile_revision(t: _Tick) -> _Outcome:
+    """A new revision starts when spec.model changes or a retry is asked for; a new strategy restarts the steps."""
+    s = t.status
+    wanted = ModelRef.of(t.spec.model)
+    current = s.canary or s.stable
+    if current is None:
+        _start_revision(t, "the first revision of this Rollout")
+    elif ModelRef.of(current.model) != wanted:
+        _model_changed(t, wanted)
+    elif t.retry and s.phase in ("RolledBack", "Failed"):
+        t.retry_used = True
+        _start_revision(t, f"retry requested ({RETRY_ANNOTATION}={s.lastRetryRequest})")
+    elif _rolling(s) is not None and s.strategyHash != _strategy_hash(t.spec):
+        _restart_steps(t)
+    return None
+
+
+def _reconcile_alerts(t: _Tick) -> _Outcome:
+    """A new matching alert rolls the revision in flight back at once; each (fingerprint, startsAt) acts once."""
+    s = t.status
+    new = sorted((a for a in t.obs.alerts if not _alert_handled(s, a)), key=lambda a: (a.starts_at, a.fingerprint, a.name))
+    if not new:
+        return None
+    _remember_alerts(s, new)
+    rolling = _rolling(s)
+    if rolling is None:
+        return None
+    started = parse_ts(rolling.startedAt) if rolling.startedAt else None
+    relevant = [a for a in new if started is None or a.starts_at >= started]
+    for a in new:
+        if a not in relevant:
+            t.event("Normal", "AlertIgnored", f"alert {a.name} (fingerprint {a.fingerprint}) has been firing since {ts(a.starts_at)}, "
+                                              f"before revision {rolling.revision} started at {rolling.startedAt}: it is not about this revision")
+    if not relevant:
+        return None
+    first = relevant[0]
+    reason = (f"alert {first.name} (fingerprint {first.fingerprint}, firing since {ts(first.starts_at)}) matched spec.rollback.alerts"
+              + (f": {first.summary}" if first.summary else ""))
+    if s.canary is None:
+        t.event("Warning", "AlertWithoutStable", f"{reason}; revision {rolling.revision} is the first, there is no stable revision to roll back to")
+        return None
+    _finish_rolling(t, "RolledBack", reason)
+    return "settled"
+
+
+def _reconcile_keep_warm(t: _Tick) -> _Outcome:
+    """After a promotion the previous stable keeps running for strategy.keepWarm, then it is let go."""
+    s = t.status
+    prev = s.previousStable
+    if prev is not None and (prev.keepWarmUntil is None or t.now >= parse_ts(prev.keepWarmUntil)):
+        s.previousStable = None
+        t.event("Normal", "KeepWarmOver", f"revision {prev.revision} ({_label(prev)}) was kept warm for spec.strategy.keepWarm "
+                                          f"{t.spec.strategy.keepWarm} after the last promotion; deleting its InferenceService")
+    return None
+
+
+def _reconcile_finished(t: _Tick) -> _Outcome:
+    """Promoted, RolledBack and Failed wait for a new spec.model or a retry (handled above)."""
+    return "settled" if t.status.phase in FINISHED else None
+
+
+def _reconcile_analysis(t: _Tick) -> _Outcome:
+    """Count new measurements into the current analysis run; a failed run rolls back (unless that is switched off)."""
+    names = _run_metrics(t)
+    if not names:
+        return None
+    s = t.status
+    started = parse_ts(s.currentStepStartedAt) if s.currentStepStartedAt else t.now
+    results = {r.metric: r for r in s.lastAnalysis}
+    where = _where(t, s.currentStepIndex)
+    for name in names:
+        metric = _metric(t.spec, name)
+        if metric is None:
+            results[name] = verdicts.undefined(name, where)
+            continue
+        result = results.get(name) or MeasurementResult(metric=name, phase="Running")
+        for m in sorted((m for m in t.obs.measurements if m.metric == name), key=lambda m: (m.measured_at, m.phase, m.value or 0.0)):
+            last = parse_ts(result.measuredAt) if result.measuredAt else started
+            if max(last, started) < m.measured_at <= t.now:
+                result = verdicts.record(metric, result, m)
+        results[name] = result
+    s.lastAnalysis = [results[n] for n in names]
+    failed = [r for r in s.lastAnalysis if r.phase == "Failed"]
+    if failed and t.spec.rollback.onAnalysisFailure:
+        _finish_rolling(t, "RolledBack", f"analysis at {where} failed: " + "; ".join(f"{r.metric}: {r.message}" for r in failed))
+        return "settled"
+    return None
+
+
+def _reconcile_spec_paused(t: _Tick) -> _Outcome:
+    if not t.spec.paused:
+        return None
+    return _Wait("pause", "PausedBySpec", f"spec.paused is true: holding at {_where(t, t.status.currentStepIndex)} until it is set back to false")
+
+
+def _reconcile_first_revision(t: _Tick) -> _Outcome:
+    """The first revision has no stable to compare against: it is served directly and promoted once Ready."""
+    s = t.status
+    rev = s.stable
+    if s.canary is not None or rev is None or rev.promotedAt is not None:
+        return None
+    not_ready = _not_ready(t, rev, "StableNotReady")
+    if not_ready is not None:
+        return not_ready
+    if not _lasted(t):
+        return _Wait("work", "StableReady", f"revision {rev.revision} ({_label(rev)}) is Ready")
+    rev.promotedAt = ts(t.now)
+    s.phase, s.currentStepIndex, s.currentStepStartedAt, s.heldSince = "Promoted", len(t.spec.strategy.steps), ts(t.now), None
+    _record(t, rev, "Promoted", "first revision: nothing to compare against, served directly once Ready")
+    t.event("Normal", "Promoted", f"revision {rev.revision} ({_label(rev)}) is Ready and serves all traffic (first revision, no canary steps)")
+    return "settled"
+
+
+def _reconcile_analysis_pause(t: _Tick) -> _Outcome:
+    """No data or too many errors pause the Rollout until measurements return values; never a rollback."""
+    by_phase = {p: [r for r in t.status.lastAnalysis if r.phase == p] for p in ("Failed", "Inconclusive", "Error")}
+    if not _run_metrics(t) or not any(by_phase.values()):
+        return None
+    where = _where(t, t.status.currentStepIndex)
+    if by_phase["Failed"]:  # only reached with spec.rollback.onAnalysisFailure: false
+        return _Wait("pause", "AnalysisFailed", f"analysis at {where} failed: {_metric_notes(by_phase['Failed'])}; automatic rollback is off "
+                                                "(spec.rollback.onAnalysisFailure: false): set it to true to roll back, or change spec.model")
+    if by_phase["Inconclusive"]:
+        return _Wait("pause", "AnalysisInconclusive", f"analysis at {where} has no data: {_metric_notes(by_phase['Inconclusive'])}; "
+                                                      "paused until the query returns data (no data is neither a success nor a failure)")
+    return _Wait("pause", "AnalysisError", f"analysis at {where} cannot measure: {_metric_notes(by_phase['Error'])}; "
+                                           "paused until Prometheus answers")
+
+
+def _reconcile_step(t: _Tick) -> _Outcome:
+    """Move to the next step when the current one is done (never at the instant it began) or promoted by request."""
+    view = _evaluate(t)
+    by_request = t.promote and _on_pause_step(t)
+    if by_request or (view.done and _lasted(t)):
+        t.promote_used = t.promote_used or by_request
+        _advance(t, by_request)
+        if t.status.phase in FINISHED:
+            return "settled"
+        view = _evaluate(t)
+    return view.wait
+
+
+_RECONCILERS = (
+    _reconcile_requests,
+    _reconcile_revision,
+    _reconcile_alerts,
+    _reconcile_keep_warm,
+    _reconcile_finished,
+    _reconcile_analysis,
+    _reconcile_spec_paused,
+    _reconcile_first_revision,
+    _reconcile_analysis_pause,
+    _reconcile_step,
+)
+
+
+def _reconcile_deadline(t: _Tick, outcome: _Outcome) -> None:
+    """Waiting on the outside (hold) for longer than spec.progressDeadline fails the revision, naming the step."""
+    s = t.status
+    if not isinstance(outcome, _Wait):
+        return
+    if outcome.kind != "hold" or s.phase not in ACTIVE:
+        s.heldSince = None
+        return
+    since = parse_ts(s.heldSince) if s.heldSince else t.now
+    s.heldSince = ts(since)
+    if t.now - since > parse_duration(t.spec.progressDeadline):
+        _finish_rolling(t, "Failed", f"no progress for spec.progressDeadline {t.spec.progressDeadline}: {outcome.message}")
+
+
+def _reconcile_serving(t: _Tick) -> None:
+    """Level-triggered actions, repeated on every call: what should run, where traffic goes, what to measure, what to delete."""
+    s = t.status
+    keep: set[int] = set()
+    canary = s.canary if s.canary is not None and s.phase in ACTIVE else None
+    sides: tuple[tuple[Side, ServedRevision | None], ...] = (("stable", s.stable), ("canary", canary))
+    for side, rev in sides:
+        if rev is not None:
+            t.actions.append(EnsureInferenceService(side, rev.revision, ModelRef.of(rev.model)))
+            keep.add(rev.revision)
+    if s.stable is not None:
+        t.actions.append(SetTraffic(s.stable.revision, canary.revision if canary else None, s.canaryWeight, s.mirrorPercent))
+    measure = _due_measurements(t)
+    if measure is not None:
+        t.actions.append(measure)
+    if s.previousStable is not None:
+        keep.add(s.previousStable.revision)
+    stable = f"revision {s.stable.revision}" if s.stable else "none"
+    for revision in sorted({i.revision for i in t.obs.inference_services} - keep):
+        t.actions.append(RemoveInferenceService(revision, f"revision {revision} is not served any more (stable: {stable}; no canary or kept-warm revision by that number)"))
+
+
+def _summarise(t: _Tick, outcome: _Outcome) -> None:
+    """Phase, conditions, message and kubectl columns from what this call decided."""
+    s = t.status
+    wait = outcome if isinstance(outcome, _Wait) else None
+    if s.phase not in FINISHED:
+        s.phase = _active_phase(s, wait)
+    progressing = _progressing(t, wait)
+    wanted = [progressing] + ([_analysis_condition(s)] if s.lastAnalysis else [])
+    current = [c.model_dump(exclude_none=True) for c in s.conditions]
+    merged, _ = merge(current, wanted, t.obs.generation, ts(t.now))
+    s.conditions = [Condition.model_validate(c) for c in merged]
+    s.message = _clip(progressing.message)
+    s.stableVersion, s.canaryVersion = _label(s.stable), _label(s.canary)
+    if t.obs.generation is not None:
+        s.observedGeneration = t.obs.generation
+    _note_ignored_requests(t)
+
+
+# ---------------------------------------------------------------- transitions
+def _start_revision(t: _Tick, why: str) -> None:
+    s = t.status
+    s.revision += 1
+    rev = ServedRevision(revision=s.revision, model=t.spec.model.model_copy(deep=True), startedAt=ts(t.now))
+    if s.stable is None or s.stable.promotedAt is None:
+        s.stable, s.canary = rev, None
+        message = f"revision {rev.revision} ({_label(rev)}): {why}; no stable revision to compare against, so it is served directly once Ready"
+    else:
+        s.canary = rev
+        message = f"revision {rev.revision}: canary {_label(rev)} next to stable revision {s.stable.revision} ({_label(s.stable)}); {why}"
+    _reset_progress(t, "Pending")
+    s.rollbackReason = None
+    t.event("Normal", "RevisionStarted", message)
+
+
+def _model_changed(t: _Tick, wanted: ModelRef) -> None:
+    """spec.model changed: supersede what is in flight, then start a revision (or go back to the stable)."""
+    s = t.status
+    rolling = _rolling(s)
+    if rolling is not None:
+        reason = f"spec.model changed to {wanted.label()} at {_where(t, s.currentStepIndex)}"
+        _record(t, rolling, "Superseded", reason)
+        t.event("Normal", "Superseded", f"revision {rolling.revision} ({_label(rolling)}) superseded: {reason}")
+    stable = s.stable
+    if stable is not None and stable.promotedAt is not None and ModelRef.of(stable.model) == wanted:
+        s.canary, s.rollbackReason = None, None
+        _reset_progress(t, "Promoted")
+        t.event("Normal", "BackToStable", f"spec.model is the stable {_label(stable)} again; all traffic on stable revision {stable.revision}")
+        return
+    _start_revision(t, f"spec.model changed to {wanted.label()}")
+
+
+def _restart_steps(t: _Tick) -> None:
+    s = t.status
+    _reset_progress(t, "Pending")
+    t.event("Normal", "StrategyChanged", f"spec.strategy changed during revision {s.revision}: its steps start again from the beginning")
+
+
+def _reset_progress(t: _Tick, phase: Literal["Pending", "Promoted"]) -> None:
+    """Back to the start of the steps: no canary traffic, no mirror, a fresh clock and analysis."""
+    s = t.status
+    s.phase, s.currentStepIndex, s.currentStepStartedAt, s.heldSince = phase, None, ts(t.now), None
+    s.canaryWeight, s.stableWeight, s.mirrorPercent = 0, 100, 0
+    s.lastAnalysis, s.strategyHash = [], _strategy_hash(t.spec)
+
+
+def _advance(t: _Tick, by_request: bool) -> None:
+    s = t.status
+    idx = s.currentStepIndex
+    nxt = (SHADOW if t.spec.strategy.shadow is not None else 0) if idx is None else idx + 1
+    if nxt >= len(t.spec.strategy.steps):
+        _promote(t)
+        return
+    s.currentStepIndex, s.currentStepStartedAt, s.heldSince = nxt, ts(t.now), None
+    if nxt == SHADOW:
+        s.canaryWeight, s.mirrorPercent = 0, _shadow_percent(t)
+    else:
+        s.mirrorPercent = 0
+        weight = t.spec.strategy.steps[nxt].setWeight
+        s.canaryWeight = s.canaryWeight if weight is None else weight
+    s.stableWeight = 100 - s.canaryWeight
+    names = _run_metrics(t)
+    if names:
+        s.lastAnalysis = [MeasurementResult(metric=n, phase="Running", message="waiting for the first measurement") for n in names]
+    promoted = f" (after promote request {PROMOTE_ANNOTATION}={s.lastPromoteRequest})" if by_request else ""
+    t.event("Normal", "StepStarted", f"revision {s.revision}: {_where(t, nxt)}: {_what(t, nxt)}{promoted}")
+
+
+def _promote(t: _Tick) -> None:
+    s = t.status
+    canary, old = s.canary, s.stable
+    assert canary is not None and old is not None, "only a canary next to a stable is promoted through the steps"
+    until = t.now + parse_duration(t.spec.strategy.keepWarm)
+    old.keepWarmUntil = ts(until)
+    canary.promotedAt = ts(t.now)
+    s.previousStable, s.stable, s.canary = old, canary, None
+    s.phase, s.currentStepIndex, s.currentStepStartedAt, s.heldSince = "Promoted", len(t.spec.strategy.steps), ts(t.now), None
+    s.canaryWeight, s.stableWeight, s.mirrorPercent, s.rollbackReason = 0, 100, 0, None
+    _record(t, canary, "Promoted", f"passed all {len(t.spec.strategy.steps)} steps of spec.strategy")
+    t.event("Normal", "Promoted", f"revision {canary.revision} ({_label(canary)}) promoted and serves all traffic; previous stable "
+                                  f"revision {old.revision} ({_label(old)}) kept warm until {ts(until)}")
+
+
+def _finish_rolling(t: _Tick, outcome: Literal["RolledBack", "Failed"], reason: str) -> None:
+    """End the revision in flight: all traffic back on the stable (when there is one), say why."""
+    s = t.status
+    rolling = _rolling(s)
+    assert rolling is not None, "only a revision in flight is rolled back or failed"
+    where = _where(t, s.currentStepIndex)
+    _record(t, rolling, outcome, reason)
+    s.phase, s.rollbackReason, s.heldSince = outcome, _clip(reason), None
+    verb = "rolled back" if outcome == "RolledBack" else "failed"
+    if s.canary is not None and s.stable is not None:
+        s.canaryWeight, s.stableWeight, s.mirrorPercent = 0, 100, 0
+        t.event("Warning", outcome, f"revision {rolling.revision} ({_label(rolling)}) {verb} at {where}: {reason}; "
+                                    f"all traffic on stable revision {s.stable.revision} ({_label(s.stable)})")
+    else:
+        t.event("Warning", outcome, f"revision {rolling.revision} ({_label(rolling)}) {verb}: {reason}; there is no earlier revision to fall back to")
+
+
+def _record(t: _Tick, rev: ServedRevision, outcome: Literal["Promoted", "RolledBack", "Failed", "Superseded"], reason: str) -> None:
+    s = t.status
+    entry = HistoryEntry(
+        revision=rev.revision,
+        foundationModelVersion=rev.model.foundationModel.version,
+        adapters=[f"{name}@{version}" if version else name for name, version in ModelRef.of(rev.model).adapters],
+        outcome=outcome,
+        reason=_clip(reason),
+        startedAt=rev.startedAt,
+        finishedAt=ts(t.now),
+    )
+    s.history = [*s.history, entry][-t.spec.revisionHistoryLimit:]
+    t.notes.append(RecordHistory(entry))
+
+
+# ---------------------------------------------------------------- the current step
+def _evaluate(t: _Tick) -> _View:
+    s = t.status
+    idx = s.currentStepIndex
+    if idx is None:
+        return _pending_view(t)
+    if idx == SHADOW:
+        return _shadow_view(t)
+    if idx >= len(t.spec.strategy.steps):
+        return _View(True, _Wait("work", "StepsDone", "past the last of spec.strategy.steps"))
+    step = t.spec.strategy.steps[idx]
+    if step.pause is not None:
+        return _pause_view(t, idx, step)
+    not_ready = _not_ready(t, s.canary, "CanaryNotReady")
+    if not_ready is not None:
+        return _View(False, not_ready)
+    if step.setWeight is not None:
+        return _weight_view(t, idx, step.setWeight)
+    return _analysis_view(t, idx)
+
+
+def _pending_view(t: _Tick) -> _View:
+    not_ready = _not_ready(t, t.status.canary, "CanaryNotReady")
+    if not_ready is not None:
+        return _View(False, not_ready)
+    return _View(True, _Wait("work", "CanaryReady", f"canary revision {t.status.revision} ({_label(t.status.canary)}) is Ready"))
+
+
+def _shadow_view(t: _Tick) -> _View:
+    s = t.status
+    where = _where(t, SHADOW)
+    shadow = t.spec.strategy.shadow
+    held = _not_ready(t, s.canary, "CanaryNotReady") or _traffic_not_applied(t, where)
+    if held is not None:
+        return _View(False, held)
+    if shadow is None:
+        return _View(True, _Wait("work", "ShadowDone", "spec.strategy.shadow was removed"))
+    until = _step_start(t) + parse_duration(shadow.duration)
+    if t.now < until:
+        return _View(False, _Wait("work", "Shadowing", f"{where}: mirroring {shadow.mirrorPercent}% of live traffic to the canary until {ts(until)}"
+                                                      + (f"; analysis: {_metric_notes(s.lastAnalysis)}" if s.lastAnalysis else "")))
+    if shadow.analysis and verdicts.run_phase(s.lastAnalysis) != "Successful":
+        return _View(False, _Wait("work", "Analysing", f"{where}: waiting for the shadow analysis: {_metric_notes(s.lastAnalysis)}"))
+    return _View(True, _Wait("work", "ShadowDone", f"{where}: done"))
+
+
+def _pause_view(t: _Tick, idx: int, step: Step) -> _View:
+    assert step.pause is not None
+    where = _where(t, idx)
+    if step.pause.untilPromoted or step.pause.duration is None:
+        return _View(False, _Wait("pause", "WaitingForPromotion", f"{where}: waiting for a person to promote "
+                                                                  f"(set annotation {PROMOTE_ANNOTATION} to a new value)"))
+    until = _step_start(t) + parse_duration(step.pause.duration)
+    if t.now < until:
+        return _View(False, _Wait("pause", "PauseStep", f"{where}: paused until {ts(until)}"))
+    return _View(True, _Wait("work", "PauseOver", f"{where}: pause over"))
+
+
+def _weight_view(t: _Tick, idx: int, weight: int) -> _View:
+    where = _where(t, idx)
+    held = _traffic_not_applied(t, where) or _split_off(t, where, weight)
+    if held is not None:
+        return _View(False, held)
+    return _View(True, _Wait("work", "WeightSet", f"{where}: {weight}% of live traffic on canary {_label(t.status.canary)}"))
+
+
+def _analysis_view(t: _Tick, idx: int) -> _View:
+    notes = f"{_where(t, idx)}: {_metric_notes(t.status.lastAnalysis)}"
+    if verdicts.run_phase(t.status.lastAnalysis) == "Successful":
+        return _View(True, _Wait("work", "AnalysisSuccessful", notes))
+    return _View(False, _Wait("work", "Analysing", notes))
+
+
+def _not_ready(t: _Tick, rev: ServedRevision | None, reason: str) -> _Wait | None:
+    if rev is None:
+        return None
+    found = _isvc(t.obs, rev.revision)
+    if found is not None and found.ready:
+        return None
+    why = "not found" if found is None else (found.message or "not Ready")
+    return _Wait("hold", reason, f"{_where(t, t.status.currentStepIndex)}: waiting for the InferenceService of revision {rev.revision} "
+                                 f"({_label(rev)}) to become Ready: {why}")
+
+
+def _traffic_not_applied(t: _Tick, where: str) -> _Wait | None:
+    """The traffic object must show what was asked for; 'unknown' (the provider cannot tell) passes, as in Argo Rollouts."""
+    seen, s = t.obs.traffic, t.status
+    if seen == "unknown":
+        return None
+    revision_ok = seen.canary_revision is None or (s.canaryWeight == 0 and s.mirrorPercent == 0) or (
+        s.canary is not None and seen.canary_revision == s.canary.revision)
+    if seen.canary_weight == s.canaryWeight and seen.mirror_percent == s.mirrorPercent and revision_ok:
+        return None
+    found = f"{seen.canary_weight}% and mirror {seen.mirror_percent}%" + (f" to revision {seen.canary_revision}" if seen.canary_revision else "")
+    return _Wait("hold", "TrafficNotApplied", f"{where}: waiting for the traffic provider to route {s.canaryWeight}% and mirror "
+                                              f"{s.mirrorPercent}% to canary revision {s.revision} (found {found})")
+
+
+def _split_off(t: _Tick, where: str, weight: int) -> _Wait | None:
+    """Requests counted since this step began must be within 3 binomial sigma of the weight."""
+    sample = t.obs.split
+    if sample is None or sample.since < _step_start(t):
+        return None
+    if verdicts.split_within_sigma(sample.canary_requests, sample.total_requests, weight):
+        return None
+    share = 100 * sample.canary_requests / sample.total_requests
+    return _Wait("hold", "SplitOutOfBounds", f"{where}: {sample.canary_requests} of {sample.total_requests} requests ({share:.1f}%) "
+                                             f"reached the canary since {ts(sample.since)}, more than 3 sigma from {weight}%; holding until the split matches")
+
+
+# ---------------------------------------------------------------- small helpers
+def _rolling(s: RolloutStatus) -> ServedRevision | None:
+    """The revision in flight: the canary, or a first revision not yet promoted."""
+    if s.phase not in ACTIVE:
+        return None
+    if s.canary is not None:
+        return s.canary
+    if s.stable is not None and s.stable.promotedAt is None:
+        return s.stable
+    return None
+
+
+def _lasted(t: _Tick) -> bool:
+    """A step never ends at the instant it began: replaying one call's observations cannot move twice."""
+    return t.now > _step_start(t)
+
+
+def _step_start(t: _Tick) -> datetime:
+    started = t.status.currentStepStartedAt
+    return parse_ts(started) if started else t.now
+
+
+def _on_pause_step(t: _Tick) -> bool:
+    idx, steps = t.status.currentStepIndex, t.spec.strategy.steps
+    if t.status.canary is None or t.status.phase not in ACTIVE or idx is None or not 0 <= idx < len(steps):
+        return False
+    return steps[idx].pause is not None
+
+
+def _run_metrics(t: _Tick) -> tuple[str, ...]:
+    """Metric names of the analysis the current step runs (shadow or an analysis step), if any."""
+    s, strategy = t.status, t.spec.strategy
+    idx = s.currentStepIndex
+    if s.canary is None or s.phase not in ACTIVE or idx is None:
+        return ()
+    if idx == SHADOW:
+        return tuple(strategy.shadow.analysis) if strategy.shadow is not None else ()
+    if idx < len(strategy.steps) and (analysis := strategy.steps[idx].analysis) is not None:
+        return tuple(analysis.metrics)
+    return ()
+
+
+def _due_measurements(t: _Tick) -> Measure | None:
+    """Metrics of the current analysis that are not done and whose interval has passed since their last measurement."""
+    s = t.status
+    if s.phase not in ACTIVE or t.spec.paused or s.canary is None or verdicts.run_phase(s.lastAnalysis) == "Failed":
+        return None
+    names = set(_run_metrics(t))
+    due: list[str] = []
+    for r in s.lastAnalysis:
+        metric = _metric(t.spec, r.metric)
+        if r.metric not in names or metric is None or r.phase in verdicts.DONE:
+            continue
+        if r.measuredAt is None or t.now >= parse_ts(r.measuredAt) + parse_duration(metric.interval):
+            due.append(r.metric)
+    if not due:
+        return None
+    return Measure(tuple(due), s.stable.revision if s.stable else None, s.canary.revision, _where(t, s.currentStepIndex))
+
+
+def _alert_handled(s: RolloutStatus, alert: Alert) -> bool:
+    """Handled when this fingerprint already fired at this startsAt or later (duplicates and late resends)."""
+    return any(h.fingerprint == _short(alert.fingerprint) and parse_ts(h.startsAt) >= alert.starts_at for h in s.handledAlerts)
+
+
+def _remember_alerts(s: RolloutStatus, alerts: list[Alert]) -> None:
+    kept = {h.fingerprint: h for h in s.handledAlerts}
+    for a in alerts:
+        fingerprint = _short(a.fingerprint) or ""
+        kept.pop(fingerprint, None)  # re-inserted last: the newest stay when the list is trimmed
+        kept[fingerprint] = HandledAlert(fingerprint=fingerprint, startsAt=ts(a.starts_at), alertname=_short(a.name) or "")
+    s.handledAlerts = list(kept.values())[-MAX_HANDLED_ALERTS:]
+
+
+def _isvc(obs: Observations, revision: int) -> InferenceServiceState | None:
+    return next((i for i in reversed(obs.inference_services) if i.revision == revision), None)
+
+
+def _metric(spec: RolloutSpec, name: str) -> Metric | None:
+    return next((m for m in spec.analysis.metrics if m.name == name), None)
+
+
+def _metric_notes(results: list[MeasurementResult]) -> str:
+    return "; ".join(f"{r.metric}: {r.message or r.phase}" for r in results)
+
+
+def _shadow_percent(t: _Tick) -> int:
+    return t.spec.strategy.shadow.mirrorPercent if t.spec.strategy.shadow is not None else 0
+
+
+def _strategy_hash(spec: RolloutSpec) -> str:
+    """Fingerprint of what the steps do (shadow and steps; not keepWarm): a change restarts them."""
+    strategy = spec.strategy.model_dump(mode="json", exclude_none=True, include={"shadow", "steps"})
+    return hashlib.sha256(json.dumps(strategy, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _where(t: _Tick, idx: int | None) -> str:
+    """The step in the words of the spec: spec.strategy.steps[2] (setWeight 25)."""
+    steps = t.spec.strategy.steps
+    if idx is None:
+        return f"revision {t.status.revision}, before its first step"
+    if idx == SHADOW:
+        shadow = t.spec.strategy.shadow
+        return f"spec.strategy.shadow (mirror {shadow.mirrorPercent}% for {shadow.duration})" if shadow else "spec.strategy.shadow"
+    if idx >= len(steps):
+        return "the end of spec.strategy.steps"
+    step = steps[idx]
+    if step.setWeight is not None:
+        what = f"setWeight {step.setWeight}"
+    elif step.pause is not None:
+        what = f"pause {step.pause.duration}" if step.pause.duration else "pause untilPromoted"
+    else:
+        what = "analysis " + ", ".join(step.analysis.metrics if step.analysis else [])
+    return f"spec.strategy.steps[{idx}] ({what})"
+
+
+def _what(t: _Tick, idx: int) -> str:
+    s = t.status
+    if idx == SHADOW:
+        return f"{s.mirrorPercent}% of live traffic mirrored to the canary, responses discarded"
+    step = t.spec.strategy.steps[idx]
+    if step.setWeight is not None:
+        return f"{step.setWeight}% of live traffic to the canary"
+    if step.pause is not None:
+        return "paused until promoted" if step.pause.untilPromoted else f"paused for {step.pause.duration}"
+    return f"measuring {', '.join(_run_metrics(t))}"
+
+
+def _active_phase(s: RolloutStatus, wait: _Wait | None) -> Literal["Pending", "Shadowing", "Progressing", "Paused"]:
+    if wait is not None and wait.kind == "pause":
+        return "Paused"
+    if s.currentStepIndex is None:
+        return "Pending"
+    return "Shadowing" if s.currentStepIndex == SHADOW else "Progressing"
+
+
+def _progressing(t: _Tick, wait: _Wait | None) -> Cond:
+    s = t.status
+    if s.phase == "Promoted":
+        stable = f"revision {s.stable.revision} ({_label(s.stable)})" if s.stable else "the stable revision"
+        warm = (f"; revision {s.previousStable.revision} kept warm until {s.previousStable.keepWarmUntil}" if s.previousStable else "")
+        return Cond(PROGRESSING, "False", "Promoted", f"{stable} serves all traffic{warm}")
+    if s.phase == "RolledBack":
+        return Cond(PROGRESSING, "False", "RolledBack", s.rollbackReason or "rolled back")
+    if s.phase == "Failed":
+        return Cond(PROGRESSING, "False", "ProgressDeadlineExceeded", s.rollbackReason or "failed")
+    if wait is None:
+        return Cond(PROGRESSING, "True", "Progressing", f"revision {s.revision} at {_where(t, s.currentStepIndex)}")
+    return Cond(PROGRESSING, "False" if wait.kind == "pause" else "True", wait.reason, wait.message)
+
+
+def _analysis_condition(s: RolloutStatus) -> Cond:
+    phase = verdicts.run_phase(s.lastAnalysis)
+    status: Literal["True", "False", "Unknown"] = "True" if phase == "Successful" else "False" if phase == "Failed" else "Unknown"
+    return Cond(ANALYSIS, status, phase, _metric_notes(s.lastAnalysis))
+
+
+def _note_ignored_requests(t: _Tick) -> None:
+    s = t.status
+    if t.promote and not t.promote_used:
+        t.event("Normal", "PromoteIgnored", f"promote request {PROMOTE_ANNOTATION}={s.lastPromoteRequest} ignored: the Rollout is {s.phase} at "
+                                            f"{_where(t, s.currentStepIndex)}; promote moves past a pause step only, and not while "
+                                            "spec.paused is true. Set a new value to ask again")
+    if t.retry and not t.retry_used:
+        t.event("Normal", "RetryIgnored", f"retry request {RETRY_ANNOTATION}={s.lastRetryRequest} ignored: revision {s.revision} is {s.phase}; "
+                                          "retry restarts a RolledBack or Failed revision. Set a new value to ask again")
+
+
+def _label(rev: ServedRevision | None) -> str | None:
+    return None if rev is None else _clip(ModelRef.of(rev.model).label(), 256)
+
+
+def _short(value: str | None) -> str | None:
+    return None if value is None else value[:256]
+
+
+def _clip(text: str, limit: int = 4096) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,184 @@
+"""What the rollout engine reads (Observations) and what it asks for (Actions), as plain data.
+
+The kopf handlers fill in Observations from the cluster, Prometheus and the Alertmanager webhook,
+call `decide`, then apply the Decision: patch `status` once and carry out the actions in order.
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from fmop.api.rollout import HistoryEntry, RolloutStatus, ServeTarget
+
+Side = Literal["stable", "canary"]
+MeasurementPhase = Literal["Successful", "Failed", "Error", "Inconclusive"]
+
+# Annotations a person sets to ask for a promotion or a retry; the handler passes their values on as
+# Observations.promote_request / retry_request. A request is acted on once: set a new value to ask again.
+PROMOTE_ANNOTATION = "fmops.dev/promote"
+RETRY_ANNOTATION = "fmops.dev/retry"
+
+
+# ---------------------------------------------------------------- observations
+@dataclass(frozen=True)
+class ModelRef:
+    """What one InferenceService serves: a FoundationModel version plus adapters, as hashable data."""
+
+    foundation_model: str
+    version: str
+    adapters: tuple[tuple[str, str | None], ...] = ()  # (TaskAdapter name, version or None for its newest)
+
+    @classmethod
+    def of(cls, target: ServeTarget) -> ModelRef:
+        adapters = sorted((a.name, a.version) for a in target.adapters)  # order in spec.model.adapters does not matter
+        return cls(target.foundationModel.name, target.foundationModel.version, tuple(adapters))
+
+    def label(self) -> str:
+        """Short form for kubectl columns and messages: movielens:v2+region-jp@v1."""
+        adapters = "".join(f"+{name}" + (f"@{version}" if version else "") for name, version in self.adapters)
+        return f"{self.foundation_model}:{self.version}{adapters}"
+
+
+@dataclass(frozen=True)
+class InferenceServiceState:
+    """One InferenceService the Rollout owns, as found (label fmops.dev/revision tells which)."""
+
+    revision: int
+    ready: bool
+    message: str = ""  # why it is not Ready, from its Ready condition
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One PromQL measurement of an analysis metric, taken by the handler after a Measure action.
+
+    Failures are data: an unreachable Prometheus is phase Error (with the address), an empty
+    result or too few samples (minSampleSize) is Inconclusive (with the query that returned nothing).
+    """
+
+    metric: str
+    phase: MeasurementPhase
+    measured_at: datetime
+    value: float | None = None
+    message: str = ""
+    query: str = ""  # the query that returned nothing (the metric's or its minSampleSize query)
+    address: str = ""  # the Prometheus that was asked
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A firing Alertmanager alert already matched against spec.rollback.alerts."""
+
+    name: str
+    fingerprint: str
+    starts_at: datetime
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class ObservedTraffic:
+    """The traffic object as found: what share goes to the canary and how much is mirrored to it."""
+
+    canary_weight: int
+    mirror_percent: int
+    canary_revision: int | None = None  # the revision behind the canary backend, when the provider can tell
+
+
+@dataclass(frozen=True)
+class SplitSample:
+    """Requests counted at the backends since `since`: checks that the provider really splits as asked."""
+
+    canary_requests: int
+    total_requests: int
+    since: datetime
+
+
+@dataclass(frozen=True)
+class Observations:
+    """Everything decide() knows about the world besides spec and status, read by the handler."""
+
+    inference_services: tuple[InferenceServiceState, ...] = ()
+    measurements: tuple[Measurement, ...] = ()
+    alerts: tuple[Alert, ...] = ()
+    traffic: ObservedTraffic | Literal["unknown"] = "unknown"  # "unknown": not found, or the provider cannot tell
+    split: SplitSample | None = None
+    promote_request: str | None = None  # value of the fmops.dev/promote annotation
+    retry_request: str | None = None  # value of the fmops.dev/retry annotation
+    generation: int | None = None  # metadata.generation, copied to status and conditions
+
+
+# ---------------------------------------------------------------- actions
+@dataclass(frozen=True)
+class EnsureInferenceService:
+    """Create or update the InferenceService of `revision` so that it serves `model`."""
+
+    side: Side
+    revision: int
+    model: ModelRef
+
+
+@dataclass(frozen=True)
+class SetTraffic:
+    """Route `canary_weight` percent to the canary and the rest to the stable; mirror `mirror_percent` to the canary."""
+
+    stable_revision: int
+    canary_revision: int | None
+    canary_weight: int
+    mirror_percent: int
+
+
+@dataclass(frozen=True)
+class Measure:
+    """Take one measurement of each metric now; the results come back as Observations.measurements."""
+
+    metrics: tuple[str, ...]
+    stable_revision: int | None
+    canary_revision: int
+    during: str  # which analysis asks: "shadow" or "strategy.steps[3]"
+
+
+@dataclass(frozen=True)
+class RemoveInferenceService:
+    """Delete the InferenceService of a revision nothing routes to any more."""
+
+    revision: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class RecordHistory:
+    """A revision finished (the entry is already in status.history); for logs and metrics."""
+
+    entry: HistoryEntry
+
+
+@dataclass(frozen=True)
+class EmitEvent:
+    """Post a Kubernetes Event on the Rollout."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+Action = EnsureInferenceService | SetTraffic | Measure | RemoveInferenceService | RecordHistory | EmitEvent
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The status to write (once) and the actions to carry out, in order, stopping at the first failure.
+
+    Actions are level-triggered where they can be (EnsureInferenceService, SetTraffic, Measure and
+    RemoveInferenceService come back on every call while they apply), so a lost action is repeated
+    on the next call; Events and history records come once, with the transition that caused them.
+    """
+
+    status: RolloutStatus
+    actions: tuple[Action, ...] = field(default_factory=tuple)
+
+    @property
+    def events(self) -> tuple[EmitEvent, ...]:
+        return tuple(a for a in self.actions if isinstance(a, EmitEvent))

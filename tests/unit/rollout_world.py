@@ -105,7 +105,8 @@ class World:
             generation=1,
         )
 
-    def tick(self, minutes: float = 1.0) -> Decision:
+    def tick(self, minutes: float = 1.0, *, act: bool = True) -> Decision:
+        """One reconcile. act=False: the operator died after writing status, before carrying out the actions."""
         self.now += timedelta(minutes=minutes)
         obs = self.observations()
         decision = decide(self.spec, self.status, obs, self.now)
@@ -113,7 +114,8 @@ class World:
         replay = decide(self.spec, self.status, obs, self.now)  # a restart right after the status patch
         assert replay.status == self.status, "replaying the same observations moved the Rollout again"
         assert not [a for a in replay.actions if isinstance(a, (EmitEvent, RecordHistory))], "replay repeated Events or history"
-        self.apply(decision.actions)
+        if act:
+            self.apply(decision.actions)
         self.last = decision
         return decision
 

@@ -282,10 +282,17 @@ SCENARIOS = [
         Tick(("Promoted", 1, 0), says="revision 1 kept warm until 2026-01-01T00:08:00Z"),
         Tick(("Promoted", 1, 0)),
         Tick(("Promoted", 1, 0)),
+        Tick(("Promoted", 1, 0)),  # minute 8: the window ends, the old stable still runs
         Tick(("Promoted", 1, 0), event="KeepWarmOver"),
-        Tick(("Promoted", 1, 0)),
     ), all_of(removed(1), lambda w: _assert_stable(w, 2, previous=None))),
         id="old-stable-kept-warm-then-removed"),
+    pytest.param(Scenario(make_spec(strategy={"steps": [{"setWeight": 100}], "keepWarm": "0s"}), (
+        Tick(("Pending", None, 0), do=model("v2")),
+        Tick(("Progressing", 0, 100)),
+        Tick(("Promoted", 1, 0)),  # replayed at the same instant, the old stable is still there
+        Tick(("Promoted", 1, 0), event="KeepWarmOver"),
+    ), removed(1)),
+        id="keep-warm-0s-removes-the-old-stable-on-the-next-call"),
     pytest.param(Scenario(BASE, (
         Tick(("Pending", None, 0), do=model("v2")),
         Tick(("Progressing", 0, 5)),

@@ -186,7 +186,7 @@ def _reconcile_keep_warm(t: _Tick) -> _Outcome:
     """After a promotion the previous stable keeps running for strategy.keepWarm, then it is let go."""
     s = t.status
     prev = s.previousStable
-    if prev is not None and (prev.keepWarmUntil is None or t.now >= parse_ts(prev.keepWarmUntil)):
+    if prev is not None and (prev.keepWarmUntil is None or t.now > parse_ts(prev.keepWarmUntil)):  # never at the instant of promotion
         s.previousStable = None
         t.event("Normal", "KeepWarmOver", f"revision {prev.revision} ({_label(prev)}) was kept warm for spec.strategy.keepWarm "
                                           f"{t.spec.strategy.keepWarm} after the last promotion; deleting its InferenceService")

@@ -24,6 +24,17 @@ def examples() -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The real API server (etcd, kube-apiserver, controller-manager, scheduler) with every CRD, ours and
+    third-party, but no node: for tests that only need objects accepted or rejected by real schemas.
+    Several can run on one machine at once (free ports, 127.0.0.1), unlike the node."""
+    from fmop.local.cluster import LocalCluster
+
+    with LocalCluster(workdir=tmp_path_factory.mktemp("control-plane"), node=False) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The real single-node Kubernetes (control plane, kubelet + containerd, the KServe and Argo
     controllers) with every CRD installed, once per test session."""

@@ -213,12 +213,15 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from fmrec.serving.export import export_triton
+    from fmrec.serving.export import export_triton, set_faults
 
     from fmrec.serving.artifact import Manifest
 
     adapters = [(task, Path(folder)) for task, _, folder in (a.rpartition("=") for a in args.adapter)]
     path = export_triton(Path(args.model), Path(args.repo), name=args.name, k=args.top_k, int8=args.int8, adapters=adapters)
+    if args.fault_error_share or args.fault_latency_ms:
+        set_faults(path, args.fault_error_share, args.fault_latency_ms)
+        print(f"TEST ONLY: {path} fails {args.fault_error_share:.0%} of requests and answers {args.fault_latency_ms:g} ms late")
     tasks = ", ".join(Manifest.read(path / "1").tasks)
     print(f"wrote Triton model {path} (python backend{', int8 dynamic quantisation' if args.int8 else ''}, top {args.top_k}; "
           f"tasks: {tasks})")
@@ -368,6 +371,9 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--int8", action="store_true", help="serve with int8 dynamic quantisation of the Linear layers")
     x.add_argument("--adapter", action="append", default=[], metavar="[TASK=]DIR",
                    help="a TaskAdapter version (fmrec finetune --out DIR) served as TASK; repeat for more (default name: its own)")
+    x.add_argument("--fault-error-share", type=float, default=0.0, metavar="P",
+                   help="TEST ONLY: fail this share of requests with an internal error (to make a bad canary)")
+    x.add_argument("--fault-latency-ms", type=float, default=0.0, metavar="MS", help="TEST ONLY: answer every batch this much later")
     x.set_defaults(func=cmd_export)
 
     sb = sub.add_parser("serve-bench", help="real Triton server: p50/p99/throughput at concurrency 1, 8, 32; fp32 vs int8")

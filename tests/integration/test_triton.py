@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from fmrec.data.synthetic import generate
 from fmrec.nn.adapters import AdaptedModel, Adapter
 from fmrec.nn.fm import FoundationModel
 from fmrec.serving.client import Event, Ranked, RecommenderClient
-from fmrec.serving.export import export_triton
+from fmrec.serving.export import export_triton, set_faults
 from fmrec.serving.infer import quantize_int8
 from fmrec.serving.server import TritonServer
 from fmrec.train import TrainSettings, build_model, train
@@ -82,6 +83,7 @@ def server(trained: Path, fielded: Path, tmp_path_factory: pytest.TempPathFactor
     export_triton(trained, work / "export", name="fmrec", k=K, adapters={"": trained / "liked"})
     export_triton(trained, work / "export", name="fmrec_int8", k=K, int8=True)
     export_triton(fielded, work / "export", name="fielded", k=K)
+    set_faults(export_triton(trained, work / "export", name="faulty", k=K), error_share=0.5, latency_ms=300)
     shutil.copytree(work / "export", work / "models")
     shutil.rmtree(work / "export")
     with TritonServer(work / "models", work, read_only=True) as s:
@@ -251,3 +253,24 @@ def test_bad_requests_are_400_with_the_reason(server: TritonServer, inputs: dict
     assert status == 400 and re.search(message, body["error"]), body
     status, _ = _post(server, "fmrec", _json_inputs(**base))
     assert status == 200  # and the model keeps serving
+
+
+def test_injected_faults_fail_a_share_of_requests_late_and_triton_counts_them(server: TritonServer) -> None:
+    """The test-only faults of a bad canary: about half the (one-request) batches are a 500 naming the fault, every
+    answer comes at least 300 ms late, and Triton's own failure counter (what the analysis reads) sees them."""
+    body = _json_inputs(ITEMS=("BYTES", ["50", "172"]), TIMESTAMPS=("INT64", [881250949, 881251000]), ACTIONS=("BYTES", ["5", "4"]))
+    codes, slowest_first = [], float("inf")
+    for _ in range(40):
+        start = time.perf_counter()
+        status, answer = _post(server, "faulty", body)
+        slowest_first = min(slowest_first, time.perf_counter() - start)
+        codes.append(status)
+        if status != 200:
+            assert "fault injected: parameter fault_error_share=0.5" in answer["error"], answer
+    assert set(codes) == {200, 500} and 8 <= codes.count(500) <= 32, codes
+    assert slowest_first >= 0.3
+    metrics = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    failed = re.findall(r'nv_inference_request_failure\{[^}]*model="faulty"[^}]*\} (\d+)', metrics)
+    assert sum(map(int, failed)) == codes.count(500), failed
+    status, _ = _post(server, "fmrec", body)
+    assert status == 200  # the other models in the same server are untouched

@@ -38,6 +38,7 @@ parameters: {{ key: "top_k" value: {{ string_value: "{k}" }} }}
 parameters: {{ key: "int8" value: {{ string_value: "{int8}" }} }}
 parameters: {{ key: "threads" value: {{ string_value: "{threads}" }} }}
 """
+FAULTS = ("fault_error_share", "fault_latency_ms")  # test-only: see fmrec.serving.triton_model.Faults
 KEEP_META = ("dataFingerprint", "featureFingerprint", "metrics", "topScoreDeciles")  # never paths
 
 
@@ -122,3 +123,21 @@ def export_triton(model_dir: Path, repo: Path, name: str = "fmrec", k: int = 100
         inputs=",\n  ".join(s.pbtxt() for s in protocol.INPUTS),
         outputs=",\n  ".join(s.pbtxt() for s in protocol.outputs(fm.cfg.d_model))))
     return target
+
+
+def set_faults(model: Path, error_share: float = 0.0, latency_ms: float = 0.0) -> None:
+    """Test-only: make an exported model (repo/<name>) fail a share of requests and answer late.
+
+    Written as config.pbtxt parameters, read when Triton loads the model; 0 and 0 remove them."""
+    if not 0 <= error_share <= 1:
+        raise ExportError(f"fault error share {error_share} must be between 0 and 1")
+    if latency_ms < 0:
+        raise ExportError(f"fault latency {latency_ms} ms must not be negative")
+    config = model / "config.pbtxt"
+    if not config.is_file():
+        raise ExportError(f"{config} does not exist: give the exported model's folder (the repository's <name>/)")
+    lines = [line for line in config.read_text().splitlines() if not any(f'"{key}"' in line for key in FAULTS)]
+    for key, value in zip(FAULTS, (error_share, latency_ms)):
+        if value:
+            lines.append(f'parameters: {{ key: "{key}" value: {{ string_value: "{value:g}" }} }}')
+    config.write_text("\n".join(lines) + "\n")

@@ -8,6 +8,8 @@ is fmrec.serving.infer.Recommender, loaded from this version folder (fmrec.servi
 from __future__ import annotations
 
 import json
+import random
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,8 +35,16 @@ class TritonPythonModel:
         self.rec, manifest, vocab = load_version(version, k_max=int(params.get("top_k", "100")), int8=params.get("int8") == "true")
         buckets = {task: spec["scoreBuckets"] for task, spec in manifest.tasks.items()}
         self.metrics = ServingMetrics(pb_utils, args["model_name"], args["model_version"], buckets, item_deciles(vocab))
+        self.faults = Faults.of(params)
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        if self.faults.latency_s:
+            time.sleep(self.faults.latency_s)
+        if self.faults.fails():  # raised, not returned as error responses: only then does Triton count failures
+            raise pb_utils.TritonModelException(f"fault injected: parameter fault_error_share={self.faults.error_share}")
+        return self._answer(requests)
+
+    def _answer(self, requests: list[Any]) -> list[Any]:
         prepared: list[list[Prepared] | str] = []
         for request in requests:
             try:
@@ -53,6 +63,24 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse(output_tensors=_outputs(mine)))
         self.metrics.record(answered)
         return responses
+
+
+class Faults:
+    """Test-only fault injection, off unless the model's config.pbtxt sets it (`fmrec export --fault-*`,
+    or `fmrec.serving.export.set_faults` on an exported model): a share of batches fail with an
+    internal error (HTTP 500; one request per batch without concurrent load) and every batch waits `fault_latency_ms` first. It makes a bad canary out
+    of a good model without a second codebase; the analysis and alert tests of the Rollout use it."""
+
+    def __init__(self, error_share: float, latency_ms: float) -> None:
+        self.error_share, self.latency_s = error_share, latency_ms / 1000
+        self._rng = random.Random(0)
+
+    @classmethod
+    def of(cls, params: dict[str, str]) -> Faults:
+        return cls(float(params.get("fault_error_share", "0") or 0), float(params.get("fault_latency_ms", "0") or 0))
+
+    def fails(self) -> bool:
+        return self._rng.random() < self.error_share
 
 
 def _array(request: Any, name: str) -> npt.NDArray[np.generic] | None:

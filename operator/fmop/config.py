@@ -14,6 +14,7 @@ class Config:
     health_port: int = 8080
     bind_address: str = "0.0.0.0"
     resync_seconds: float = 10.0
+    rollout_tick_seconds: float = 1.0
     log_format: str = "json"
     verbose: bool = False
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
@@ -40,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
                    help="address the metrics and health servers listen on (env FMOP_BIND_ADDRESS; default %(default)s)")
     p.add_argument("--resync-seconds", type=float, default=float(_env("RESYNC_SECONDS", str(d.resync_seconds))),
                    help="how often references are re-checked (env FMOP_RESYNC_SECONDS; default %(default)s)")
+    p.add_argument("--rollout-tick-seconds", type=float, default=float(_env("ROLLOUT_TICK_SECONDS", str(d.rollout_tick_seconds))),
+                   help="how often a Rollout in flight (shadow, steps, analysis) is reconciled (env FMOP_ROLLOUT_TICK_SECONDS; default %(default)s)")
     p.add_argument("--log-format", choices=["json", "plain", "full"], default=_env("LOG_FORMAT", d.log_format),
                    help="log format (env FMOP_LOG_FORMAT; default %(default)s)")
     p.add_argument("--verbose", action="store_true", default=_env("VERBOSE", "") not in ("", "0", "false"),
@@ -57,12 +60,15 @@ def from_args(argv: list[str] | None = None) -> Config:
             parser().error(f"--{port_name.replace('_', '-')} must be between 0 and 65535, got {port}")
     if a.resync_seconds <= 0:
         parser().error(f"--resync-seconds must be positive, got {a.resync_seconds}")
+    if a.rollout_tick_seconds <= 0:
+        parser().error(f"--rollout-tick-seconds must be positive, got {a.rollout_tick_seconds}")
     return Config(
         namespaces=tuple(n.strip() for n in a.namespaces.split(",") if n.strip()),
         metrics_port=a.metrics_port,
         health_port=a.health_port,
         bind_address=a.bind_address,
         resync_seconds=a.resync_seconds,
+        rollout_tick_seconds=a.rollout_tick_seconds,
         log_format=a.log_format,
         verbose=a.verbose,
         prometheus_url=a.prometheus_url,

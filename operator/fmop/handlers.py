@@ -1,12 +1,14 @@
 """kopf handlers: read what an assessment needs, assess (pure), patch status once, post Events.
 
-Each kind has one reconcile function, run on create, on spec update, on operator start (resume)
-and on a resync timer, so a TaskAdapter or Rollout notices when the objects it references
-appear or gain versions. A reconcile that changes nothing writes nothing.
+FoundationModel and TaskAdapter have one reconcile function, run on create, on spec update, on
+operator start (resume) and on a resync timer, so a TaskAdapter notices when the objects it
+references appear or gain versions. Rollouts are reconciled by fmop.rollout.controller (see below).
+A reconcile that changes nothing writes nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -16,10 +18,14 @@ import kopf
 
 from fmop import __version__, metrics
 from fmop.api import GROUP, VERSION
-from fmop.assess import Verdict, assess_foundation_model, assess_rollout, assess_task_adapter
+from fmop.assess import Verdict, assess_foundation_model, assess_task_adapter
 from fmop.conditions import merge, now_rfc3339
 from fmop.config import Config
 from fmop.kube import KubeUnavailable, Reader, api_client
+from fmop.rollout import naming
+from fmop.rollout.controller import Controller
+from fmop.rollout.serving import GROUP as KSERVE_GROUP
+from fmop.rollout.serving import PLURAL as ISVC_PLURAL
 
 FM, TA, RO = "foundationmodels", "taskadapters", "rollouts"
 
@@ -28,7 +34,9 @@ FM, TA, RO = "foundationmodels", "taskadapters", "rollouts"
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     cfg: Config = memo.get("config") or Config()
     memo["config"] = cfg
-    memo["reader"] = Reader(api_client())
+    api = api_client()
+    memo["reader"] = Reader(api)
+    memo["rollouts"] = Controller(api, traffic_for=traffic_provider(api), analysis=prometheus_analysis(cfg))
     # Progress and diff-base live in annotations: our status schema is strict and owned by us.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
@@ -92,27 +100,66 @@ def reconcile_task_adapter(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, 
 
 
 # ---------------------------------------------------------------- Rollout
-def reconcile_rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, namespace: str, spec: kopf.Spec, **_: Any) -> None:
-    reader: Reader = memo["reader"]
+# The rollout controller (fmop.rollout.controller) does its own reads and writes, because the
+# Alertmanager webhook runs the same reconcile outside kopf's handlers. kopf only says when:
+# a daemon per Rollout ticks (fast while steps run, slowly otherwise), a spec or annotation edit
+# and a change of one of its InferenceServices reconcile at once.
+def _controller(memo: kopf.Memo) -> Controller:
+    ctl: Controller = memo["rollouts"]
+    return ctl
 
-    def decide() -> Verdict:
-        model = spec.get("model", {})
-        fm = reader.get(FM, namespace, model.get("foundationModel", {}).get("name", ""))
-        adapters = {a["name"]: reader.get(TA, namespace, a["name"]) for a in model.get("adapters", [])}
-        return assess_rollout(dict(body), fm, adapters)
 
-    _reconcile("Rollout", body, patch, decide)
+async def rollout_daemon(memo: kopf.Memo, namespace: str, name: str, stopped: kopf.DaemonStopped, logger: logging.Logger, **_: Any) -> None:
+    cfg: Config = memo["config"]
+    ctl = _controller(memo)
+    while not stopped:
+        delay = cfg.resync_seconds
+        try:
+            outcome = await asyncio.to_thread(ctl.reconcile, namespace, name)
+            if outcome.result == "gone":
+                return
+            if outcome.busy:
+                delay = cfg.rollout_tick_seconds
+        except KubeUnavailable as err:
+            logger.warning(f"{err}; retrying in {cfg.resync_seconds}s")
+        except Exception:  # a bug must not stop the Rollout's daemon for good
+            logger.exception("rollout reconcile failed; retrying")
+            metrics.RECONCILES.labels("Rollout", "error").inc()
+        await stopped.wait(delay)
+    ctl.forget(namespace, name)
+
+
+def reconcile_rollout_now(memo: kopf.Memo, namespace: str, name: str, **_: Any) -> None:
+    try:
+        _controller(memo).reconcile(namespace, name)
+    except KubeUnavailable as err:
+        raise kopf.TemporaryError(f"{err}; retrying", delay=10) from err
+
+
+def on_inference_service(memo: kopf.Memo, namespace: str, labels: kopf.Labels, type: str | None, **_: Any) -> None:
+    """A Rollout's InferenceService changed (became Ready, say): reconcile its Rollout now."""
+    owner = labels.get(naming.LABEL_ROLLOUT)
+    if owner and type is not None and "rollouts" in memo:
+        try:
+            _controller(memo).reconcile(namespace, owner)
+        except KubeUnavailable as err:
+            logging.getLogger("fmop.rollout").warning(f"{err}; the Rollout's daemon will try again")
 
 
 def register(cfg: Config) -> None:
-    """Register the reconcile functions with kopf for create/update/resume and the resync timer."""
-    for plural, fn in ((FM, reconcile_foundation_model), (TA, reconcile_task_adapter), (RO, reconcile_rollout)):
+    """Register the reconcile functions with kopf: create/update/resume and the resync timer for the
+    FoundationModel and TaskAdapter, a daemon, edits and InferenceService events for the Rollout."""
+    for plural, fn in ((FM, reconcile_foundation_model), (TA, reconcile_task_adapter)):
         name = fn.__name__
         kopf.on.create(GROUP, VERSION, plural, id=f"{name}.create")(fn)
         kopf.on.update(GROUP, VERSION, plural, id=f"{name}.update")(fn)
         kopf.on.resume(GROUP, VERSION, plural, id=f"{name}.resume")(fn)
         kopf.timer(GROUP, VERSION, plural, id=f"{name}.resync", interval=cfg.resync_seconds, initial_delay=cfg.resync_seconds,
                    idle=None)(fn)
+    kopf.daemon(GROUP, VERSION, RO, id="rollout.daemon", cancellation_timeout=5.0)(rollout_daemon)
+    kopf.on.update(GROUP, VERSION, RO, id="rollout.update")(reconcile_rollout_now)
+    kopf.on.event(KSERVE_GROUP, "v1beta1", ISVC_PLURAL, id="rollout.inferenceservice",
+                  labels={naming.LABEL_ROLLOUT: kopf.PRESENT})(on_inference_service)
 
 
 @kopf.on.probe(id="api")

@@ -12,6 +12,10 @@ DURATION = Histogram("fmop_reconcile_duration_seconds", "Time spent in one recon
                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 TRANSITIONS = Counter("fmop_condition_transitions_total", "Condition status changes, by kind, type and new status.",
                       ["kind", "type", "status"], registry=REGISTRY)
+ROLLOUT_OUTCOMES = Counter("fmop_rollout_revisions_total", "Rollout revisions finished, by outcome (Promoted, RolledBack, Failed, Superseded).",
+                           ["outcome"], registry=REGISTRY)
+ALERT_ROLLBACKS = Counter("fmop_rollout_alert_rollbacks_total", "Rollbacks caused by an Alertmanager alert, by alert name.",
+                          ["alertname"], registry=REGISTRY)
 BUILD = Gauge("fmop_build_info", "Operator version.", ["version"], registry=REGISTRY)
 
 

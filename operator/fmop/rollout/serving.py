@@ -1,0 +1,94 @@
+"""The InferenceService of one revision, rendered and read back. Pure: no I/O.
+
+One KServe InferenceService (serving.kserve.io/v1beta1, Triton, protocol v2) per revision, named by
+`naming.isvc_name`, labelled with the Rollout and the revision, owned by the Rollout (so the real
+garbage collector deletes it with the Rollout), written by server-side apply under one field manager.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fmop.api.rollout import Serving, ServeTarget
+from fmop.rollout import naming
+from fmop.rollout.types import InferenceServiceState
+
+API_VERSION, KIND, GROUP, PLURAL = "serving.kserve.io/v1beta1", "InferenceService", "serving.kserve.io", "inferenceservices"
+
+
+class StorageError(ValueError):
+    """The model to serve has no artifact to point an InferenceService at; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class RolloutRef:
+    """The Rollout that owns what we write: for names, labels and ownerReferences."""
+
+    namespace: str
+    name: str
+    uid: str
+
+    def owner(self) -> dict[str, Any]:
+        return {"apiVersion": "fmops.dev/v1alpha1", "kind": "Rollout", "name": self.name, "uid": self.uid,
+                "controller": True, "blockOwnerDeletion": True}
+
+    def labels(self, revision: int | None = None) -> dict[str, str]:
+        out = {naming.LABEL_ROLLOUT: self.name, "app.kubernetes.io/managed-by": "fm-operator"}
+        if revision is not None:
+            out[naming.LABEL_REVISION] = str(revision)
+        return out
+
+
+def storage_uri(target: ServeTarget, serving: Serving, fm: dict[str, Any] | None) -> str:
+    """spec.serving.storageUri if set, else the artifactUri of the FoundationModel version served.
+
+    The version's artifact is the Triton model repository `fmrec export` wrote; adapters named in
+    spec.model.adapters must be in it (the export bundles an FM version with its adapters)."""
+    if serving.storageUri:
+        return serving.storageUri
+    version = target.foundationModel.version
+    for v in ((fm or {}).get("status") or {}).get("versions") or []:
+        if v.get("version") == version and v.get("artifactUri"):
+            return str(v["artifactUri"])
+    raise StorageError(f"spec.model.foundationModel: FoundationModel {target.foundationModel.name} has no artifactUri for version "
+                       f"{version}; wait for its training to record one, or set spec.serving.storageUri")
+
+
+def render_isvc(ref: RolloutRef, revision: int, serving: Serving, uri: str) -> dict[str, Any]:
+    """The complete InferenceService of `revision`, for server-side apply."""
+    model: dict[str, Any] = {"modelFormat": {"name": serving.runtime}, "protocolVersion": serving.protocolVersion, "storageUri": uri}
+    resources = serving.resources.model_dump(exclude_defaults=True)
+    if resources:
+        model["resources"] = resources
+    meta: dict[str, Any] = {"name": naming.isvc_name(ref.name, revision), "namespace": ref.namespace, "labels": ref.labels(revision),
+                            "ownerReferences": [ref.owner()]}
+    if serving.minReplicas == serving.maxReplicas:  # a fixed size: no HorizontalPodAutoscaler for KServe to create
+        meta["annotations"] = {"serving.kserve.io/autoscalerClass": "none"}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": meta,
+        "spec": {"predictor": {"minReplicas": serving.minReplicas, "maxReplicas": serving.maxReplicas,
+                               "timeout": serving.timeoutSeconds, "model": model,
+                               "labels": ref.labels(revision)}},  # on the predictor pods too: for Prometheus and kubectl
+    }
+
+
+def observe_isvc(obj: dict[str, Any]) -> InferenceServiceState | None:
+    """An InferenceService as found -> its revision and readiness (None if it is not one of ours)."""
+    meta = obj.get("metadata") or {}
+    try:
+        revision = int((meta.get("labels") or {}).get(naming.LABEL_REVISION, ""))
+    except ValueError:
+        return None
+    if meta.get("deletionTimestamp"):
+        return InferenceServiceState(revision, False, "being deleted")
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    ready = next((c for c in conditions if c.get("type") == "Ready"), None)
+    if ready is None:
+        return InferenceServiceState(revision, False, "no Ready condition yet (the KServe controller has not reconciled it)")
+    if ready.get("status") == "True":
+        return InferenceServiceState(revision, True)
+    why = ready.get("message") or ready.get("reason") or "Ready is " + str(ready.get("status"))
+    return InferenceServiceState(revision, False, str(why))

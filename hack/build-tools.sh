@@ -187,22 +187,38 @@ ARGO_VERSION="${ARGO_VERSION:-v3.7.6}"
 KSERVE_VERSION="${KSERVE_VERSION:-v0.17.0}"
 GATEWAY_API_VERSION="${GATEWAY_API_VERSION:-v1.4.0}"
 PROM_OPERATOR_VERSION="${PROM_OPERATOR_VERSION:-v0.88.0}"
+ISTIO_API_VERSION="${ISTIO_API_VERSION:-v1.29.3}"
+TRAEFIK_VERSION="${TRAEFIK_VERSION:-v3.6.12}"
 CRDS="$CACHE/crds"
 KSERVE_CONFIG="$CACHE/kserve"
 
+# One file per CustomResourceDefinition of a multi-document YAML file, named after the CRD.
+split_crds() {
+  python3 - "$1" "$2" <<'PY'
+import pathlib, re, sys
+src, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+for doc in re.split(r"(?m)^---\s*$", src.read_text()):
+    if re.search(r"(?m)^kind: CustomResourceDefinition\s*$", doc):
+        name = re.search(r"(?m)^  name: (\S+)\s*$", doc).group(1)  # metadata.name (spec.names is "names:")
+        (out / f"{name}.yaml").write_text(doc.strip() + "\n")
+PY
+}
+
 fetch_crds() {
   # Bump the layout tag when the set of files changes, so a cached copy is refreshed.
-  local want="layout=2 argo=$ARGO_VERSION kserve=$KSERVE_VERSION gateway=$GATEWAY_API_VERSION prometheus-operator=$PROM_OPERATOR_VERSION"
+  local want="layout=3 argo=$ARGO_VERSION kserve=$KSERVE_VERSION gateway=$GATEWAY_API_VERSION prometheus-operator=$PROM_OPERATOR_VERSION istio-api=$ISTIO_API_VERSION traefik=$TRAEFIK_VERSION"
   if [ "$(cat "$CRDS/.version" 2>/dev/null)" = "$want" ]; then log "third-party CRDs: cached"; return; fi
   local dir="$SRC/crd-fetch"
   mkdir -p "$dir" && rm -rf "$CRDS.tmp" "$KSERVE_CONFIG.tmp" && mkdir -p "$CRDS.tmp" "$KSERVE_CONFIG.tmp"
   printf 'module fmop.local/crd-fetch\n\ngo 1.24\n' >"$dir/go.mod"
   moddir() { (cd "$dir" && go mod download -json "$1") | python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(d["Error"]) if d.get("Error") else print(d["Dir"])'; }
-  local argo kserve gw promop
+  local argo kserve gw promop istio traefik
   argo="$(moddir "github.com/argoproj/argo-workflows/v3@$ARGO_VERSION")"
   kserve="$(moddir "github.com/kserve/kserve@$KSERVE_VERSION")"
   gw="$(moddir "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION")"
   promop="$(moddir "github.com/prometheus-operator/prometheus-operator@$PROM_OPERATOR_VERSION")"
+  istio="$(moddir "istio.io/api@$ISTIO_API_VERSION")"
+  traefik="$(moddir "github.com/traefik/traefik/v3@$TRAEFIK_VERSION")"
   # "full" variants carry the complete OpenAPI schema, so the server validates what we write.
   # All eight Argo CRDs: the controller watches every one of them (task results, task sets, ...).
   cp "$argo"/manifests/base/crds/full/argoproj.io_*.yaml "$CRDS.tmp/"
@@ -214,6 +230,11 @@ fetch_crds() {
   cp "$gw"/config/crd/standard/gateway.networking.k8s.io_*.yaml "$CRDS.tmp/"
   cp "$promop/example/prometheus-operator-crd-full/monitoring.coreos.com_servicemonitors.yaml" \
      "$promop/example/prometheus-operator-crd-full/monitoring.coreos.com_prometheusrules.yaml" "$CRDS.tmp/"
+  # Istio (VirtualService and friends) and Traefik (TraefikService, IngressRoute, ...: its CRD provider
+  # lists all of them) ship their CRDs as one multi-document file each; the cluster installs one CRD
+  # per file, so split them, named <plural>.<group>.yaml.
+  split_crds "$istio/kubernetes/customresourcedefinitions.gen.yaml" "$CRDS.tmp"
+  split_crds "$traefik/docs/content/reference/dynamic-configuration/kubernetes-crd-definition-v1.yml" "$CRDS.tmp"
   # KServe's own configuration: the inferenceservice-config ConfigMap, its webhook registrations and
   # its Triton ClusterServingRuntime; fmop.local adapts them to the local node at start-up.
   cp "$kserve/config/configmap/inferenceservice.yaml" "$kserve/config/webhook/manifests.yaml" \

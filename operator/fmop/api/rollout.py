@@ -250,10 +250,27 @@ class IstioRouting(ApiModel):
     gateways: Annotated[list[Annotated[str, Field(max_length=253)]], Field(max_length=16)] = Field(default_factory=list)
 
 
+class TraefikIngressRoute(ApiModel):
+    """An IngressRoute the operator also writes, sending matching requests to the Rollout's TraefikService."""
+
+    entryPoints: Annotated[list[Name], Field(max_length=8, description="Traefik entry points; empty means all of them.")] = Field(
+        default_factory=list
+    )
+    match: Annotated[str, Field(min_length=1, max_length=4096, description="Traefik rule, e.g. Host(`reco.example.com`).", examples=["PathPrefix(`/`)"])]
+
+
+class TraefikRouting(ApiModel):
+    traefikServiceName: Name | None = Field(
+        None, description="TraefikService the operator owns (it mirrors; `<name>-split` weighs); defaults to the Rollout's name."
+    )
+    ingressRoute: TraefikIngressRoute | None = Field(None, description="Also write an IngressRoute to the TraefikService; leave out to route to it yourself.")
+
+
 class TrafficRouting(ApiModel):
-    provider: Literal["gatewayAPI", "istio", "kserve"] = "gatewayAPI"
+    provider: Literal["gatewayAPI", "istio", "kserve", "traefik"] = "gatewayAPI"
     gatewayAPI: GatewayAPIRouting | None = None
     istio: IstioRouting | None = None
+    traefik: TraefikRouting | None = None
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -278,6 +295,11 @@ class TrafficRouting(ApiModel):
                     "message": "trafficRouting.istio is set but provider is not istio",
                     "fieldPath": ".istio",
                 },
+                {
+                    "rule": "self.provider == 'traefik' || !has(self.traefik)",
+                    "message": "trafficRouting.traefik is set but provider is not traefik",
+                    "fieldPath": ".traefik",
+                },
             ]
         }
     )
@@ -299,7 +321,7 @@ class RolloutSpec(ApiModel):
             "x-kubernetes-validations": [
                 {
                     "rule": "!has(self.strategy.shadow) || self.trafficRouting.provider != 'kserve'",
-                    "message": "provider kserve cannot mirror traffic: remove strategy.shadow or use trafficRouting.provider gatewayAPI or istio",
+                    "message": "provider kserve cannot mirror traffic: remove strategy.shadow or use trafficRouting.provider gatewayAPI, istio or traefik",
                     "fieldPath": ".strategy.shadow",
                 },
                 {

@@ -1,0 +1,169 @@
+"""The traffic provider interface: what a provider writes for a SetTraffic, and what it reads back.
+
+A provider does no I/O. `render` turns (Rollout, spec.trafficRouting, SetTraffic) into the complete
+objects to server-side apply; `objects` names what to read back, and `observe` parses those objects,
+as found, into ObservedTraffic (or "unknown" when they are missing or say something the provider
+cannot map back). `providers.kube` does the reading and writing. The shape follows Flagger's router
+(SetRoutes / GetRoutes) and Argo Rollouts' traffic routers (VerifyWeight may answer "unknown").
+
+Conventions every provider keeps, so `observe(render(...))` gives back what was asked:
+- backends are the predictor Services `naming.predictor_service(rollout, revision)`, port
+  `naming.PREDICTOR_PORT`; the stable backend comes first, the canary second;
+- the canary backend is present whenever SetTraffic names a canary revision, even at weight 0
+  (shadowing), so the canary revision can be read back from the object;
+- stable-only (canary_revision None) routes 100% to the stable and mirrors nothing;
+- every object carries the fmops.dev/rollout label and a controller ownerReference to the Rollout,
+  so the garbage collector removes it with the Rollout.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from fmop.api import GROUP, VERSION
+from fmop.api.rollout import TrafficRouting
+from fmop.rollout import naming
+from fmop.rollout.types import ObservedTraffic, SetTraffic
+
+Unknown = Literal["unknown"]
+UNKNOWN: Unknown = "unknown"
+Obj = dict[str, Any]
+
+_REVISION_OF_BACKEND = re.compile(r"-r([0-9]+)-predictor$")
+
+
+@dataclass(frozen=True)
+class RolloutRef:
+    """The Rollout that owns the traffic objects."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def owner_reference(self) -> Obj:
+        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Rollout", "name": self.name, "uid": self.uid,
+                "controller": True, "blockOwnerDeletion": True}
+
+    def metadata(self, name: str) -> Obj:
+        """metadata of an object this Rollout owns."""
+        return {"name": name, "namespace": self.namespace, "labels": {naming.LABEL_ROLLOUT: self.name},
+                "ownerReferences": [self.owner_reference()]}
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """One object a provider writes and reads back, in the Rollout's namespace."""
+
+    api_version: str  # group/version
+    kind: str
+    plural: str
+    name: str
+
+    @property
+    def group(self) -> str:
+        return self.api_version.split("/")[0]
+
+    @property
+    def version(self) -> str:
+        return self.api_version.split("/")[1]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name} ({self.plural}.{self.api_version})"
+
+
+class TrafficProvider(ABC):
+    """One traffic provider: pure rendering and parsing of its traffic objects."""
+
+    name: ClassVar[str]  # spec.trafficRouting.provider
+    install_hint: ClassVar[str]  # what to install when the API server does not know the kind
+    field_manager: ClassVar[str] = naming.FIELD_MANAGER
+    creates: ClassVar[bool] = True  # False: the objects must already exist (the provider writes a few fields only)
+
+    @abstractmethod
+    def objects(self, rollout: RolloutRef, routing: TrafficRouting) -> list[ObjectRef]:
+        """What `render` writes, in the same order: what to read back for `observe`."""
+
+    @abstractmethod
+    def render(self, rollout: RolloutRef, routing: TrafficRouting, t: SetTraffic) -> list[Obj]:
+        """The complete objects to server-side apply so that traffic follows `t`."""
+
+    @abstractmethod
+    def observe(self, found: list[Obj | None]) -> ObservedTraffic | Unknown:
+        """The objects of `objects()` as found (None: not found), parsed back into weights and mirror."""
+
+
+# ---------------------------------------------------------------- helpers shared by the providers
+def check(t: SetTraffic) -> tuple[int, int]:
+    """(stable weight, canary weight) for `t`, which must make sense: a ValueError says what does not."""
+    if not 0 <= t.canary_weight <= 100:
+        raise ValueError(f"SetTraffic.canary_weight must be within 0..100, got {t.canary_weight}")
+    if not 0 <= t.mirror_percent <= 100:
+        raise ValueError(f"SetTraffic.mirror_percent must be within 0..100, got {t.mirror_percent}")
+    if t.canary_revision is None and (t.canary_weight or t.mirror_percent):
+        raise ValueError(f"SetTraffic without a canary revision cannot send {t.canary_weight}% or mirror {t.mirror_percent}% to a canary")
+    if t.canary_revision is not None and t.canary_revision == t.stable_revision:
+        raise ValueError(f"SetTraffic names revision {t.stable_revision} as both stable and canary")
+    return 100 - t.canary_weight, t.canary_weight
+
+
+def backend(rollout: RolloutRef, revision: int) -> str:
+    return naming.predictor_service(rollout.name, revision)
+
+
+def revision_of(service: object) -> int | None:
+    """The revision behind a predictor Service name (`recommender-r3-predictor` -> 3), None for any other name."""
+    if not isinstance(service, str):
+        return None
+    m = _REVISION_OF_BACKEND.search(service)
+    return int(m.group(1)) if m else None
+
+
+def weighted(backends: list[tuple[object, object]], mirror: tuple[object, object] | None) -> ObservedTraffic | Unknown:
+    """ObservedTraffic from (service name, weight) pairs and the mirror's (service name, percent).
+
+    The canary is the backend with the newer revision (a canary is always newer than the stable); one
+    backend is stable-only. Anything else (unknown names, no weight at all, three backends) is "unknown".
+    """
+    parsed: list[tuple[int, int]] = []
+    for service, weight in backends:
+        rev = revision_of(service)
+        if rev is None or not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
+            return UNKNOWN
+        parsed.append((rev, weight))
+    if not 1 <= len(parsed) <= 2 or len({rev for rev, _ in parsed}) != len(parsed):
+        return UNKNOWN
+    total = sum(w for _, w in parsed)
+    if total == 0:
+        return UNKNOWN
+    mirror_percent, mirror_rev = 0, None
+    if mirror is not None:
+        mirror_rev = revision_of(mirror[0])
+        if mirror_rev is None or not isinstance(mirror[1], int | float) or isinstance(mirror[1], bool):
+            return UNKNOWN
+        mirror_percent = round(mirror[1])
+    if len(parsed) == 1:
+        if not mirror_percent:
+            return ObservedTraffic(canary_weight=0, mirror_percent=0)
+        if mirror_rev == parsed[0][0]:
+            return UNKNOWN  # mirrors the stable to itself
+        return ObservedTraffic(canary_weight=0, mirror_percent=mirror_percent, canary_revision=mirror_rev)
+    (_, _), (canary_rev, canary_w) = sorted(parsed)
+    if mirror_percent and mirror_rev != canary_rev:
+        return UNKNOWN  # mirrors to something that is not the canary
+    return ObservedTraffic(canary_weight=round(100 * canary_w / total), mirror_percent=mirror_percent, canary_revision=canary_rev)
+
+
+def dig(obj: Obj | None, *path: str | int) -> Any:
+    """obj[path...], or None where any step is missing or of the wrong type."""
+    cur: Any = obj
+    for key in path:
+        if isinstance(key, int):
+            if not isinstance(cur, list) or not -len(cur) <= key < len(cur):
+                return None
+        elif not isinstance(cur, dict):
+            return None
+        cur = cur[key] if isinstance(key, int) else cur.get(key)
+    return cur

@@ -1,0 +1,68 @@
+"""Gateway API: one HTTPRoute (gateway.networking.k8s.io/v1) with weighted backendRefs, plus a
+RequestMirror filter to the canary while shadowing.
+
+`requestMirror.percent` is in the standard channel since Gateway API v1.3 (the v1.4.0 standard CRD
+installed here has it, with `fraction` as the alternative), so no experimental CRDs are needed.
+Implementations differ in what they support: Traefik, for one, does not implement RequestMirror, so
+shadowing through Gateway API needs an implementation that does (Envoy Gateway, Istio, ...).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from fmop.api.rollout import GatewayAPIRouting, TrafficRouting
+from fmop.rollout import naming
+from fmop.rollout.providers.base import UNKNOWN, Obj, ObjectRef, RolloutRef, TrafficProvider, Unknown, backend, check, dig, weighted
+from fmop.rollout.types import ObservedTraffic, SetTraffic
+
+API_VERSION = "gateway.networking.k8s.io/v1"
+
+
+def _settings(routing: TrafficRouting) -> GatewayAPIRouting:
+    if routing.gatewayAPI is None:
+        raise ValueError("spec.trafficRouting.gatewayAPI (parentRefs) is required when provider is gatewayAPI")
+    return routing.gatewayAPI
+
+
+class GatewayAPI(TrafficProvider):
+    name: ClassVar[str] = "gatewayAPI"
+    install_hint: ClassVar[str] = "install the Gateway API CRDs (standard channel, v1.3 or newer for RequestMirror percent)"
+
+    def objects(self, rollout: RolloutRef, routing: TrafficRouting) -> list[ObjectRef]:
+        name = naming.traffic_object_name(rollout.name, _settings(routing).httpRouteName)
+        return [ObjectRef(API_VERSION, "HTTPRoute", "httproutes", name)]
+
+    def render(self, rollout: RolloutRef, routing: TrafficRouting, t: SetTraffic) -> list[Obj]:
+        settings = _settings(routing)
+        stable_weight, canary_weight = check(t)
+        refs = [{"name": backend(rollout, t.stable_revision), "port": naming.PREDICTOR_PORT, "weight": stable_weight}]
+        rule: Obj = {"backendRefs": refs}
+        if t.canary_revision is not None:
+            canary = backend(rollout, t.canary_revision)
+            refs.append({"name": canary, "port": naming.PREDICTOR_PORT, "weight": canary_weight})
+            if t.mirror_percent:
+                rule["filters"] = [{"type": "RequestMirror",
+                                    "requestMirror": {"backendRef": {"name": canary, "port": naming.PREDICTOR_PORT}, "percent": t.mirror_percent}}]
+        spec: Obj = {"parentRefs": [p.model_dump(exclude_none=True) for p in settings.parentRefs], "rules": [rule]}
+        if settings.hostnames:
+            spec["hostnames"] = list(settings.hostnames)
+        (ref,) = self.objects(rollout, routing)
+        return [{"apiVersion": API_VERSION, "kind": "HTTPRoute", "metadata": rollout.metadata(ref.name), "spec": spec}]
+
+    def observe(self, found: list[Obj | None]) -> ObservedTraffic | Unknown:
+        rules = dig(found[0] if found else None, "spec", "rules")
+        if not isinstance(rules, list) or len(rules) != 1:
+            return UNKNOWN
+        refs = dig(rules[0], "backendRefs")
+        if not isinstance(refs, list):
+            return UNKNOWN
+        mirrors = [f for f in dig(rules[0], "filters") or [] if dig(f, "type") == "RequestMirror"]
+        if len(mirrors) > 1 or (mirrors and dig(mirrors[0], "requestMirror", "fraction") is not None):
+            return UNKNOWN
+        mirror = None
+        if mirrors:
+            percent = dig(mirrors[0], "requestMirror", "percent")
+            mirror = (dig(mirrors[0], "requestMirror", "backendRef", "name"), 100 if percent is None else percent)  # no percent: all
+        # weight defaults to 1 on the server when left out
+        return weighted([(dig(r, "name"), dig(r, "weight") if dig(r, "weight") is not None else 1) for r in refs], mirror)

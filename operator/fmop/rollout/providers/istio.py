@@ -1,0 +1,69 @@
+"""Istio: one VirtualService (networking.istio.io/v1) whose single HTTP route weighs the stable and the
+canary predictor Services, with `mirror` + `mirrorPercentage` to the canary while shadowing.
+
+Hosts are the predictor Services' short names, which Istio resolves in the VirtualService's own
+namespace (the Rollout's, where the InferenceServices live).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from fmop.api.rollout import IstioRouting, TrafficRouting
+from fmop.rollout import naming
+from fmop.rollout.providers.base import UNKNOWN, Obj, ObjectRef, RolloutRef, TrafficProvider, Unknown, backend, check, dig, weighted
+from fmop.rollout.types import ObservedTraffic, SetTraffic
+
+API_VERSION = "networking.istio.io/v1"
+ROUTE_NAME = "fmops"  # the name of the one HTTP route the operator writes
+
+
+def _settings(routing: TrafficRouting) -> IstioRouting:
+    if routing.istio is None:
+        raise ValueError("spec.trafficRouting.istio (hosts) is required when provider is istio")
+    return routing.istio
+
+
+def _destination(host: str) -> Obj:
+    return {"host": host, "port": {"number": naming.PREDICTOR_PORT}}
+
+
+class Istio(TrafficProvider):
+    name: ClassVar[str] = "istio"
+    install_hint: ClassVar[str] = "install Istio's CRDs (networking.istio.io, from istio.io/api or the Istio base chart)"
+
+    def objects(self, rollout: RolloutRef, routing: TrafficRouting) -> list[ObjectRef]:
+        name = naming.traffic_object_name(rollout.name, _settings(routing).virtualServiceName)
+        return [ObjectRef(API_VERSION, "VirtualService", "virtualservices", name)]
+
+    def render(self, rollout: RolloutRef, routing: TrafficRouting, t: SetTraffic) -> list[Obj]:
+        settings = _settings(routing)
+        stable_weight, canary_weight = check(t)
+        route: list[Obj] = [{"destination": _destination(backend(rollout, t.stable_revision)), "weight": stable_weight}]
+        http: Obj = {"name": ROUTE_NAME, "route": route}
+        if t.canary_revision is not None:
+            canary = backend(rollout, t.canary_revision)
+            route.append({"destination": _destination(canary), "weight": canary_weight})
+            if t.mirror_percent:
+                http["mirror"] = _destination(canary)
+                http["mirrorPercentage"] = {"value": float(t.mirror_percent)}
+        spec: Obj = {"hosts": list(settings.hosts), "http": [http]}
+        if settings.gateways:
+            spec["gateways"] = list(settings.gateways)
+        (ref,) = self.objects(rollout, routing)
+        return [{"apiVersion": API_VERSION, "kind": "VirtualService", "metadata": rollout.metadata(ref.name), "spec": spec}]
+
+    def observe(self, found: list[Obj | None]) -> ObservedTraffic | Unknown:
+        http = dig(found[0] if found else None, "spec", "http")
+        if not isinstance(http, list) or len(http) != 1:
+            return UNKNOWN
+        route = dig(http[0], "route")
+        if not isinstance(route, list):
+            return UNKNOWN
+        mirror = None
+        if dig(http[0], "mirror") is not None:
+            percent = dig(http[0], "mirrorPercentage", "value")
+            mirror = (dig(http[0], "mirror", "host"), 100 if percent is None else percent)  # Istio: no percentage mirrors all
+        # a lone destination without weight gets all traffic
+        weights = [(dig(r, "destination", "host"), dig(r, "weight") if dig(r, "weight") is not None else (100 if len(route) == 1 else None)) for r in route]
+        return weighted(weights, mirror)

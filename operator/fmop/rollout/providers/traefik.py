@@ -1,0 +1,78 @@
+"""Traefik: two TraefikServices (traefik.io/v1alpha1) and, optionally, an IngressRoute to them.
+
+- `<name>-split`: weighted round robin over the stable and canary predictor Services;
+- `<name>`: a mirroring TraefikService whose main service is `<name>-split`, mirroring `percent` of
+  requests to the canary predictor Service while shadowing (no mirrors otherwise).
+
+Routes point at `<name>` (the spec's traefikServiceName, default the Rollout's name), which never
+changes kind, so shadowing and canary steps only ever patch the two TraefikServices. With
+spec.trafficRouting.traefik.ingressRoute the operator also writes an IngressRoute `<name>` to it.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from fmop.api.rollout import TraefikRouting, TrafficRouting
+from fmop.rollout import naming
+from fmop.rollout.providers.base import UNKNOWN, Obj, ObjectRef, RolloutRef, TrafficProvider, Unknown, backend, check, dig, weighted
+from fmop.rollout.types import ObservedTraffic, SetTraffic
+
+API_VERSION = "traefik.io/v1alpha1"
+SPLIT_SUFFIX = "-split"
+
+
+def _settings(routing: TrafficRouting) -> TraefikRouting:
+    return routing.traefik or TraefikRouting()
+
+
+class Traefik(TrafficProvider):
+    name: ClassVar[str] = "traefik"
+    install_hint: ClassVar[str] = "install Traefik's CRDs (traefik.io, from the Traefik Helm chart or its kubernetes-crd-definition-v1.yml)"
+
+    def objects(self, rollout: RolloutRef, routing: TrafficRouting) -> list[ObjectRef]:
+        settings = _settings(routing)
+        name = naming.traffic_object_name(rollout.name, settings.traefikServiceName)
+        refs = [ObjectRef(API_VERSION, "TraefikService", "traefikservices", name + SPLIT_SUFFIX),
+                ObjectRef(API_VERSION, "TraefikService", "traefikservices", name)]
+        if settings.ingressRoute is not None:
+            refs.append(ObjectRef(API_VERSION, "IngressRoute", "ingressroutes", name))
+        return refs
+
+    def render(self, rollout: RolloutRef, routing: TrafficRouting, t: SetTraffic) -> list[Obj]:
+        settings = _settings(routing)
+        stable_weight, canary_weight = check(t)
+        split, main, *route = self.objects(rollout, routing)
+        services: list[Obj] = [{"name": backend(rollout, t.stable_revision), "port": naming.PREDICTOR_PORT, "weight": stable_weight}]
+        mirroring: Obj = {"name": split.name, "kind": "TraefikService"}
+        if t.canary_revision is not None:
+            canary = backend(rollout, t.canary_revision)
+            services.append({"name": canary, "port": naming.PREDICTOR_PORT, "weight": canary_weight})
+            if t.mirror_percent:
+                mirroring["mirrors"] = [{"name": canary, "port": naming.PREDICTOR_PORT, "percent": t.mirror_percent}]
+        objs: list[Obj] = [
+            {"apiVersion": API_VERSION, "kind": "TraefikService", "metadata": rollout.metadata(split.name), "spec": {"weighted": {"services": services}}},
+            {"apiVersion": API_VERSION, "kind": "TraefikService", "metadata": rollout.metadata(main.name), "spec": {"mirroring": mirroring}},
+        ]
+        if route and settings.ingressRoute is not None:
+            ingress = settings.ingressRoute
+            spec: Obj = {"routes": [{"match": ingress.match, "kind": "Rule", "services": [{"name": main.name, "kind": "TraefikService"}]}]}
+            if ingress.entryPoints:
+                spec["entryPoints"] = list(ingress.entryPoints)
+            objs.append({"apiVersion": API_VERSION, "kind": "IngressRoute", "metadata": rollout.metadata(route[0].name), "spec": spec})
+        return objs
+
+    def observe(self, found: list[Obj | None]) -> ObservedTraffic | Unknown:
+        if len(found) < 2:
+            return UNKNOWN
+        split, main = found[0], found[1]
+        services = dig(split, "spec", "weighted", "services")
+        mirroring = dig(main, "spec", "mirroring")
+        if not isinstance(services, list) or not isinstance(mirroring, dict) or dig(mirroring, "name") != dig(split, "metadata", "name"):
+            return UNKNOWN  # the mirroring service must wrap the weighted one, or the weights are not what is served
+        mirrors = dig(mirroring, "mirrors") or []
+        if not isinstance(mirrors, list) or len(mirrors) > 1:
+            return UNKNOWN
+        mirror = (dig(mirrors[0], "name"), dig(mirrors[0], "percent") or 0) if mirrors else None
+        # Traefik's weight defaults to 1 when left out
+        return weighted([(dig(s, "name"), dig(s, "weight") if dig(s, "weight") is not None else 1) for s in services], mirror)

@@ -1,0 +1,209 @@
+"""Traffic providers, pure: render and observe for every provider, table-driven.
+
+The same objects are applied to the real CRDs in tests/integration/test_providers.py.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, get_args
+
+import pytest
+
+from fmop.api.rollout import TrafficRouting
+from fmop.rollout import naming
+from fmop.rollout.providers import PROVIDERS, RolloutRef, provider_for
+from fmop.rollout.providers.base import revision_of
+from fmop.rollout.types import ObservedTraffic, SetTraffic
+
+ROLLOUT = RolloutRef(name="reco", namespace="team-a", uid="2f1c0a52-0000-4000-8000-000000000001")
+
+ROUTINGS: dict[str, dict[str, Any]] = {
+    "gatewayAPI": {"provider": "gatewayAPI", "gatewayAPI": {"parentRefs": [{"name": "gw", "namespace": "infra"}], "hostnames": ["reco.example.com"]}},
+    "istio": {"provider": "istio", "istio": {"hosts": ["reco"], "gateways": ["infra/gw"]}},
+    "kserve": {"provider": "kserve"},
+    "traefik": {"provider": "traefik", "traefik": {"ingressRoute": {"entryPoints": ["web"], "match": "PathPrefix(`/`)"}}},
+}
+
+# (id, SetTraffic, what observe must give back)
+CASES = [
+    ("stable-only", SetTraffic(1, None, 0, 0), ObservedTraffic(0, 0, None)),
+    ("shadow-20", SetTraffic(1, 2, 0, 20), ObservedTraffic(0, 20, 2)),
+    ("canary-5", SetTraffic(1, 2, 5, 0), ObservedTraffic(5, 0, 2)),
+    ("canary-50-mirror-10", SetTraffic(3, 7, 50, 10), ObservedTraffic(50, 10, 7)),
+    ("canary-100", SetTraffic(1, 2, 100, 0), ObservedTraffic(100, 0, 2)),
+    ("rolled-back", SetTraffic(4, 6, 0, 0), ObservedTraffic(0, 0, 6)),
+]
+MIRROR_KEYS = {"requestMirror", "mirror", "mirrorPercentage", "mirrors"}
+
+
+def routing(name: str) -> TrafficRouting:
+    return TrafficRouting.model_validate(ROUTINGS[name])
+
+
+def cases_for(provider: str) -> list[Any]:
+    return [pytest.param(provider, t, want, id=f"{provider}-{cid}") for cid, t, want in CASES if not (provider == "kserve" and t.mirror_percent)]
+
+
+ALL = [c for p in PROVIDERS for c in cases_for(p)]
+
+
+def keys(obj: Any) -> set[str]:
+    if isinstance(obj, dict):
+        return set(obj) | {k for v in obj.values() for k in keys(v)}
+    if isinstance(obj, list):
+        return {k for v in obj for k in keys(v)}
+    return set()
+
+
+def backend_weights(provider: str, objs: list[dict[str, Any]]) -> dict[str, int]:
+    """service -> weight, read straight from the rendered objects."""
+    if provider == "gatewayAPI":
+        return {r["name"]: r["weight"] for r in objs[0]["spec"]["rules"][0]["backendRefs"]}
+    if provider == "istio":
+        return {r["destination"]["host"]: r["weight"] for r in objs[0]["spec"]["http"][0]["route"]}
+    if provider == "traefik":
+        return {s["name"]: s["weight"] for s in objs[0]["spec"]["weighted"]["services"]}
+    percent = objs[0]["spec"]["predictor"]["canaryTrafficPercent"]
+    return {"latest": percent, "previous": 100 - percent}
+
+
+def test_every_provider_in_the_api_has_an_implementation() -> None:
+    literal = TrafficRouting.model_fields["provider"].annotation
+    assert set(get_args(literal)) == set(PROVIDERS)
+    for name in PROVIDERS:
+        assert provider_for(routing(name)).name == name
+
+
+@pytest.mark.parametrize(("provider", "t", "want"), ALL)
+def test_render_then_observe_gives_back_what_was_asked(provider: str, t: SetTraffic, want: ObservedTraffic) -> None:
+    p, r = PROVIDERS[provider], routing(provider)
+    found: list[dict[str, Any] | None] = list(p.render(ROLLOUT, r, t))
+    assert p.observe(found) == want
+
+
+@pytest.mark.parametrize(("provider", "t", "want"), ALL)
+def test_weights_sum_to_100_on_the_predictor_services(provider: str, t: SetTraffic, want: ObservedTraffic) -> None:
+    weights = backend_weights(provider, PROVIDERS[provider].render(ROLLOUT, routing(provider), t))
+    assert sum(weights.values()) == 100
+    if provider != "kserve":
+        expected = {naming.predictor_service("reco", t.stable_revision): 100 - t.canary_weight}
+        if t.canary_revision is not None:
+            expected[naming.predictor_service("reco", t.canary_revision)] = t.canary_weight
+        assert weights == expected
+
+
+@pytest.mark.parametrize(("provider", "t", "want"), ALL)
+def test_mirror_only_when_asked(provider: str, t: SetTraffic, want: ObservedTraffic) -> None:
+    rendered = keys(PROVIDERS[provider].render(ROLLOUT, routing(provider), t))
+    assert bool(rendered & MIRROR_KEYS) == (t.mirror_percent > 0)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_objects_are_owned_by_the_rollout_and_named_as_objects_says(provider: str) -> None:
+    p, r = PROVIDERS[provider], routing(provider)
+    objs = p.render(ROLLOUT, r, SetTraffic(1, 2, 25, 0))
+    assert [(o.api_version, o.kind, o.name) for o in p.objects(ROLLOUT, r)] == [(o["apiVersion"], o["kind"], o["metadata"]["name"]) for o in objs]
+    for obj in objs:
+        meta = obj["metadata"]
+        assert meta["namespace"] == "team-a"
+        assert meta["labels"] == {naming.LABEL_ROLLOUT: "reco"}
+        assert meta["ownerReferences"] == [{"apiVersion": "fmops.dev/v1alpha1", "kind": "Rollout", "name": "reco",
+                                            "uid": ROLLOUT.uid, "controller": True, "blockOwnerDeletion": True}]
+
+
+@pytest.mark.parametrize(("provider", "override", "names"), [
+    ("gatewayAPI", {"gatewayAPI": {"httpRouteName": "front", "parentRefs": [{"name": "gw"}]}}, ["front"]),
+    ("istio", {"istio": {"virtualServiceName": "front", "hosts": ["reco"]}}, ["front"]),
+    ("traefik", {"traefik": {"traefikServiceName": "front"}}, ["front-split", "front"]),
+    ("traefik", {}, ["reco-split", "reco"]),
+    ("kserve", {}, ["reco"]),
+])
+def test_object_names_follow_the_overrides(provider: str, override: dict[str, Any], names: list[str]) -> None:
+    r = TrafficRouting.model_validate({"provider": provider, **override})
+    assert [o.name for o in PROVIDERS[provider].objects(ROLLOUT, r)] == names
+
+
+def test_gateway_api_route_carries_parent_refs_hostnames_and_the_mirror_filter() -> None:
+    (route,) = PROVIDERS["gatewayAPI"].render(ROLLOUT, routing("gatewayAPI"), SetTraffic(1, 2, 0, 20))
+    assert route["spec"]["parentRefs"] == [{"name": "gw", "namespace": "infra"}]
+    assert route["spec"]["hostnames"] == ["reco.example.com"]
+    assert route["spec"]["rules"][0]["filters"] == [{"type": "RequestMirror", "requestMirror": {
+        "backendRef": {"name": "reco-r2-predictor", "port": 80}, "percent": 20}}]
+
+
+def test_istio_mirrors_with_mirror_percentage() -> None:
+    (vs,) = PROVIDERS["istio"].render(ROLLOUT, routing("istio"), SetTraffic(1, 2, 0, 30))
+    http = vs["spec"]["http"][0]
+    assert http["mirror"] == {"host": "reco-r2-predictor", "port": {"number": 80}}
+    assert http["mirrorPercentage"] == {"value": 30.0}
+    assert vs["spec"]["gateways"] == ["infra/gw"]
+
+
+def test_traefik_mirroring_wraps_the_weighted_service_and_the_route_points_at_it() -> None:
+    split, main, route = PROVIDERS["traefik"].render(ROLLOUT, routing("traefik"), SetTraffic(1, 2, 0, 20))
+    assert main["spec"]["mirroring"] == {"name": "reco-split", "kind": "TraefikService",
+                                         "mirrors": [{"name": "reco-r2-predictor", "port": 80, "percent": 20}]}
+    assert route["spec"] == {"entryPoints": ["web"], "routes": [
+        {"match": "PathPrefix(`/`)", "kind": "Rule", "services": [{"name": "reco", "kind": "TraefikService"}]}]}
+    assert split["spec"]["weighted"]["services"][1] == {"name": "reco-r2-predictor", "port": 80, "weight": 0}
+
+
+def test_kserve_cannot_mirror() -> None:
+    with pytest.raises(ValueError, match="cannot mirror"):
+        PROVIDERS["kserve"].render(ROLLOUT, routing("kserve"), SetTraffic(1, 2, 0, 20))
+
+
+@pytest.mark.parametrize(("t", "message"), [
+    (SetTraffic(1, None, 10, 0), "without a canary revision"),
+    (SetTraffic(1, None, 0, 5), "without a canary revision"),
+    (SetTraffic(1, 2, 101, 0), "canary_weight must be within 0..100"),
+    (SetTraffic(1, 2, 10, -1), "mirror_percent must be within 0..100"),
+    (SetTraffic(2, 2, 10, 0), "both stable and canary"),
+], ids=["weight-without-canary", "mirror-without-canary", "weight-over-100", "negative-mirror", "same-revision"])
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_nonsense_traffic_is_refused(provider: str, t: SetTraffic, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PROVIDERS[provider].render(ROLLOUT, routing(provider), t)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_missing_objects_are_unknown(provider: str) -> None:
+    p = PROVIDERS[provider]
+    assert p.observe([None] * len(p.objects(ROLLOUT, routing(provider)))) == "unknown"
+    assert p.observe([]) == "unknown"
+
+
+@pytest.mark.parametrize("provider", ["gatewayAPI", "istio", "traefik"])
+def test_a_backend_that_is_no_predictor_service_is_unknown(provider: str) -> None:
+    p = PROVIDERS[provider]
+    objs = p.render(ROLLOUT, routing(provider), SetTraffic(1, 2, 25, 0))
+    text = json.dumps(objs).replace("reco-r2-predictor", "somebody-elses-service")
+    assert p.observe(json.loads(text)) == "unknown"
+
+
+def test_observe_reads_the_canary_by_revision_not_by_position() -> None:
+    (route,) = PROVIDERS["gatewayAPI"].render(ROLLOUT, routing("gatewayAPI"), SetTraffic(1, 2, 25, 0))
+    route["spec"]["rules"][0]["backendRefs"].reverse()
+    assert PROVIDERS["gatewayAPI"].observe([route]) == ObservedTraffic(25, 0, 2)
+
+
+def test_server_defaults_are_understood() -> None:
+    """What the API server hands back: Gateway API defaults weight to 1, Istio allows a lone unweighted route."""
+    gw = {"spec": {"rules": [{"backendRefs": [{"name": "reco-r1-predictor", "port": 80, "group": "", "kind": "Service"}],
+                              "matches": [{"path": {"type": "PathPrefix", "value": "/"}}]}]}}
+    assert PROVIDERS["gatewayAPI"].observe([gw]) == ObservedTraffic(0, 0, None)
+    vs = {"spec": {"http": [{"route": [{"destination": {"host": "reco-r1-predictor"}}]}]}}
+    assert PROVIDERS["istio"].observe([vs]) == ObservedTraffic(0, 0, None)
+
+
+def test_kserve_without_a_canary_must_send_everything_to_the_newest() -> None:
+    isvc = {"metadata": {"name": "reco"}, "spec": {"predictor": {"canaryTrafficPercent": 40}}}
+    assert PROVIDERS["kserve"].observe([isvc]) == "unknown"
+
+
+@pytest.mark.parametrize("name", ["reco", "a" * 63, "team-" * 12])
+def test_revision_is_read_back_from_long_hashed_names(name: str) -> None:
+    assert revision_of(naming.predictor_service(name, 12)) == 12
+    ref = RolloutRef(name=name, namespace="ns", uid="u")
+    assert PROVIDERS["istio"].observe(PROVIDERS["istio"].render(ref, routing("istio"), SetTraffic(11, 12, 5, 0))) == ObservedTraffic(5, 0, 12)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,5 +41,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     controllers) with every CRD installed, once per test session."""
     from fmop.local.cluster import LocalCluster
 
+    if os.environ.get("FMOP_TEST_NO_NODE"):  # development only: API-level tests without claiming the machine's node
+        with LocalCluster(workdir=tmp_path_factory.mktemp("cluster"), node=False) as c:
+            yield c
+        return
     with LocalCluster(workdir=tmp_path_factory.mktemp("cluster"), node=True, kserve=True, argo=True) as c:
         yield c

@@ -23,7 +23,7 @@ from fmop.conditions import merge, now_rfc3339
 from fmop.config import Config
 from fmop.kube import KubeUnavailable, Reader, api_client
 from fmop.rollout import naming
-from fmop.rollout.controller import Controller
+from fmop.rollout.controller import Controller, traffic_for
 from fmop.rollout.serving import GROUP as KSERVE_GROUP
 from fmop.rollout.serving import PLURAL as ISVC_PLURAL
 
@@ -36,7 +36,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Lo
     memo["config"] = cfg
     api = api_client()
     memo["reader"] = Reader(api)
-    memo["rollouts"] = Controller(api, traffic_for=traffic_provider(api), analysis=prometheus_analysis(cfg))
+    memo["rollouts"] = Controller(api, traffic_for=traffic_for(api))
     # Progress and diff-base live in annotations: our status schema is strict and owned by us.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")

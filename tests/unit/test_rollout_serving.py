@@ -8,9 +8,10 @@ import pytest
 
 from fmop.api.rollout import Serving, ServeTarget
 from fmop.rollout import naming
-from fmop.rollout.serving import RolloutRef, StorageError, observe_isvc, render_isvc, storage_uri
+from fmop.rollout.providers.base import RolloutRef
+from fmop.rollout.serving import StorageError, observe_isvc, render_isvc, storage_uri
 
-REF = RolloutRef("shop", "recommender", "uid-1")
+REF = RolloutRef(name="recommender", namespace="shop", uid="uid-1")
 TARGET = ServeTarget.model_validate({"foundationModel": {"name": "movielens", "version": "v2"}})
 
 

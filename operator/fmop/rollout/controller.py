@@ -34,14 +34,18 @@ from fmop import metrics
 from fmop.api import GROUP, VERSION
 from fmop.api.rollout import Rollout, RolloutSpec, RolloutStatus
 from fmop.assess import assess_rollout
-from fmop.conditions import Cond, merge
+from fmop.conditions import Cond, Transition, merge
 from fmop.kube import KubeUnavailable
 from fmop.rollout import naming
 from fmop.rollout.clock import parse_ts, ts
 from fmop.rollout.engine import decide
 from fmop.rollout.serving import GROUP as KSERVE_GROUP
 from fmop.rollout.serving import PLURAL as ISVC_PLURAL
-from fmop.rollout.serving import RolloutRef, StorageError, observe_isvc, render_isvc, storage_uri
+from fmop.rollout.providers import kube as provider_io
+from fmop.rollout.providers.kube import TrafficError
+from fmop.rollout.providers import provider_for
+from fmop.rollout.providers.base import RolloutRef, TrafficProvider
+from fmop.rollout.serving import StorageError, observe_isvc, render_isvc, storage_uri
 from fmop.rollout.types import (
     PROMOTE_ANNOTATION,
     RETRY_ANNOTATION,
@@ -79,6 +83,31 @@ class Analysis(Protocol):
     def measure(self, ref: RolloutRef, spec: RolloutSpec, action: Measure, now: datetime) -> tuple[Measurement, ...]: ...
 
     def split(self, ref: RolloutRef, spec: RolloutSpec, stable: int, canary: int, since: datetime, now: datetime) -> SplitSample | None: ...
+
+
+class ProviderTraffic:
+    """`Traffic` on a traffic provider: reads its objects once per reconcile, writes only what differs."""
+
+    def __init__(self, api: client.ApiClient, provider: TrafficProvider) -> None:
+        self.api, self.provider = api, provider
+        self._found: list[dict[str, Any] | None] | None = None
+
+    def observe(self, ref: RolloutRef, spec: RolloutSpec) -> ObservedTraffic | Literal["unknown"]:
+        self._found = provider_io.read(self.api, self.provider, ref.namespace, self.provider.objects(ref, spec.trafficRouting))
+        return self.provider.observe(self._found)
+
+    def apply(self, ref: RolloutRef, spec: RolloutSpec, action: SetTraffic) -> None:
+        objects = self.provider.render(ref, spec.trafficRouting, action)
+        found = self._found
+        if found is not None and len(found) == len(objects) and all(f is not None and contains(f, o) for f, o in zip(found, objects)):
+            return  # as wanted already: an apply would write nothing
+        provider_io.apply(self.api, self.provider, self.provider.objects(ref, spec.trafficRouting), objects)
+        self._found = None
+
+
+def traffic_for(api: client.ApiClient) -> Callable[[RolloutSpec], Traffic]:
+    """The Traffic of a Rollout's spec.trafficRouting.provider, fresh per reconcile."""
+    return lambda spec: ProviderTraffic(api, provider_for(spec.trafficRouting))
 
 
 @dataclass(frozen=True)
@@ -139,7 +168,7 @@ class Controller:
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             return Outcome("gone")
         meta = body["metadata"]
-        ref = RolloutRef(namespace, name, meta["uid"])
+        ref = RolloutRef(name=name, namespace=namespace, uid=meta["uid"])
         old_status = dict(body.get("status") or {})
         try:
             ro = Rollout.model_validate({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body})
@@ -164,11 +193,18 @@ class Controller:
 
         annotations = meta.get("annotations") or {}
         traffic = self.traffic_for(spec)
+        seen: ObservedTraffic | Literal["unknown"]
+        try:
+            seen = traffic.observe(ref, spec)
+        except TrafficError as err:
+            if not err.retry:
+                raise KubeUnavailable(str(err)) from err
+            seen = "unknown"
         isvcs = self._inference_services(ref)
         obs = Observations(
             inference_services=tuple(state for state, _ in isvcs.values()),
             alerts=alerts,
-            traffic=traffic.observe(ref, spec),
+            traffic=seen,
             promote_request=annotations.get(PROMOTE_ANNOTATION),
             retry_request=annotations.get(RETRY_ANNOTATION),
             generation=meta.get("generation"),
@@ -188,7 +224,8 @@ class Controller:
         new = decision.status
         conditions = [c.model_dump(exclude_none=True) for c in new.conditions]
         ready = _ready(new)
-        merged, _ = merge(conditions, [*[c for c in verdict.conditions if c.type != "Ready"], ready], meta.get("generation"), ts(now))
+        merged, transitions = merge(conditions, [*[c for c in verdict.conditions if c.type != "Ready"], ready], meta.get("generation"), ts(now))
+        notes += _transition_events(transitions)
         new_status = {**new.model_dump(mode="json", exclude_none=True), "conditions": merged}
 
         # Act: traffic first when the decision takes traffic away from the canary.
@@ -204,7 +241,10 @@ class Controller:
                 self._apply(KSERVE_GROUP, "v1beta1", namespace, ISVC_PLURAL, wanted)
                 done.append(f"ensure {naming.isvc_name(name, action.revision)}")
             elif isinstance(action, SetTraffic):  # always applied: an unchanged server-side apply writes nothing
-                traffic.apply(ref, spec, action)
+                try:
+                    traffic.apply(ref, spec, action)
+                except TrafficError as err:
+                    raise KubeUnavailable(f"Rollout {namespace}/{name}: {err}") from err
                 traffic_at = time.monotonic()
                 if obs.traffic == "unknown" or _differs(obs.traffic, action):
                     done.append(f"traffic {100 - action.canary_weight}/{action.canary_weight} mirror {action.mirror_percent}")
@@ -263,14 +303,15 @@ class Controller:
         wanted = list(verdict.conditions) if verdict is not None else [Cond("Accepted", "False", "InvalidSpec", message)]
         if verdict is not None and not any(c.type == "Ready" and c.status == "False" and c.message == message for c in wanted):
             wanted = [c for c in wanted if c.type != "Ready"] + [Cond("Ready", "False", "NotServing", message)]
-        conditions, _ = merge(list(old.get("conditions") or []), wanted, body["metadata"].get("generation"), now)
+        conditions, transitions = merge(list(old.get("conditions") or []), wanted, body["metadata"].get("generation"), now)
         phase = verdict.phase if verdict is not None and verdict.phase == "Failed" else "Failed" if verdict is None else (old.get("phase") or "Pending")
         new = {**old, "phase": phase, "message": message[:1024], "conditions": conditions,
                "observedGeneration": body["metadata"].get("generation")}
         if _strip_times(new) != _strip_times(old):
             if not self._write_status(body, new):
                 return Outcome("conflict")
-            self._event(body, EmitEvent("Warning", "NotServing", message))
+            for event in _transition_events(transitions):
+                self._event(body, event)
             return Outcome("blocked", new["phase"], message=message)
         return Outcome("blocked", new["phase"], message=message)
 
@@ -339,6 +380,15 @@ def _ready(s: RolloutStatus) -> Cond:
         return Cond("Ready", "True", "Serving", f"revision {s.stable.revision} ({s.stableVersion}) serves "
                                                 f"{s.stableWeight}% of traffic" + (f", canary {s.canaryVersion} {s.canaryWeight}%" if s.canary else ""))
     return Cond("Ready", "False", "NotServing", s.message or "no revision serves traffic yet")
+
+
+def _transition_events(transitions: list[Transition]) -> list[EmitEvent]:
+    """An Event per condition whose status changed, with the condition's reason (as for the other kinds)."""
+    out = []
+    for t in transitions:
+        metrics.TRANSITIONS.labels("Rollout", t.cond.type, t.cond.status).inc()
+        out.append(EmitEvent("Normal" if t.cond.status == "True" else "Warning", t.cond.reason, f"{t.cond.type}: {t.cond.message}"))
+    return out
 
 
 # Waiting on these is event-driven (an InferenceService watch event, a spec edit), not time-driven.

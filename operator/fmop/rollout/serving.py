@@ -7,11 +7,11 @@ garbage collector deletes it with the Rollout), written by server-side apply und
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from fmop.api.rollout import Serving, ServeTarget
 from fmop.rollout import naming
+from fmop.rollout.providers.base import RolloutRef
 from fmop.rollout.types import InferenceServiceState
 
 API_VERSION, KIND, GROUP, PLURAL = "serving.kserve.io/v1beta1", "InferenceService", "serving.kserve.io", "inferenceservices"
@@ -19,25 +19,6 @@ API_VERSION, KIND, GROUP, PLURAL = "serving.kserve.io/v1beta1", "InferenceServic
 
 class StorageError(ValueError):
     """The model to serve has no artifact to point an InferenceService at; the message names the fix."""
-
-
-@dataclass(frozen=True)
-class RolloutRef:
-    """The Rollout that owns what we write: for names, labels and ownerReferences."""
-
-    namespace: str
-    name: str
-    uid: str
-
-    def owner(self) -> dict[str, Any]:
-        return {"apiVersion": "fmops.dev/v1alpha1", "kind": "Rollout", "name": self.name, "uid": self.uid,
-                "controller": True, "blockOwnerDeletion": True}
-
-    def labels(self, revision: int | None = None) -> dict[str, str]:
-        out = {naming.LABEL_ROLLOUT: self.name, "app.kubernetes.io/managed-by": "fm-operator"}
-        if revision is not None:
-            out[naming.LABEL_REVISION] = str(revision)
-        return out
 
 
 def storage_uri(target: ServeTarget, serving: Serving, fm: dict[str, Any] | None) -> str:
@@ -62,7 +43,7 @@ def render_isvc(ref: RolloutRef, revision: int, serving: Serving, uri: str) -> d
     if resources:
         model["resources"] = resources
     meta: dict[str, Any] = {"name": naming.isvc_name(ref.name, revision), "namespace": ref.namespace, "labels": ref.labels(revision),
-                            "ownerReferences": [ref.owner()]}
+                            "ownerReferences": [ref.owner_reference()]}
     if serving.minReplicas == serving.maxReplicas:  # a fixed size: no HorizontalPodAutoscaler for KServe to create
         meta["annotations"] = {"serving.kserve.io/autoscalerClass": "none"}
     return {

@@ -47,6 +47,13 @@ class RolloutRef:
         return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Rollout", "name": self.name, "uid": self.uid,
                 "controller": True, "blockOwnerDeletion": True}
 
+    def labels(self, revision: int | None = None) -> dict[str, str]:
+        """Labels of everything this Rollout owns; with a revision for its InferenceServices and their pods."""
+        out = {naming.LABEL_ROLLOUT: self.name, "app.kubernetes.io/managed-by": "fm-operator"}
+        if revision is not None:
+            out[naming.LABEL_REVISION] = str(revision)
+        return out
+
     def metadata(self, name: str) -> Obj:
         """metadata of an object this Rollout owns."""
         return {"name": name, "namespace": self.namespace, "labels": {naming.LABEL_ROLLOUT: self.name},

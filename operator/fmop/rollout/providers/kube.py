@@ -28,16 +28,25 @@ def _fail(action: str, ref: ObjectRef, namespace: str, provider: TrafficProvider
     if isinstance(err, OSError):  # urllib3 connection errors derive from OSError
         return TrafficError(f"{where}: API server unreachable: {err}", retry=True)
     message = _message(err)
-    if err.status == 404 and "could not find the requested resource" in message:
+    if err.status == 404 and not _object_missing(err, ref):
         return TrafficError(f"{where}: the API server does not serve {ref.plural}.{ref.api_version}: {provider.install_hint}", retry=False)
     if err.status == 404:
         return TrafficError(f"{where}: not found ({provider.name} writes only some fields of it; whatever creates it must run first)", retry=True)
-    if err.status == 422:
+    # Server-side apply checks field types against the schema before validation proper, and answers a
+    # mismatch (a string where an integer belongs) with HTTP 500 "failed to create typed patch object".
+    if err.status == 422 or (err.status == 500 and "failed to create typed patch object" in message):
         return TrafficError(f"{where}: rejected by the schema: {message}", retry=False)
     if err.status in (401, 403):
         return TrafficError(f"{where}: not allowed (HTTP {err.status}): give the operator's ServiceAccount access to {ref.plural}.{ref.group}: {message}",
                             retry=False)
     return TrafficError(f"{where}: HTTP {err.status} {err.reason}: {message}", retry=True)
+
+
+def _object_missing(err: ApiException, ref: ObjectRef) -> bool:
+    """A 404 for the object itself (`httproutes.gateway.networking.k8s.io "reco" not found`), not for its
+    kind: an unknown group/version answers "404 page not found", an unknown resource "the server could
+    not find the requested resource"."""
+    return f'"{ref.name}" not found' in _message(err)
 
 
 def _message(err: ApiException) -> str:
@@ -77,7 +86,7 @@ def read(api: client.ApiClient, provider: TrafficProvider, namespace: str, refs:
             obj: Any = custom.get_namespaced_custom_object(ref.group, ref.version, namespace, ref.plural, ref.name)
             found.append(dict(obj))
         except ApiException as err:
-            if err.status == 404 and "could not find the requested resource" not in _message(err):
+            if err.status == 404 and _object_missing(err, ref):
                 found.append(None)
                 continue
             raise _fail("read", ref, namespace, provider, err) from err

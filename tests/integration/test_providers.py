@@ -1,0 +1,199 @@
+"""Every traffic provider's objects against the REAL CRDs on the local API server: server-side applied
+through providers.kube, read back, observed as the weights asked for, step after step (so a field
+that a later step leaves out, like the mirror, is really removed); an invalid object is rejected by
+the real schema with a message naming the field; the garbage collector removes them with the Rollout.
+No node needed (control_plane)."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from fmop.api.rollout import TrafficRouting
+from fmop.rollout import naming
+from fmop.rollout.providers import PROVIDERS, RolloutRef, provider_for
+from fmop.rollout.providers import kube as traffic
+from fmop.rollout.providers.base import ObjectRef
+from fmop.rollout.types import ObservedTraffic, SetTraffic
+from tests.conftest import load_example
+
+from .helpers import wait_for
+
+ROUTINGS: dict[str, dict[str, Any]] = {
+    "gatewayAPI": {"provider": "gatewayAPI", "gatewayAPI": {"parentRefs": [{"name": "gw", "sectionName": "http"}], "hostnames": ["reco.example.com"]}},
+    "istio": {"provider": "istio", "istio": {"hosts": ["reco.example.com"], "gateways": ["gw"]}},
+    "kserve": {"provider": "kserve"},
+    "traefik": {"provider": "traefik", "traefik": {"ingressRoute": {"entryPoints": ["web"], "match": "PathPrefix(`/`)"}}},
+}
+
+# A rollout's life: first revision, a new one shadowed, stepped up, promoted; then a canary rolled back.
+STEPS = [
+    SetTraffic(1, None, 0, 0),
+    SetTraffic(1, 2, 0, 20),
+    SetTraffic(1, 2, 5, 0),
+    SetTraffic(1, 2, 50, 10),
+    SetTraffic(1, 2, 100, 0),
+    SetTraffic(2, None, 0, 0),
+    SetTraffic(2, 3, 25, 0),
+    SetTraffic(2, 3, 0, 0),
+]
+
+
+def expected(t: SetTraffic) -> ObservedTraffic:
+    return ObservedTraffic(t.canary_weight, t.mirror_percent, t.canary_revision)
+
+
+@pytest.fixture(scope="module")
+def api(control_plane: Any) -> Any:
+    return config.new_client_from_config(config_file=str(control_plane.kubeconfig_path))
+
+
+@pytest.fixture
+def rollout(api: Any) -> Iterator[RolloutRef]:
+    """A real Rollout (the owner of everything written) in a fresh namespace."""
+    ns = f"t-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    obj = load_example("rollout.yaml")
+    obj["metadata"]["name"] = "reco"
+    created = client.CustomObjectsApi(api).create_namespaced_custom_object("fmops.dev", "v1alpha1", ns, "rollouts", obj)
+    yield RolloutRef(name="reco", namespace=ns, uid=created["metadata"]["uid"])
+    core.delete_namespace(ns)
+
+
+def serving_isvc(rollout: RolloutRef) -> dict[str, Any]:
+    """The one InferenceService provider kserve splits inside, as the serving side writes it."""
+    return {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+            "metadata": {"name": rollout.name, "namespace": rollout.namespace},
+            "spec": {"predictor": {"model": {"modelFormat": {"name": "triton"}, "protocolVersion": "v2",
+                                             "storageUri": "pvc://models/reco/r2"}}}}
+
+
+def write(api: Any, rollout: RolloutRef, provider: str, t: SetTraffic) -> list[dict[str, Any] | None]:
+    p, routing = PROVIDERS[provider], TrafficRouting.model_validate(ROUTINGS[provider])
+    refs = p.objects(rollout, routing)
+    traffic.apply(api, p, refs, p.render(rollout, routing, t))
+    return traffic.read(api, p, rollout.namespace, refs)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_applied_objects_read_back_as_the_weights_asked_for(api: Any, rollout: RolloutRef, provider: str) -> None:
+    if provider == "kserve":
+        client.CustomObjectsApi(api).create_namespaced_custom_object("serving.kserve.io", "v1beta1", rollout.namespace,
+                                                                     "inferenceservices", serving_isvc(rollout))
+    p = PROVIDERS[provider]
+    for t in STEPS:
+        if provider == "kserve" and t.mirror_percent:
+            continue  # kserve cannot mirror (the Rollout CRD refuses shadow with it)
+        found = write(api, rollout, provider, t)
+        assert all(o is not None for o in found)
+        assert p.observe(found) == expected(t), f"{provider} after {t}"
+        for obj in found:
+            assert obj is not None
+            owner = obj["metadata"]["ownerReferences"]
+            assert [(o["uid"], o["controller"]) for o in owner] == [(rollout.uid, True)]
+    if provider == "kserve":  # the serving side's fields survive: the provider applies with a field manager of its own
+        assert found[0] is not None
+        assert found[0]["spec"]["predictor"]["model"]["storageUri"] == "pvc://models/reco/r2"
+        managers = {m["manager"] for m in found[0]["metadata"]["managedFields"]}
+        assert p.field_manager in managers
+
+
+def test_nothing_is_observed_before_anything_is_written(api: Any, rollout: RolloutRef) -> None:
+    for name, p in PROVIDERS.items():
+        routing = TrafficRouting.model_validate(ROUTINGS[name])
+        found = traffic.read(api, p, rollout.namespace, p.objects(rollout, routing))
+        assert found == [None] * len(found)
+        assert p.observe(found) == "unknown"
+
+
+def test_kserve_does_not_create_the_inferenceservice(api: Any, rollout: RolloutRef) -> None:
+    with pytest.raises(traffic.TrafficError, match=rf"apply InferenceService {rollout.namespace}/reco: not found"):
+        write(api, rollout, "kserve", SetTraffic(1, 2, 10, 0))
+
+
+# (provider, how to break the rendered objects, a word the server's message must contain)
+INVALID = [
+    ("gatewayAPI", lambda o: o[0]["spec"]["rules"][0]["filters"][0]["requestMirror"].update(percent=101), "percent"),
+    ("gatewayAPI", lambda o: o[0]["spec"]["rules"][0]["backendRefs"][0].pop("port"), "Must have port for Service reference"),
+    ("istio", lambda o: o[0]["spec"]["http"][0]["mirror"].pop("host"), "host"),
+    ("istio", lambda o: o[0]["spec"]["http"][0].update(timeout="1us"), "must be a valid duration greater than 1ms"),
+    ("traefik", lambda o: o[0]["spec"]["weighted"]["services"][0].update(kind="Pod"), "kind"),
+    ("traefik", lambda o: o[1]["spec"]["mirroring"]["mirrors"][0].update(percent="twenty"), "percent"),
+    ("kserve", lambda o: o[0]["spec"]["predictor"].update(canaryTrafficPercent="twenty"), "canaryTrafficPercent"),
+]
+
+
+@pytest.mark.parametrize(("provider", "breaks", "word"), INVALID, ids=[f"{p}-{w.split()[0]}" for p, _, w in INVALID])
+def test_an_invalid_object_is_rejected_by_the_real_schema(api: Any, rollout: RolloutRef, provider: str, breaks: Any, word: str) -> None:
+    if provider == "kserve":
+        client.CustomObjectsApi(api).create_namespaced_custom_object("serving.kserve.io", "v1beta1", rollout.namespace,
+                                                                     "inferenceservices", serving_isvc(rollout))
+    p, routing = PROVIDERS[provider], TrafficRouting.model_validate(ROUTINGS[provider])
+    objs = copy.deepcopy(p.render(rollout, routing, SetTraffic(1, 2, 0, 0) if provider == "kserve" else SetTraffic(1, 2, 10, 20)))
+    breaks(objs)
+    with pytest.raises(traffic.TrafficError, match="rejected by the schema") as err:
+        traffic.apply(api, p, p.objects(rollout, routing), objs)
+    assert word in str(err.value)
+    assert f"{rollout.namespace}/" in str(err.value)
+    assert not err.value.retry
+
+
+def test_a_kind_the_server_does_not_know_says_what_to_install(api: Any, rollout: RolloutRef) -> None:
+    p, routing = PROVIDERS["gatewayAPI"], TrafficRouting.model_validate(ROUTINGS["gatewayAPI"])
+    objs = p.render(rollout, routing, SetTraffic(1, None, 0, 0))
+    objs[0]["apiVersion"] = "gateway.networking.k8s.io/v9"
+    refs = [ObjectRef("gateway.networking.k8s.io/v9", "HTTPRoute", "httproutes", objs[0]["metadata"]["name"])]
+    with pytest.raises(traffic.TrafficError, match="install the Gateway API CRDs"):
+        traffic.apply(api, p, refs, objs)
+    with pytest.raises(traffic.TrafficError, match="install the Gateway API CRDs"):
+        traffic.read(api, p, rollout.namespace, refs)
+
+
+def test_the_garbage_collector_removes_traffic_objects_with_the_rollout(api: Any, rollout: RolloutRef) -> None:
+    write(api, rollout, "traefik", SetTraffic(1, 2, 25, 0))
+    write(api, rollout, "gatewayAPI", SetTraffic(1, 2, 25, 0))
+    client.CustomObjectsApi(api).delete_namespaced_custom_object("fmops.dev", "v1alpha1", rollout.namespace, "rollouts", rollout.name)
+    refs = [(p, r) for name in ("traefik", "gatewayAPI")
+            for p in [PROVIDERS[name]] for r in p.objects(rollout, TrafficRouting.model_validate(ROUTINGS[name]))]
+    wait_for(lambda: all(o is None for p, r in refs for o in traffic.read(api, p, rollout.namespace, [r])), 60,
+             "the garbage collector to delete the HTTPRoute, TraefikServices and IngressRoute")
+
+
+@pytest.mark.parametrize(("routing", "shadow", "word"), [
+    ({"provider": "gatewayAPI", "gatewayAPI": {"parentRefs": [{"name": "gw"}]}, "traefik": {}}, False,
+     "trafficRouting.traefik is set but provider is not traefik"),
+    ({"provider": "kserve"}, True, "provider kserve cannot mirror traffic"),
+    ({"provider": "traefik"}, True, None),
+    ({"provider": "traefik", "traefik": {"traefikServiceName": "front", "ingressRoute": {"match": "Host(`reco`)"}}}, False, None),
+    ({"provider": "traefik", "traefik": {"ingressRoute": {"entryPoints": ["web"]}}}, False, "match"),
+], ids=["traefik-section-with-gatewayAPI", "kserve-shadow", "traefik-shadow", "traefik-ingressroute", "ingressroute-without-match"])
+def test_the_rollout_crd_checks_traffic_routing(api: Any, rollout: RolloutRef, routing: dict[str, Any], shadow: bool, word: str | None) -> None:
+    obj = load_example("rollout.yaml")
+    obj["metadata"]["name"] = "other"
+    obj["spec"]["trafficRouting"] = routing
+    if not shadow:
+        obj["spec"]["strategy"].pop("shadow")
+    custom = client.CustomObjectsApi(api)
+    if word is None:
+        created = custom.create_namespaced_custom_object("fmops.dev", "v1alpha1", rollout.namespace, "rollouts", obj)
+        assert provider_for(TrafficRouting.model_validate(created["spec"]["trafficRouting"])).name == routing["provider"]
+        return
+    with pytest.raises(ApiException) as err:
+        custom.create_namespaced_custom_object("fmops.dev", "v1alpha1", rollout.namespace, "rollouts", obj)
+    assert err.value.status == 422 and word in str(err.value.body)
+
+
+def test_backends_are_the_predictor_services(api: Any, rollout: RolloutRef) -> None:
+    (route,) = write(api, rollout, "gatewayAPI", SetTraffic(4, 5, 30, 0))
+    assert route is not None
+    refs = route["spec"]["rules"][0]["backendRefs"]
+    assert [(r["name"], r["port"], r["kind"], r["weight"]) for r in refs] == [
+        (naming.predictor_service("reco", 4), naming.PREDICTOR_PORT, "Service", 70),
+        (naming.predictor_service("reco", 5), naming.PREDICTOR_PORT, "Service", 30)]

@@ -1,0 +1,284 @@
+"""Rollouts end to end on real parts (issue #7, section 8): the real node, the real KServe controller
+turning each revision into Triton pods, Traefik routing steady client load to them, Prometheus
+scraping Triton, Alertmanager posting to the operator's webhook, and the operator as a process.
+
+One Rollout per provider lives through several revisions of one FoundationModel (versions exported
+from a really trained tiny model; bad versions are the same model with the served model's test-only
+faults on), so each scenario costs one new predictor pod rather than two:
+
+    a. good canary, traefik: shadow 20% -> 5 -> 25 -> 50 -> 100 with analysis -> Promoted; split checked
+    a'. good canary, gatewayAPI through Traefik's Gateway: the same steps without shadow
+    b. bad canary (60% errors): analysis fails -> RolledBack, 100% stable, no failed requests after
+    c. alert path: a canary with 1.5 s latency and no analysis -> p99 alert -> webhook -> rollback
+    f. duplicate and out-of-order webhooks -> one rollback; no token -> 401, nothing changes
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from fmop.local import traefik as local_traefik
+from fmop.local.common import free_port
+from fmop.local.monitoring import Monitoring
+from fmop.rollout import naming
+from fmop.rollout.verdicts import split_within_sigma
+
+from .helpers import OperatorProcess, wait_for
+from .rollout_support import GROUP, VERSION, Load, publish_versions, reasons, rollout, train_tiny_fm
+
+pytestmark = pytest.mark.e2e
+SERVING = {"minReplicas": 1, "maxReplicas": 1, "timeoutSeconds": 30,
+           "resources": {"requests": {"cpu": "50m", "memory": "256Mi"}, "limits": {"memory": "3Gi"}}}
+FAST_ERRORS = {"name": "errors", "successCondition": "result < 0.05", "interval": "2s", "count": 3, "failureLimit": 0,
+               "inconclusiveLimit": 5,
+               "query": 'sum(rate(nv_inference_request_failure{namespace="{{namespace}}",inferenceservice="{{canary}}"}[20s])) / '
+                        '(sum(rate(nv_inference_request_success{namespace="{{namespace}}",inferenceservice="{{canary}}"}[20s])) + '
+                        'sum(rate(nv_inference_request_failure{namespace="{{namespace}}",inferenceservice="{{canary}}"}[20s])))'}
+
+
+@pytest.fixture(scope="module")
+def world(cluster: Any, api: client.ApiClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Namespace, model versions, Prometheus + Alertmanager pointed at the operator, the operator."""
+    assert cluster.traefik_endpoints is not None, "the cluster fixture starts Traefik"
+    ns = "rollouts-e2e"
+    core = client.CoreV1Api(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    work = tmp_path_factory.mktemp("e2e")
+    publish_versions(cluster, api, ns, train_tiny_fm(work / "fm"))
+    webhook_port, metrics_port = free_port(), free_port()
+    token = work / "webhook-token"
+    token.write_text("e2e-" + "x" * 32)
+    mon = Monitoring(work, static={"traefik": [cluster.traefik_endpoints.metrics.split("//")[1].split("/")[0]],
+                                   "fm-operator": [f"127.0.0.1:{metrics_port}"]},
+                     kube=(cluster.server, cluster.ca_file, cluster.token),
+                     webhook_url=f"http://127.0.0.1:{webhook_port}/alertmanager", webhook_token_file=token)
+    mon.start(cluster.sup)
+    op = OperatorProcess(cluster.kubeconfig_path, work / "operator.log", resync=2.0, metrics_port=metrics_port,
+                         extra=[f"--webhook-port={webhook_port}", f"--webhook-token-file={token}",
+                                f"--prometheus-url={mon.prometheus_url}", "--rollout-tick-seconds=0.5", f"--namespaces={ns}"])
+    op.start()
+    try:
+        yield {"ns": ns, "mon": mon, "op": op, "webhook": f"http://127.0.0.1:{webhook_port}/alertmanager", "token": token.read_text(),
+               "web": cluster.traefik_endpoints.web}
+    finally:
+        op.stop()
+        mon.stop(cluster.sup)
+        core.delete_namespace(ns)
+
+
+def _spec(version: str, routing: dict[str, Any], steps: list[dict[str, Any]], shadow: dict[str, Any] | None = None,
+          matchers: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    strategy: dict[str, Any] = {"steps": steps, "keepWarm": "20s"}
+    if shadow:
+        strategy["shadow"] = shadow
+    spec: dict[str, Any] = {"model": {"foundationModel": {"name": "movielens", "version": version}}, "serving": SERVING,
+                            "trafficRouting": routing, "strategy": strategy, "analysis": {"metrics": [FAST_ERRORS]},
+                            "progressDeadline": "6m"}
+    if matchers:
+        spec["rollback"] = {"onAnalysisFailure": True, "alerts": {"matchers": matchers}}
+    return spec
+
+
+def _apply(api: client.ApiClient, ns: str, name: str, spec: dict[str, Any]) -> None:
+    custom = client.CustomObjectsApi(api)
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Rollout", "metadata": {"name": name, "namespace": ns}, "spec": spec}
+    custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "rollouts", name, body, field_manager="e2e-test", force=True,
+                                          _content_type="application/apply-patch+yaml")
+
+
+def _wait_phase(api: client.ApiClient, ns: str, name: str, phases: tuple[str, ...], revision: int, timeout: float,
+                op: OperatorProcess) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        obj = rollout(api, ns, name)
+        s = obj.get("status") or {}
+        return obj if s.get("revision") == revision and s.get("phase") in phases else None
+    try:
+        return wait_for(probe, timeout, f"Rollout {name} revision {revision} in {phases}", interval=0.5)
+    except AssertionError as err:
+        s = rollout(api, ns, name).get("status") or {}
+        raise AssertionError(f"{err}\nstatus: {json.dumps({k: s.get(k) for k in ('phase', 'revision', 'message', 'lastAnalysis')})}\n"
+                             f"operator log:\n{op.log()[-4000:]}") from None
+
+
+def _served_by_stable(load: Load, since: float) -> None:
+    wait_for(lambda: len(load.codes(since)) >= 20 or None, 60, "20 answers after the change")
+
+
+TRAEFIK = {"provider": "traefik", "traefik": {"ingressRoute": {"entryPoints": ["web"], "match": "Host(`reco-a.test`)"}}}
+STEPS = [{"setWeight": 5}, {"analysis": {"metrics": ["errors"]}}, {"setWeight": 25}, {"analysis": {"metrics": ["errors"]}},
+         {"setWeight": 50}, {"analysis": {"metrics": ["errors"]}}, {"setWeight": 100}]
+
+
+def test_a_good_canary_goes_through_shadow_and_steps_with_traefik(world: dict[str, Any], api: client.ApiClient) -> None:
+    ns, op = world["ns"], world["op"]
+    matchers = [{"name": "alertname", "op": "=~", "value": "FmRollout.*"}, {"name": "rollout", "value": "reco-a"}]
+    _apply(api, ns, "reco-a", _spec("v1", TRAEFIK, STEPS, matchers=matchers))
+    _wait_phase(api, ns, "reco-a", ("Promoted",), 1, 420, op)  # the first revision is served directly once Ready
+    load = Load(world["web"], "reco-a.test").start()
+    try:
+        wait_for(lambda: load.codes().get(200, 0) >= 20 or None, 60, "the stable answering through Traefik")
+        start = time.monotonic()
+        _apply(api, ns, "reco-a", _spec("v2", TRAEFIK, STEPS, shadow={"mirrorPercent": 20, "duration": "6s", "analysis": ["errors"]},
+                                        matchers=matchers))
+        obj = _wait_phase(api, ns, "reco-a", ("Promoted",), 2, 480, op)
+        assert load.failed(since=start) == 0, load.codes(since=start)
+    finally:
+        load.stop()
+    s = obj["status"]
+    assert s["stable"]["revision"] == 2 and s["canaryWeight"] == 0 and s["stableVersion"] == "movielens:v2"
+    seen = reasons(api, ns, "reco-a")
+    assert seen.count("StepStarted") >= 1 + len(STEPS) and "SplitOutOfBounds" not in seen, seen
+    assert [h["outcome"] for h in s["history"]] == ["Promoted", "Promoted"]
+    # At each weight the split observed at the backends (Triton's counters, through Prometheus) is within 3 sigma.
+    _check_split(world, api, ns, "reco-a", stable=1, canary=2)
+
+
+def _check_split(world: dict[str, Any], api: client.ApiClient, ns: str, name: str, stable: int, canary: int) -> None:
+    evs = [e for e in client.CoreV1Api(api).list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items
+           if e.reason == "StepStarted" and f"revision {canary}:" in (e.message or "")]
+    starts = sorted((e.first_timestamp, e.message) for e in evs)
+    prom = world["mon"].prometheus_url
+    checked = 0
+    for (t0, message), (t1, _) in zip(starts, starts[1:]):
+        if "setWeight" not in message:
+            continue
+        weight = int(message.split("setWeight ")[1].split(")")[0].split(":")[0])
+        counts = [_increase(prom, ns, naming.isvc_name(name, r), t0, t1) for r in (canary, stable)]
+        if sum(counts) >= 20:
+            assert split_within_sigma(int(counts[0]), int(sum(counts)), weight), (message, counts)
+            checked += 1
+    assert checked >= 1, starts
+
+
+def _increase(prom: str, ns: str, isvc: str, t0: datetime, t1: datetime) -> float:
+    q = f'sum(nv_inference_request_success{{namespace="{ns}",inferenceservice="{isvc}"}})'
+    values = []
+    for t in (t0, t1 + timedelta(seconds=2)):
+        url = f"{prom}/api/v1/query?query={urllib.request.quote(q)}&time={t.timestamp()}"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            result = json.loads(r.read())["data"]["result"]
+        values.append(float(result[0]["value"][1]) if result else 0.0)
+    return values[1] - values[0]
+
+
+def test_b_a_bad_canary_is_rolled_back_by_analysis(world: dict[str, Any], api: client.ApiClient) -> None:
+    ns, op = world["ns"], world["op"]
+    load = Load(world["web"], "reco-a.test").start()
+    try:
+        _apply(api, ns, "reco-a", _spec("v3", TRAEFIK, STEPS))  # 60% of its answers fail
+        obj = _wait_phase(api, ns, "reco-a", ("RolledBack",), 3, 480, op)
+        done = time.monotonic()
+        _served_by_stable(load, done)
+        assert load.failed(since=done + 1) == 0, load.codes(since=done + 1)
+    finally:
+        load.stop()
+    s = obj["status"]
+    assert s["canaryWeight"] == 0 and s["stableWeight"] == 100 and s["stable"]["revision"] == 2
+    assert "analysis at spec.strategy.steps[1]" in s["rollbackReason"] and "errors" in s["rollbackReason"], s["rollbackReason"]
+    assert s["history"][-1]["outcome"] == "RolledBack"
+
+
+def test_c_an_alert_rolls_a_slow_canary_back_through_alertmanager(world: dict[str, Any], api: client.ApiClient) -> None:
+    ns, op = world["ns"], world["op"]
+    matchers = [{"name": "alertname", "op": "=~", "value": "FmRollout.*"}, {"name": "rollout", "value": "reco-a"}]
+    steps = [{"setWeight": 50}, {"pause": {"untilPromoted": True}}, {"setWeight": 100}]
+    load = Load(world["web"], "reco-a.test", rate=10).start()
+    try:
+        _apply(api, ns, "reco-a", _spec("v4", TRAEFIK, steps, matchers=matchers))  # 1.5 s per answer, no analysis configured
+        _wait_phase(api, ns, "reco-a", ("Paused",), 4, 480, op)
+        obj = _wait_phase(api, ns, "reco-a", ("RolledBack",), 4, 240, op)
+    finally:
+        load.stop()
+    s = obj["status"]
+    assert s["canaryWeight"] == 0 and "alert FmRolloutLatencyP99" in s["rollbackReason"], s["rollbackReason"]
+    assert any(a["alertname"] == "FmRolloutLatencyP99" for a in s["handledAlerts"])
+    fired = _alert_active_at(world["mon"].alertmanager_url, "FmRolloutLatencyP99")
+    rolled = datetime.fromisoformat(s["history"][-1]["finishedAt"].replace("Z", "+00:00"))
+    print(f"\nalert FmRolloutLatencyP99 firing since {fired.isoformat()} -> traffic restored at {rolled.isoformat()}: "
+          f"{(rolled - fired).total_seconds():.1f}s")
+
+
+def _alert_active_at(alertmanager: str, name: str) -> datetime:
+    with urllib.request.urlopen(f"{alertmanager}/api/v2/alerts?filter=alertname%3D%22{name}%22", timeout=10) as r:
+        alerts = json.loads(r.read())
+    assert alerts, f"Alertmanager has no {name} alert"
+    return min(datetime.fromisoformat(a["startsAt"].replace("Z", "+00:00")) for a in alerts)
+
+
+def _post(url: str, payload: dict[str, Any], token: str | None) -> int:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+
+
+def _payload(fingerprint: str, starts: datetime) -> dict[str, Any]:
+    alert = {"status": "firing", "labels": {"alertname": "FmRolloutErrorRate", "rollout": "reco-a", "namespace": "rollouts-e2e"},
+             "annotations": {"summary": "injected by the test"}, "startsAt": starts.isoformat().replace("+00:00", "Z"),
+             "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "", "fingerprint": fingerprint}
+    return {"version": "4", "groupKey": "{}:{}", "truncatedAlerts": 0, "status": "firing", "receiver": "fm-operator",
+            "groupLabels": {}, "commonLabels": alert["labels"], "commonAnnotations": {}, "externalURL": "", "alerts": [alert]}
+
+
+def test_f_webhook_auth_duplicates_and_out_of_order_resends_roll_back_once(world: dict[str, Any], api: client.ApiClient) -> None:
+    ns, op = world["ns"], world["op"]
+    steps = [{"setWeight": 20}, {"pause": {"untilPromoted": True}}, {"setWeight": 100}]
+    matchers = [{"name": "alertname", "value": "FmRolloutErrorRate"}, {"name": "rollout", "value": "reco-a"}]
+    _apply(api, ns, "reco-a", _spec("v5", TRAEFIK, steps, matchers=matchers))
+    _wait_phase(api, ns, "reco-a", ("Paused",), 5, 480, op)
+    now = datetime.now(UTC)
+    before = rollout(api, ns, "reco-a")
+    assert _post(world["webhook"], _payload("f00d", now), None) == 401
+    assert _post(world["webhook"], _payload("f00d", now), "wrong") == 401
+    time.sleep(2)
+    assert rollout(api, ns, "reco-a")["status"]["phase"] == "Paused" == before["status"]["phase"]
+    t0 = time.monotonic()
+    assert _post(world["webhook"], _payload("f00d", now), world["token"]) == 200
+    print(f"\nwebhook received -> answered (traffic patched first) in {1000 * (time.monotonic() - t0):.0f} ms")
+    for payload in (_payload("f00d", now), _payload("f00d", now - timedelta(minutes=1)), _payload("f00d", now)):
+        assert _post(world["webhook"], payload, world["token"]) == 200
+    s = _wait_phase(api, ns, "reco-a", ("RolledBack",), 5, 30, op)["status"]
+    assert s["canaryWeight"] == 0 and "FmRolloutErrorRate" in s["rollbackReason"]
+    time.sleep(3)
+    seen = reasons(api, ns, "reco-a")
+    assert [h["revision"] for h in rollout(api, ns, "reco-a")["status"]["history"]].count(5) == 1
+    assert seen.count("RolledBack") == 2, seen  # b's and this one: the resends did nothing more
+
+
+GATEWAY = {"provider": "gatewayAPI", "gatewayAPI": {"parentRefs": [{"name": local_traefik.GATEWAY_NAME, "namespace": local_traefik.GATEWAY_NAMESPACE}],
+                                                    "hostnames": ["reco-g.test"]}}
+
+
+def test_a_gateway_api_canary_goes_through_the_steps(world: dict[str, Any], api: client.ApiClient) -> None:
+    ns, op = world["ns"], world["op"]
+    steps = [{"setWeight": 25}, {"analysis": {"metrics": ["errors"]}}, {"setWeight": 75}, {"analysis": {"metrics": ["errors"]}},
+             {"setWeight": 100}]
+    _apply(api, ns, "reco-g", _spec("v1", GATEWAY, steps))
+    _wait_phase(api, ns, "reco-g", ("Promoted",), 1, 420, op)
+    load = Load(world["web"], "reco-g.test").start()
+    try:
+        wait_for(lambda: load.codes().get(200, 0) >= 20 or None, 60, "the stable answering through the Gateway")
+        start = time.monotonic()
+        _apply(api, ns, "reco-g", _spec("v6", GATEWAY, steps))
+        obj = _wait_phase(api, ns, "reco-g", ("Promoted",), 2, 480, op)
+        assert load.failed(since=start) == 0, load.codes(since=start)
+    finally:
+        load.stop()
+    assert obj["status"]["stableVersion"] == "movielens:v6"
+    _check_split(world, api, ns, "reco-g", stable=1, canary=2)
+    route: Any = client.CustomObjectsApi(api).get_namespaced_custom_object("gateway.networking.k8s.io", "v1", ns, "httproutes", "reco-g")
+    backends = route["spec"]["rules"][0]["backendRefs"]
+    assert [(b["name"], b.get("weight")) for b in backends][0] == (naming.predictor_service("reco-g", 2), 100)

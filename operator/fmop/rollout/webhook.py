@@ -19,6 +19,14 @@ alert every repeat_interval with the same startsAt, and retries a failed deliver
 same or an older startsAt (arriving out of order) is a duplicate. The record here is in memory and
 bounded; the engine keeps its own in status.handledAlerts, so a restarted operator does not act twice
 either.
+
+Wiring, in kopf's loop (when Config.webhook_port is not 0)::
+
+    server = await webhook.start(list_rollouts, on_alerts, cfg.webhook_token_file, host=cfg.bind_address, port=cfg.webhook_port)
+    ...
+    await server.stop()
+
+A failing `on_alerts` is answered 500 and its alerts are forgotten here, so Alertmanager's retry acts.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ class Config:
     log_format: str = "json"
     verbose: bool = False
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    webhook_port: int = 0  # the Alertmanager webhook receiver; 0: not served (the chart serves it on 8081)
+    webhook_token_file: str = ""
 
     @property
     def clusterwide(self) -> bool:
@@ -49,15 +51,24 @@ def parser() -> argparse.ArgumentParser:
                    help="debug logging (env FMOP_VERBOSE)")
     p.add_argument("--prometheus-url", default=_env("PROMETHEUS_URL", d.prometheus_url),
                    help="default Prometheus for Rollout analysis (env FMOP_PROMETHEUS_URL; default %(default)s)")
+    p.add_argument("--webhook-port", type=int, default=int(_env("WEBHOOK_PORT", str(d.webhook_port))),
+                   help="port of the Alertmanager webhook receiver (POST /alertmanager) that rolls Rollouts back on matching "
+                        "alerts, 0 disables; needs --webhook-token-file (env FMOP_WEBHOOK_PORT; default %(default)s)")
+    p.add_argument("--webhook-token-file", default=_env("WEBHOOK_TOKEN_FILE", d.webhook_token_file),
+                   help="file holding the bearer token Alertmanager must send, re-read when it changes "
+                        "(env FMOP_WEBHOOK_TOKEN_FILE)")
     return p
 
 
 def from_args(argv: list[str] | None = None) -> Config:
     a = parser().parse_args(argv)
-    for port_name in ("metrics_port", "health_port"):
+    for port_name in ("metrics_port", "health_port", "webhook_port"):
         port = getattr(a, port_name)
         if not 0 <= port <= 65535:
             parser().error(f"--{port_name.replace('_', '-')} must be between 0 and 65535, got {port}")
+    if a.webhook_port and not a.webhook_token_file:
+        parser().error(f"--webhook-port {a.webhook_port} needs --webhook-token-file: the receiver accepts only requests with "
+                       "that bearer token (set --webhook-port 0 to serve no webhook)")
     if a.resync_seconds <= 0:
         parser().error(f"--resync-seconds must be positive, got {a.resync_seconds}")
     if a.rollout_tick_seconds <= 0:
@@ -72,4 +83,6 @@ def from_args(argv: list[str] | None = None) -> Config:
         log_format=a.log_format,
         verbose=a.verbose,
         prometheus_url=a.prometheus_url,
+        webhook_port=a.webhook_port,
+        webhook_token_file=a.webhook_token_file,
     )

@@ -97,6 +97,48 @@ def test_operator_reconciles_with_the_charts_rbac(cluster: Any, api: Any, namesp
         cluster.kubectl("delete", "namespace", release_ns, "--wait=false", check=False)
 
 
+def test_webhook_token_is_generated_once_and_kept_across_upgrades(control_plane: Any) -> None:
+    """The chart's Secret holds a random bearer token; an upgrade keeps it (helm lookup), so Alertmanager's copy stays valid."""
+    release_ns = f"fmops-{uuid.uuid4().hex[:6]}"
+
+    def token() -> str:
+        return str(control_plane.kubectl("get", "secret", "fmop-fm-operator-webhook", "-n", release_ns, "-o", "jsonpath={.data.token}").stdout)
+
+    installed = helm(control_plane, "install", "fmop", str(CHART), "--namespace", release_ns, "--create-namespace")
+    assert installed.returncode == 0, installed.stderr
+    try:
+        first = token()
+        assert len(first) >= 48
+        upgraded = helm(control_plane, "upgrade", "fmop", str(CHART), "--namespace", release_ns, "--set", "verbose=true")
+        assert upgraded.returncode == 0, upgraded.stderr
+        assert token() == first
+        deploy = yaml.safe_load(control_plane.kubectl("get", "deployment", "fmop-fm-operator", "-n", release_ns, "-o", "yaml").stdout)
+        pod = deploy["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert "--webhook-port=8081" in container["args"]
+        assert "--webhook-token-file=/var/run/secrets/fmops.dev/webhook/token" in container["args"]
+        assert {"name": "webhook", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "webhook-token"]
+        assert volume["secret"]["secretName"] == "fmop-fm-operator-webhook"
+        notes = helm(control_plane, "get", "notes", "fmop", "--namespace", release_ns).stdout
+        assert f"http://fmop-fm-operator.{release_ns}.svc:8081/alertmanager" in notes
+    finally:
+        helm(control_plane, "uninstall", "fmop", "--namespace", release_ns)
+        control_plane.kubectl("delete", "namespace", release_ns, "--wait=false", check=False)
+
+
+def test_webhook_port_0_serves_no_webhook(control_plane: Any) -> None:
+    rendered = helm(control_plane, "template", "fmop", str(CHART), "--set", "webhook.port=0")
+    assert rendered.returncode == 0, rendered.stderr
+    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    assert "Secret" not in {d["kind"] for d in docs}
+    deploy = next(d for d in docs if d["kind"] == "Deployment")
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    assert "--webhook-port=0" in container["args"] and not [a for a in container["args"] if a.startswith("--webhook-token-file")]
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert [p["name"] for p in service["spec"]["ports"]] == ["metrics"]
+
+
 def test_chart_crds_are_the_generated_ones() -> None:
     for path in (REPO / "crds").glob("*.yaml"):
         assert (CHART / "crds" / path.name).read_text() == path.read_text(), f"charts/fm-operator/crds/{path.name} differs: run make crds"

@@ -87,6 +87,7 @@ class World:
     split: SplitSample | None = None
     promote: str | None = None
     retry: str | None = None
+    abort: str | None = None
     events: list[EmitEvent] = field(default_factory=list)
     records: list[RecordHistory] = field(default_factory=list)
     removed: list[int] = field(default_factory=list)
@@ -102,6 +103,7 @@ class World:
             split=self.split,
             promote_request=self.promote,
             retry_request=self.retry,
+            abort_request=self.abort,
             generation=1,
         )
 

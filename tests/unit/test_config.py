@@ -24,3 +24,16 @@ def test_bad_port_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         from_args(["--health-port", "70000"])
     assert "--health-port must be between 0 and 65535" in capsys.readouterr().err
+
+
+def test_webhook_is_off_unless_a_port_and_a_token_file_are_given(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    for var in ("FMOP_WEBHOOK_PORT", "FMOP_WEBHOOK_TOKEN_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    assert from_args([]).webhook_port == 0
+    monkeypatch.setenv("FMOP_WEBHOOK_TOKEN_FILE", "/var/run/secrets/fmops/webhook/token")
+    cfg = from_args(["--webhook-port", "8081"])
+    assert (cfg.webhook_port, cfg.webhook_token_file) == (8081, "/var/run/secrets/fmops/webhook/token")
+    monkeypatch.delenv("FMOP_WEBHOOK_TOKEN_FILE")
+    with pytest.raises(SystemExit):
+        from_args(["--webhook-port", "8081"])
+    assert "--webhook-port 8081 needs --webhook-token-file" in capsys.readouterr().err

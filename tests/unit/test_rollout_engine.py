@@ -75,6 +75,10 @@ def retry(value: str) -> Do:
     return lambda w: setattr(w, "retry", value)
 
 
+def abort(value: str) -> Do:
+    return lambda w: setattr(w, "abort", value)
+
+
 def traffic(mode: str) -> Do:
     return lambda w: setattr(w, "traffic_mode", mode)
 
@@ -338,6 +342,34 @@ SCENARIOS = [
         Tick(("Paused", 1, 5)),
     ), history((1, "Promoted"))),
         id="failed-analysis-with-rollback-off-pauses"),
+    pytest.param(Scenario(BASE, (
+        *TO_ANALYSIS, Tick(("Progressing", 1, 5)), Tick(("Progressing", 2, 25)),
+        Tick(("RolledBack", 2, 0), do=abort("a1"), event="RolledBack",
+             says="aborted by request (fmops.dev/abort=a1)"),
+        Tick(("RolledBack", 2, 0)),  # the same value again is not a new request, and says nothing
+        Tick(("RolledBack", 2, 0), do=abort("a2"), event="AbortIgnored"),  # nothing in flight any more
+    ), all_of(history((1, "Promoted"), (2, "RolledBack")), events("RolledBack", 1), events("AbortIgnored", 1), removed(2),
+              lambda w: _assert_all_on_stable(w, 1), lambda w: _assert_last_abort(w, "a2"))),
+        id="abort-request-rolls-the-canary-back-once"),
+    pytest.param(Scenario(UNTIL_PROMOTED, (
+        Tick(("Pending", None, 0), do=model("v2")),
+        Tick(("Progressing", 0, 5)),
+        Tick(("Paused", 1, 5)),
+        Tick(("RolledBack", 1, 0), do=abort("stop"), says="aborted by request (fmops.dev/abort=stop)"),
+        Tick(("Pending", None, 0), do=retry("again"), event="RevisionStarted"),  # a retry re-arms; the old abort value does not act again
+        Tick(("Progressing", 0, 5)),
+        Tick(("Paused", 1, 5)),
+    ), history((1, "Promoted"), (2, "RolledBack"))),
+        id="abort-while-paused-then-retry-starts-a-new-revision"),
+    pytest.param(Scenario(BASE, (
+        Tick(("Paused", None, 0), do=both(model("v2"), spec_change(paused=True))),
+        Tick(("RolledBack", None, 0), do=abort("x"), event="RolledBack"),  # spec.paused does not stop an abort
+    ), history((1, "Promoted"), (2, "RolledBack"))),
+        id="abort-acts-even-when-spec-paused"),
+    pytest.param(Scenario(BASE, (
+        Tick(("Promoted", 4, 0), do=abort("nothing"), event="AbortIgnored", says="revision 1"),
+    ), all_of(history((1, "Promoted")), lambda w: _assert_last_abort(w, "nothing"))),
+        id="abort-with-nothing-in-flight-is-ignored-and-said"),
 ]
 
 
@@ -380,6 +412,10 @@ def _assert_counts(w: World, successes: int, errors: int = 0, inconclusive: int 
     assert (result.phase, result.successes, result.failures, result.errors, result.inconclusive) == ("Successful", successes, 0, errors, inconclusive)
 
 
+def _assert_last_abort(w: World, value: str) -> None:
+    assert w.status.lastAbortRequest == value
+
+
 def _assert_measured_at(w: World, *minutes: int) -> None:
     assert _minutes(w.measured) == list(minutes)
 
@@ -404,6 +440,16 @@ def test_alert_during_the_first_revision_has_nothing_to_roll_back_to() -> None:
     w.fire("Down", "fp", w.now)
     w.tick()
     assert w.status.phase == "Pending" and "AlertWithoutStable" in w.reasons()
+
+
+def test_abort_during_the_first_revision_has_nothing_to_roll_back_to() -> None:
+    w = World(BASE, new_isvcs_ready=False)
+    w.tick()
+    w.abort = "stop"
+    w.tick()
+    assert w.status.phase == "Pending" and w.status.lastAbortRequest == "stop"
+    (ignored,) = [e for e in w.events if e.reason == "AbortIgnored"]
+    assert "revision 1 is the first, there is no stable revision to go back to" in ignored.message
 
 
 # ---------------------------------------------------------------- actions and conditions

@@ -2,7 +2,7 @@
 
 Hypothesis draws a spec (shadow or not, setWeight / pause / analysis steps, analysis limits) and a
 sequence of moves: time passing, InferenceServices flapping, the traffic provider applying, sticking or
-unable to tell, Prometheus answering with any result, alerts (new, duplicated, late), promote and retry
+unable to tell, Prometheus answering with any result, alerts (new, duplicated, late), promote, retry and abort
 requests, split samples, spec edits (pause, model, strategy) and operator crashes between writing
 status and acting. After every move the invariants below must hold; the World also replays every
 call against its own output, as a restarted operator does, and stores status through JSON.
@@ -80,6 +80,7 @@ class Move:
     alert: tuple[str, float] | None  # fingerprint, minutes before now it started firing
     promote: str | None
     retry: str | None
+    abort: str | None
     edit: str | None
     split: str | None
     act: bool  # False: the operator dies after writing status, before acting
@@ -99,6 +100,7 @@ moves = st.builds(
     alert=_sometimes([("fp-a", 0.0), ("fp-a", 3.0), ("fp-b", 0.5), ("fp-b", 20.0), ("fp-c", 1.0)], never=12),
     promote=_sometimes(["p1", "p2", "p3"], never=4),
     retry=_sometimes(["r1", "r2"], never=12),
+    abort=_sometimes(["a1", "a2"], never=15),
     edit=_sometimes(["pause", "unpause", "model", "model-back", "strategy"], never=12),
     split=_sometimes(["good", "bad"], never=3),
     act=st.sampled_from([True] * 9 + [False]),
@@ -134,7 +136,9 @@ class Run:
         obs = w.observations()
         decision = w.tick(move.minutes, act=move.act)
         assert decide(w.spec, before, obs, now) == decision, "decide is not deterministic"
+        fresh_abort = move.abort is not None and move.abort != before.lastAbortRequest
         self._check(before, decision, fresh_alert, now, edited=move.edit in ("model", "model-back", "strategy") or move.retry is not None)
+        self._new_abort_rolls_back(before, self.world.status, fresh_abort, edited=move.edit in ("model", "model-back") or move.retry is not None)
 
     def _prepare(self, move: Move, now: datetime) -> datetime | None:
         """Change the world as the move says; returns startsAt of an alert firing never delivered before."""
@@ -144,6 +148,7 @@ class Run:
         w.script = {m: [move.result] for m in METRICS}
         w.promote = move.promote or w.promote
         w.retry = move.retry or w.retry
+        w.abort = move.abort or w.abort
         self._edit(move.edit)
         w.split = self._split(move.split)
         for m in w.measurements.values():
@@ -257,6 +262,16 @@ class Run:
             return
         if starts >= parse_ts(canary.startedAt):
             assert after.phase == "RolledBack", f"a new alert firing since {starts} did not roll back revision {canary.revision}"
+
+
+    def _new_abort_rolls_back(self, before: RolloutStatus, after: RolloutStatus, fresh: bool, edited: bool) -> None:
+        """A new abort request rolls a canary in flight back on this very call, to 100% stable; a repeated value does nothing."""
+        in_flight = before.canary is not None and before.phase in ("Pending", "Shadowing", "Progressing", "Paused")
+        if fresh and in_flight and not edited:
+            assert after.phase == "RolledBack" and (after.canaryWeight, after.mirrorPercent, after.stableWeight) == (0, 0, 100)
+            assert after.rollbackReason is not None and after.rollbackReason.startswith(("aborted by request", "alert "))
+        if not fresh:
+            assert after.lastAbortRequest == before.lastAbortRequest
 
 
 # ---------------------------------------------------------------- the properties

@@ -29,3 +29,7 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
+
+{{- define "fm-operator.webhookSecretName" -}}
+{{- default (printf "%s-webhook" (include "fm-operator.fullname" .)) .Values.webhook.existingSecret -}}
+{{- end -}}

@@ -408,6 +408,7 @@ class RolloutStatus(ApiModel):
     handledAlerts: Annotated[list[HandledAlert], Field(max_length=64)] = Field(default_factory=list)
     lastPromoteRequest: ShortText | None = Field(None, description="The promote request (annotation value) last acted on.")
     lastRetryRequest: ShortText | None = Field(None, description="The retry request (annotation value) last acted on.")
+    lastAbortRequest: ShortText | None = Field(None, description="The abort request (annotation value) last acted on.")
 
 
 class Rollout(CustomResource):

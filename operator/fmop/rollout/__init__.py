@@ -5,6 +5,7 @@ Handlers read Observations, call decide, patch the Decision's status once and ca
 
 from fmop.rollout.engine import decide
 from fmop.rollout.types import (
+    ABORT_ANNOTATION,
     PROMOTE_ANNOTATION,
     RETRY_ANNOTATION,
     Action,
@@ -26,6 +27,7 @@ from fmop.rollout.types import (
 from fmop.rollout.verdicts import split_within_sigma
 
 __all__ = [
+    "ABORT_ANNOTATION",
     "PROMOTE_ANNOTATION",
     "RETRY_ANNOTATION",
     "Action",

@@ -20,6 +20,7 @@ from fmop.conditions import Cond, merge
 from fmop.rollout import verdicts
 from fmop.rollout.clock import parse_duration, parse_ts, ts, utc
 from fmop.rollout.types import (
+    ABORT_ANNOTATION,
     PROMOTE_ANNOTATION,
     RETRY_ANNOTATION,
     Action,
@@ -83,8 +84,10 @@ class _Tick:
     notes: list[Action] = field(default_factory=list)  # once per transition: history records and Events
     promote: bool = False  # a new promote request arrived on this call
     retry: bool = False
+    abort: bool = False
     promote_used: bool = False
     retry_used: bool = False
+    abort_used: bool = False
 
     def event(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
         self.notes.append(EmitEvent(type_, reason, _clip(message)))
@@ -101,14 +104,14 @@ def decide(spec: RolloutSpec, status: RolloutStatus, observations: Observations,
           promoted, analysis Successful) --> steps[i+1]; after the last step --> Promoted
         Paused <--> Shadowing/Progressing: spec.paused, a pause step, an analysis without data (Inconclusive)
           or with more errors in a row than inconclusiveLimit; it resumes by itself when the cause goes away
-        any active phase --failed analysis (failureLimit) or a new matching alert--> RolledBack
+        any active phase --failed analysis (failureLimit), a new matching alert or an abort request--> RolledBack
         any active phase --waiting on the outside longer than spec.progressDeadline--> Failed (naming the step)
         spec.model changes --> the revision in flight is Superseded; a new revision starts at Pending
         RolledBack / Failed --retry request or a new spec.model--> a new revision at Pending
 
     The first revision has nothing to compare against: it becomes the stable and is Promoted once Ready.
 
-    Restartable: all progress lives in status. Requests (promote, retry) and alerts are remembered once
+    Restartable: all progress lives in status. Requests (promote, retry, abort) and alerts are remembered once
     handled, a measurement is counted once (by metric and measuredAt), and a step never ends at the
     same instant it began, so calling decide again with its own output and the same observations
     changes nothing: no transition happens twice.
@@ -127,13 +130,15 @@ def decide(spec: RolloutSpec, status: RolloutStatus, observations: Observations,
 
 # ---------------------------------------------------------------- reconcile steps, in order
 def _reconcile_requests(t: _Tick) -> _Outcome:
-    """A promote or retry request is an annotation value; it acts once, when it is new."""
+    """A promote, retry or abort request is an annotation value; it acts once, when it is new."""
     s = t.status
-    promote, retry = _short(t.obs.promote_request), _short(t.obs.retry_request)
+    promote, retry, abort = _short(t.obs.promote_request), _short(t.obs.retry_request), _short(t.obs.abort_request)
     if promote is not None and promote != s.lastPromoteRequest:
         t.promote, s.lastPromoteRequest = True, promote
     if retry is not None and retry != s.lastRetryRequest:
         t.retry, s.lastRetryRequest = True, retry
+    if abort is not None and abort != s.lastAbortRequest:
+        t.abort, s.lastAbortRequest = True, abort
     return None
 
 
@@ -152,6 +157,16 @@ def _reconcile_revision(t: _Tick) -> _Outcome:
     elif _rolling(s) is not None and s.strategyHash != _strategy_hash(t.spec):
         _restart_steps(t)
     return None
+
+
+def _reconcile_abort(t: _Tick) -> _Outcome:
+    """An abort request rolls the canary in flight back at once: all traffic on the stable, like a matching alert."""
+    s = t.status
+    if not t.abort or s.canary is None or _rolling(s) is not s.canary:
+        return None  # nothing to abort (or a first revision with no stable to go back to): _note_ignored_requests says so
+    t.abort_used = True
+    _finish_rolling(t, "RolledBack", f"aborted by request ({ABORT_ANNOTATION}={s.lastAbortRequest})")
+    return "settled"
 
 
 def _reconcile_alerts(t: _Tick) -> _Outcome:
@@ -173,8 +188,9 @@ def _reconcile_alerts(t: _Tick) -> _Outcome:
     if not relevant:
         return None
     first = relevant[0]
+    labels = ", ".join(f"{k}={json.dumps(v)}" for k, v in first.labels)
     reason = (f"alert {first.name} (fingerprint {first.fingerprint}, firing since {ts(first.starts_at)}) matched spec.rollback.alerts"
-              + (f": {first.summary}" if first.summary else ""))
+              + (f" {{{labels}}}" if labels else "") + (f": {first.summary}" if first.summary else ""))
     if s.canary is None:
         t.event("Warning", "AlertWithoutStable", f"{reason}; revision {rolling.revision} is the first, there is no stable revision to roll back to")
         return None
@@ -283,6 +299,7 @@ _RECONCILERS = (
     _reconcile_requests,
     _reconcile_revision,
     _reconcile_alerts,
+    _reconcile_abort,  # after the alerts, so new alerts are remembered on the call an abort settles
     _reconcile_keep_warm,
     _reconcile_finished,
     _reconcile_analysis,
@@ -736,6 +753,12 @@ def _note_ignored_requests(t: _Tick) -> None:
         t.event("Normal", "PromoteIgnored", f"promote request {PROMOTE_ANNOTATION}={s.lastPromoteRequest} ignored: the Rollout is {s.phase} at "
                                             f"{_where(t, s.currentStepIndex)}; promote moves past a pause step only, and not while "
                                             "spec.paused is true. Set a new value to ask again")
+    if t.abort and not t.abort_used:
+        rolling = _rolling(s)
+        why = (f"revision {rolling.revision} is the first, there is no stable revision to go back to" if rolling is not None
+               else f"no canary is in flight (revision {s.revision} is {s.phase})")
+        t.event("Normal", "AbortIgnored", f"abort request {ABORT_ANNOTATION}={s.lastAbortRequest} ignored: {why}; abort rolls back a canary "
+                                          "in flight. Set a new value to ask again")
     if t.retry and not t.retry_used:
         t.event("Normal", "RetryIgnored", f"retry request {RETRY_ANNOTATION}={s.lastRetryRequest} ignored: revision {s.revision} is {s.phase}; "
                                           "retry restarts a RolledBack or Failed revision. Set a new value to ask again")

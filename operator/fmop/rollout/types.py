@@ -16,10 +16,12 @@ from fmop.api.rollout import HistoryEntry, RolloutStatus, ServeTarget
 Side = Literal["stable", "canary"]
 MeasurementPhase = Literal["Successful", "Failed", "Error", "Inconclusive"]
 
-# Annotations a person sets to ask for a promotion or a retry; the handler passes their values on as
-# Observations.promote_request / retry_request. A request is acted on once: set a new value to ask again.
+# Annotations a person sets (`kubectl fmops promote|retry|abort`) to ask for a promotion, a retry or an abort; the
+# handler passes their values on as Observations.promote_request / retry_request / abort_request. A request is
+# acted on once: set a new value to ask again.
 PROMOTE_ANNOTATION = "fmops.dev/promote"
 RETRY_ANNOTATION = "fmops.dev/retry"
+ABORT_ANNOTATION = "fmops.dev/abort"
 
 
 # ---------------------------------------------------------------- observations
@@ -76,6 +78,7 @@ class Alert:
     fingerprint: str
     starts_at: datetime
     summary: str = ""
+    labels: tuple[tuple[str, str], ...] = ()  # the alert's labels, sorted, for the rollback reason
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class Observations:
     split: SplitSample | None = None
     promote_request: str | None = None  # value of the fmops.dev/promote annotation
     retry_request: str | None = None  # value of the fmops.dev/retry annotation
+    abort_request: str | None = None  # value of the fmops.dev/abort annotation
     generation: int | None = None  # metadata.generation, copied to status and conditions
 
 

@@ -1,0 +1,211 @@
+"""The Alertmanager webhook receiver as a real HTTP server on a free port, hit with real requests.
+
+The server runs in its own asyncio loop on a thread (as it runs in kopf's loop in the operator); the
+requests come from urllib / http.client, as Alertmanager's would over the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fmop.rollout.types import Alert
+from fmop.rollout.webhook import WebhookServer, start
+from tests.unit.test_webhook import alert, payload, rollout
+
+TOKEN = "s3cret-token"
+ROLLOUTS = [
+    rollout("team-a", "recommender", {"name": "severity", "value": "critical"}, {"name": "app", "value": "recommender"}),
+    rollout("team-b", "search", {"name": "app", "value": "search"}),
+]
+
+
+class Receiver:
+    """The webhook served on 127.0.0.1 by a loop on a thread; on_alerts records its calls."""
+
+    def __init__(self, token_file: Path, max_body_bytes: int = 64 * 1024) -> None:
+        self.calls: list[tuple[str, str, tuple[Alert, ...]]] = []
+        self.failures = 0  # the next N calls of on_alerts raise
+        self.delay = 0.0
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server: WebhookServer = self._run(start(lambda: ROLLOUTS, self.on_alerts, token_file, host="127.0.0.1", port=0,
+                                                     max_body_bytes=max_body_bytes))
+        self.url = f"http://127.0.0.1:{self.server.port}"
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+    async def on_alerts(self, namespace: str, name: str, alerts: tuple[Alert, ...]) -> str:
+        self.calls.append((namespace, name, alerts))
+        await asyncio.sleep(self.delay)
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("the traffic object could not be patched")
+        return f"rolled back {namespace}/{name}"
+
+    def close(self) -> None:
+        self._run(self.server.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
+        self.loop.close()
+
+    def post(self, body: bytes | dict[str, Any], token: str | None = TOKEN, scheme: str = "Bearer") -> tuple[int, dict[str, Any]]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"{scheme} {token}"
+        request = urllib.request.Request(f"{self.url}/alertmanager", data=data, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")  # a trailing newline, as `kubectl create secret --from-file` keeps it
+    return path
+
+
+@pytest.fixture
+def receiver(token_file: Path) -> Iterator[Receiver]:
+    r = Receiver(token_file)
+    yield r
+    r.close()
+
+
+FIRING = payload(alert(fingerprint="fp1", starts="2026-01-01T00:08:00Z", severity="critical", app="recommender", namespace="team-a"))
+
+
+def test_healthz_needs_no_token(receiver: Receiver) -> None:
+    with urllib.request.urlopen(f"{receiver.url}/healthz", timeout=10) as r:
+        assert r.status == 200 and r.read() == b"ok"
+
+
+@pytest.mark.parametrize(("token", "scheme"), [
+    pytest.param(None, "Bearer", id="no-token"),
+    pytest.param("wrong", "Bearer", id="wrong-token"),
+    pytest.param(TOKEN + "x", "Bearer", id="token-with-a-suffix"),
+    pytest.param(TOKEN, "Basic", id="wrong-scheme"),
+])
+def test_unauthorised_requests_get_401_and_change_nothing(receiver: Receiver, token: str | None, scheme: str) -> None:
+    status, body = receiver.post(FIRING, token=token, scheme=scheme)
+    assert status == 401 and "bearer token" in body["error"]
+    assert receiver.calls == []
+    assert receiver.post(FIRING)[0] == 200 and len(receiver.calls) == 1  # the alert was not marked handled by the refused request
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    pytest.param(b"{not json", "the body is not JSON", id="malformed-json"),
+    pytest.param(b"\xff\xfe", "the body is not", id="not-utf8"),
+    pytest.param(json.dumps({"version": "4"}).encode(), "field 'alerts' is missing", id="no-alerts"),
+    pytest.param(json.dumps(payload({"status": "firing", "labels": {}, "startsAt": "2026-01-01T00:00:00Z"})).encode(),
+                 "field 'alerts[0].fingerprint' is missing", id="alert-without-fingerprint"),
+])
+def test_malformed_payloads_get_400_naming_the_field(receiver: Receiver, body: bytes, says: str) -> None:
+    status, answer = receiver.post(body)
+    assert status == 400 and says in answer["error"]
+    assert receiver.calls == []
+
+
+def test_bodies_above_the_limit_get_413(receiver: Receiver) -> None:
+    big = payload(*[alert(fingerprint=f"fp{i}", app="recommender", severity="critical", padding="x" * 512) for i in range(200)])
+    status, answer = receiver.post(big)
+    assert status == 413 and "larger than 65536 bytes" in answer["error"]
+    # The same without Content-Length (chunked), so the limit is enforced while reading, not only from the header.
+    conn = http.client.HTTPConnection("127.0.0.1", receiver.server.port, timeout=30)
+    conn.putrequest("POST", "/alertmanager")
+    conn.putheader("Authorization", f"Bearer {TOKEN}")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    data = json.dumps(big).encode()
+    for i in range(0, len(data), 8192):
+        chunk = data[i:i + 8192]
+        conn.send(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+    conn.send(b"0\r\n\r\n")
+    response = conn.getresponse()
+    assert response.status == 413
+    conn.close()
+    assert receiver.calls == []
+
+
+def test_a_firing_alert_reaches_its_rollout_once(receiver: Receiver) -> None:
+    status, answer = receiver.post(FIRING)
+    assert status == 200
+    assert answer["matched"] == [{"rollout": "team-a/recommender", "result": "rolled back team-a/recommender",
+                                  "alerts": [{"alertname": "CanaryErrors", "fingerprint": "fp1", "startsAt": "2026-01-01T00:08:00Z"}]}]
+    ((namespace, name, alerts),) = receiver.calls
+    assert (namespace, name) == ("team-a", "recommender")
+    assert [(a.name, a.fingerprint, a.summary) for a in alerts] == [("CanaryErrors", "fp1", "errors above 1%")]
+    assert ("severity", "critical") in alerts[0].labels
+
+    duplicate = receiver.post(FIRING)  # Alertmanager's repeat_interval resend
+    older = receiver.post(payload(alert(fingerprint="fp1", starts="2026-01-01T00:07:00Z", severity="critical", app="recommender")))
+    for status, answer in (duplicate, older):
+        assert status == 200 and answer["matched"] == [] and answer["duplicates"][0]["fingerprint"] == "fp1"
+    assert len(receiver.calls) == 1
+
+    again = receiver.post(payload(alert(fingerprint="fp1", starts="2026-01-01T00:20:00Z", severity="critical", app="recommender")))
+    assert again[0] == 200 and len(again[1]["matched"]) == 1 and len(receiver.calls) == 2  # it fired again, later
+
+
+def test_concurrent_resends_call_back_once(receiver: Receiver) -> None:
+    receiver.delay = 0.5  # the first call is still patching traffic when the resends arrive
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: receiver.post(FIRING), range(4)))
+    assert [s for s, _ in results] == [200] * 4
+    assert len(receiver.calls) == 1
+    assert sum(len(a["matched"]) for _, a in results) == 1 and sum(len(a["duplicates"]) for _, a in results) == 3
+
+
+def test_non_matching_and_resolved_alerts_are_ignored(receiver: Receiver) -> None:
+    status, answer = receiver.post(payload(
+        alert(fingerprint="warn", severity="warning", app="recommender"),  # a matcher does not hold
+        alert(fingerprint="other-ns", severity="critical", app="recommender", namespace="team-b"),  # another namespace
+        alert(status="resolved", fingerprint="resolved", severity="critical", app="recommender"),
+    ))
+    assert status == 200 and receiver.calls == []
+    assert answer["received"] == 3 and answer["firing"] == 2 and answer["matched"] == []
+    assert sorted(a["fingerprint"] for a in answer["unmatched"]) == ["other-ns", "warn"]
+
+
+def test_a_failed_callback_is_500_and_the_resend_acts(receiver: Receiver) -> None:
+    receiver.failures = 1
+    status, answer = receiver.post(FIRING)
+    assert status == 500 and "could not be patched" in answer["matched"][0]["error"]
+    status, answer = receiver.post(FIRING)  # Alertmanager retries a failed notification
+    assert status == 200 and answer["matched"][0]["result"] == "rolled back team-a/recommender"
+    assert len(receiver.calls) == 2
+
+
+def test_the_token_file_is_reread_when_the_secret_changes(receiver: Receiver, token_file: Path) -> None:
+    token_file.write_text("rotated-token-that-is-longer")
+    assert receiver.post(FIRING)[0] == 401
+    assert receiver.post(FIRING, token="rotated-token-that-is-longer")[0] == 200
+
+
+def test_an_empty_token_file_refuses_to_start(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+
+    async def nothing(namespace: str, name: str, alerts: tuple[Alert, ...]) -> str:
+        return ""
+
+    with pytest.raises(ValueError, match="webhook token file .* is empty"):
+        asyncio.run(start(lambda: [], nothing, empty, host="127.0.0.1", port=0))
+    with pytest.raises(FileNotFoundError):
+        asyncio.run(start(lambda: [], nothing, tmp_path / "missing", host="127.0.0.1", port=0))

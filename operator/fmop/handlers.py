@@ -22,7 +22,8 @@ from fmop.assess import Verdict, assess_foundation_model, assess_task_adapter
 from fmop.conditions import merge, now_rfc3339
 from fmop.config import Config
 from fmop.kube import KubeUnavailable, Reader, api_client
-from fmop.rollout import naming
+from fmop.rollout import naming, webhook
+from fmop.rollout.types import Alert
 from fmop.rollout.controller import Controller, traffic_for
 from fmop.rollout.serving import GROUP as KSERVE_GROUP
 from fmop.rollout.serving import PLURAL as ISVC_PLURAL
@@ -44,6 +45,8 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Lo
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
+    if not cfg.verbose:  # "Timer ... succeeded" at every resync of every object drowns what matters
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     metrics.BUILD.labels(__version__).set(1)
     metrics.serve(cfg.metrics_port, cfg.bind_address)
     logger.info(f"fm-operator {__version__} watching {'all namespaces' if cfg.clusterwide else ', '.join(cfg.namespaces)}; "
@@ -146,6 +149,42 @@ def on_inference_service(memo: kopf.Memo, namespace: str, labels: kopf.Labels, t
             logging.getLogger("fmop.rollout").warning(f"{err}; the Rollout's daemon will try again")
 
 
+def remember_rollout(memo: kopf.Memo, body: kopf.Body, namespace: str, name: str, type: str | None, **_: Any) -> None:
+    """Keep every watched Rollout's spec at hand, for the webhook to match alerts against without an API call."""
+    known: dict[tuple[str, str], dict[str, Any]] = memo.setdefault("rollout_bodies", {})
+    if type == "DELETED":
+        known.pop((namespace, name), None)
+    else:
+        known[(namespace, name)] = {"metadata": {"namespace": namespace, "name": name}, "spec": dict(body.get("spec") or {})}
+
+
+async def start_webhook(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """The Alertmanager webhook receiver (--webhook-port): a matching firing alert rolls back at once,
+    in the request, through the same reconcile as everything else (traffic first)."""
+    cfg: Config = memo["config"]
+    if not cfg.webhook_port:
+        return
+    ctl = _controller(memo)
+    known: dict[tuple[str, str], dict[str, Any]] = memo.setdefault("rollout_bodies", {})
+
+    async def on_alerts(namespace: str, name: str, alerts: tuple[Alert, ...]) -> str:
+        outcome = await asyncio.to_thread(ctl.reconcile, namespace, name, alerts)
+        if outcome.result == "changed" and outcome.phase == "RolledBack":
+            for alert in alerts:
+                metrics.ALERT_ROLLBACKS.labels(alert.name).inc()
+        return f"{outcome.result}: {outcome.phase}" + (f" ({'; '.join(outcome.actions)})" if outcome.actions else "")
+
+    memo["webhook"] = await webhook.start(lambda: list(known.values()), on_alerts, cfg.webhook_token_file,
+                                          host=cfg.bind_address, port=cfg.webhook_port)
+    logger.info(f"Alertmanager webhook receiver on {cfg.bind_address}:{cfg.webhook_port}/alertmanager")
+
+
+async def stop_webhook(memo: kopf.Memo, **_: Any) -> None:
+    server = memo.get("webhook")
+    if server is not None:
+        await server.stop()
+
+
 def register(cfg: Config) -> None:
     """Register the reconcile functions with kopf: create/update/resume and the resync timer for the
     FoundationModel and TaskAdapter, a daemon, edits and InferenceService events for the Rollout."""
@@ -160,6 +199,9 @@ def register(cfg: Config) -> None:
     kopf.on.update(GROUP, VERSION, RO, id="rollout.update")(reconcile_rollout_now)
     kopf.on.event(KSERVE_GROUP, "v1beta1", ISVC_PLURAL, id="rollout.inferenceservice",
                   labels={naming.LABEL_ROLLOUT: kopf.PRESENT})(on_inference_service)
+    kopf.on.event(GROUP, VERSION, RO, id="rollout.remember")(remember_rollout)
+    kopf.on.startup(id="webhook.start")(start_webhook)
+    kopf.on.cleanup(id="webhook.stop")(stop_webhook)
 
 
 @kopf.on.probe(id="api")

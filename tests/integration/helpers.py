@@ -53,16 +53,18 @@ def wait_condition(api: Any, plural: str, namespace: str, name: str, type_: str,
 class OperatorProcess:
     """`python -m fmop` as a subprocess, logged to a file, with its metrics and health ports."""
 
-    def __init__(self, kubeconfig: Path, log: Path, resync: float = 1.0) -> None:
+    def __init__(self, kubeconfig: Path, log: Path, resync: float = 1.0, metrics_port: int | None = None,
+                 extra: list[str] | None = None) -> None:
         self.kubeconfig, self.log_path = kubeconfig, log
-        self.metrics_port, self.health_port = free_port(), free_port()
+        self.metrics_port, self.health_port = metrics_port or free_port(), free_port()
         self.resync = resync
+        self.extra = list(extra or [])
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         argv = [sys.executable, "-m", "fmop", "--log-format=plain", f"--resync-seconds={self.resync}",
-                f"--metrics-port={self.metrics_port}", f"--health-port={self.health_port}", "--bind-address=127.0.0.1"]
+                f"--metrics-port={self.metrics_port}", f"--health-port={self.health_port}", "--bind-address=127.0.0.1", *self.extra]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         wait_for(self._healthy, 60, f"operator /healthz (log: {self.log_path})")

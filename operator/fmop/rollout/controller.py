@@ -47,6 +47,7 @@ from fmop.rollout.providers import provider_for
 from fmop.rollout.providers.base import RolloutRef, TrafficProvider
 from fmop.rollout.serving import StorageError, observe_isvc, render_isvc, storage_uri
 from fmop.rollout.types import (
+    ABORT_ANNOTATION,
     PROMOTE_ANNOTATION,
     RETRY_ANNOTATION,
     Alert,
@@ -207,6 +208,7 @@ class Controller:
             traffic=seen,
             promote_request=annotations.get(PROMOTE_ANNOTATION),
             retry_request=annotations.get(RETRY_ANNOTATION),
+            abort_request=annotations.get(ABORT_ANNOTATION),
             generation=meta.get("generation"),
         )
         now = self.clock()

@@ -7,11 +7,7 @@ has scraped them, then measures through fmop.rollout.analysis exactly as the ope
 
 from __future__ import annotations
 
-import json
-import math
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +22,7 @@ from fmop.local.monitoring import Monitoring
 from fmop.rollout import analysis, naming
 from fmop.rollout.types import Measure, Measurement, SplitSample
 from tests.conftest import load_example
+from tests.integration.prom import wait_scraped
 
 NS, ROLLOUT = "team-a", "ro"
 CANARY, STABLE = naming.isvc_name(ROLLOUT, 2), naming.isvc_name(ROLLOUT, 1)
@@ -71,26 +68,6 @@ def prometheus(exporter: Exporter, tmp_path_factory: pytest.TempPathFactory) -> 
         yield mon
     finally:
         sup.stop_all()
-
-
-def promql(mon: Monitoring, query: str) -> list[dict[str, Any]]:
-    url = f"{mon.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": query})
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        result: list[dict[str, Any]] = json.loads(resp.read())["data"]["result"]
-        return result
-
-
-def wait_scraped(mon: Monitoring, query: str, expected: float, timeout: float = 20) -> None:
-    """Until Prometheus' newest sample of `query` (one number) equals `expected`."""
-    deadline = time.monotonic() + timeout
-    last: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        last = promql(mon, query)
-        if len(last) == 1 and math.isclose(float(last[0]["value"][1]), expected):
-            time.sleep(1.2)  # one more scrape, so rate() sees the new value at both ends of a step
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"Prometheus never showed {query} = {expected}; last answer {last}")
 
 
 def spec_with(*metrics: Metric, address: str | None = None) -> RolloutSpec:

@@ -11,7 +11,9 @@ import pytest
 from fmop.api.rollout import BUILTIN_METRICS, Analysis, Metric, RolloutSpec
 from fmop.local import monitoring
 from fmop.rollout import analysis, checks, naming
+from fmop.rollout.types import Measure
 from tests.conftest import load_example
+from tests.unit.rollout_world import make_spec, stable_world, with_model
 
 
 @pytest.mark.parametrize(("condition", "value", "holds"), [
@@ -123,3 +125,19 @@ def test_alertmanager_config_posts_to_the_webhook_with_a_token_file(tmp_path: Pa
     assert hook["url"] == "http://127.0.0.1:8081/alertmanager"
     assert hook["http_config"]["authorization"] == {"type": "Bearer", "credentials_file": str(tmp_path / "token")}
     assert cfg["route"]["group_wait"] == cfg["route"]["group_interval"] == "1s"
+
+
+def test_engine_measures_and_promotes_on_a_builtin_check() -> None:
+    """A step naming prediction-drift with no definition in spec.analysis.metrics: measured, counted, promoted."""
+    spec = make_spec(strategy={"steps": [{"setWeight": 10}, {"analysis": {"metrics": ["prediction-drift"]}}, {"setWeight": 100}]},
+                     analysis={"metrics": []})
+    w = stable_world(spec)
+    w.spec = with_model(spec, "v2")
+    measured: list[tuple[str, ...]] = []
+    for _ in range(20):
+        decision = w.tick(0.25)
+        measured += [a.metrics for a in decision.actions if isinstance(a, Measure)]
+        if w.status.phase == "Promoted":
+            break
+    assert w.status.phase == "Promoted", w.status.message
+    assert measured.count(("prediction-drift",)) == checks.PREDICTION_DRIFT.count

@@ -1,5 +1,7 @@
-"""Prometheus and Alertmanager from Debian (`prometheus`, `prometheus-alertmanager`), supervised like
-the other local parts.
+"""Prometheus and Alertmanager, supervised like the other local parts. Alertmanager is Debian's
+(`prometheus-alertmanager`). Prometheus is the one hack/build-tools.sh builds from its Go module
+when the predictor pods are to be discovered: Debian's `prometheus` is built without the Kubernetes
+service discovery (its binary has no kubernetes_sd_configs), and is used only for static targets.
 
 - Prometheus scrapes and evaluates every second. It discovers the predictor pods through
   `kubernetes_sd_configs` (role pod) against the local API server and scrapes Triton's metrics port
@@ -24,16 +26,29 @@ from typing import Any
 
 import yaml
 
-from fmop.local.common import REPO, ClusterError, Supervisor, binary, free_port, run, wait_http
+from fmop.local.common import BIN, REPO, ClusterError, Supervisor, binary, free_port, run, wait_http
 from fmop.rollout import naming
 
-PROMETHEUS = "/usr/bin/prometheus"
+DEBIAN_PROMETHEUS = "/usr/bin/prometheus"  # no kubernetes_sd_configs in Debian's build
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 TRITON_METRICS_PORT = 8002  # tritonserver's default --metrics-port; KServe's runtime annotates it as prometheus.kserve.io/port
 PREDICTOR_CONTAINER = "kserve-container"
 OPERATOR_JOB = "fm-operator"  # the chart's fullname for release fm-operator: its FmOperatorDown rule asks for up{job="fm-operator"}
 DEFAULT_WEBHOOK_URL = "http://127.0.0.1:8081/alertmanager"  # the chart's webhook port and the receiver's path
 CHART = REPO / "charts" / "fm-operator"
+
+
+def prometheus_binary(kubernetes_sd: bool) -> str:
+    """The Go-module build (with kubernetes_sd) when there is one, else Debian's for static targets only."""
+    built = BIN / "prometheus"
+    if built.exists():
+        return str(built)
+    if kubernetes_sd:
+        raise ClusterError(f"{built} is missing and Debian's {DEBIAN_PROMETHEUS} has no kubernetes_sd_configs: "
+                           "run `make setup` (hack/build-tools.sh builds Prometheus from its Go module)")
+    if not Path(DEBIAN_PROMETHEUS).exists():
+        raise ClusterError(f"neither {built} nor {DEBIAN_PROMETHEUS} exists: run `make setup`")
+    return DEBIAN_PROMETHEUS
 
 
 def _meta_label(label: str) -> str:
@@ -134,15 +149,15 @@ class Monitoring:
 
     def start(self, sup: Supervisor, timeout: float = 60.0) -> dict[str, str]:
         """Start both, wait until Prometheus is ready and has loaded its rules; returns endpoints by name."""
-        for path in (PROMETHEUS, ALERTMANAGER if self.alertmanager else PROMETHEUS):
-            if not Path(path).exists():
-                raise ClusterError(f"{path} is missing: run `make setup` (or apt-get install prometheus prometheus-alertmanager)")
+        if self.alertmanager and not Path(ALERTMANAGER).exists():
+            raise ClusterError(f"{ALERTMANAGER} is missing: run `make setup` (or apt-get install prometheus-alertmanager)")
+        prometheus = prometheus_binary(kubernetes_sd=self.kube is not None)
         self.dir.mkdir(parents=True, exist_ok=True)
         endpoints: dict[str, str] = {}
         if self.alertmanager:
             self._start_alertmanager(sup, timeout)
             endpoints["alertmanager"] = f"{self.alertmanager_url} -> {self.webhook_url}"
-        self._start_prometheus(sup, timeout)
+        self._start_prometheus(sup, prometheus, timeout)
         endpoints["prometheus"] = self.prometheus_url
         return endpoints
 
@@ -167,7 +182,7 @@ class Monitoring:
         wait_http(f"{self.alertmanager_url}/-/ready", timeout, lambda b: True, "Alertmanager",
                   alive=lambda: sup.check_alive("alertmanager"))
 
-    def _start_prometheus(self, sup: Supervisor, timeout: float) -> None:
+    def _start_prometheus(self, sup: Supervisor, prometheus: str, timeout: float) -> None:
         rule_files = []
         if self.rules:
             rules = self.dir / "rules.yml"
@@ -186,7 +201,7 @@ class Monitoring:
         data = self.dir / "prometheus-data"
         shutil.rmtree(data, ignore_errors=True)
         self.prometheus_port = self.prometheus_port or free_port()
-        sup.spawn("prometheus", [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={data}",
+        sup.spawn("prometheus", [prometheus, f"--config.file={config}", f"--storage.tsdb.path={data}",
                                  f"--web.listen-address=127.0.0.1:{self.prometheus_port}", "--storage.tsdb.retention.time=1d",
                                  "--rules.alert.resend-delay=1s", "--web.enable-lifecycle", "--log.level=warn"])
         wait_http(f"{self.prometheus_url}/-/ready", timeout, lambda b: True, "Prometheus", alive=lambda: sup.check_alive("prometheus"))

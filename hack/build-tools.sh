@@ -8,6 +8,8 @@
 #   helm                                              <- helm.sh/helm/v3 (wrapper module)
 #   kserve-manager                                    <- github.com/kserve/kserve/cmd/manager
 #   workflow-controller, argoexec                     <- github.com/argoproj/argo-workflows/v3
+#   prometheus                                        <- github.com/prometheus/prometheus (Debian's
+#                                                        package is built without kubernetes_sd)
 #
 # Everything lands in $FMOP_CACHE (default ~/.cache/fm-operator), outside the repository, and a
 # binary that already exists with the right version stamp is not rebuilt. Only the Go module proxy
@@ -182,6 +184,23 @@ GO
   stamp helm "$HELM_VERSION"
 }
 
+# Prometheus with its Kubernetes service discovery, which the Debian package leaves out; the local
+# monitoring (fmop.local.monitoring) discovers predictor pods with it. No web UI assets (the HTTP API
+# is all the operator and tests use). Module v0.X.Y is Prometheus 2.X.Y.
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.54.1}"
+build_prometheus() {
+  if stamp_ok prometheus "$PROMETHEUS_VERSION"; then log "prometheus $PROMETHEUS_VERSION: cached"; return; fi
+  local dir="$SRC/prometheus-$PROMETHEUS_VERSION" mod="github.com/prometheus/prometheus"
+  wrapper_module "$dir" "$mod" "$PROMETHEUS_VERSION"
+  printf '//go:build tools\n\npackage tools\n\nimport _ "%s/cmd/prometheus"\n' "$mod" >"$dir/tools.go"
+  (cd "$dir" && go mod tidy)
+  local v="2.${PROMETHEUS_VERSION#v0.}"
+  local ld="-s -w -X github.com/prometheus/common/version.Version=$v -X github.com/prometheus/common/version.Branch=module"
+  log "prometheus $PROMETHEUS_VERSION: building"
+  (cd "$dir" && go build -trimpath -ldflags "$ld" -o "$BIN/prometheus" "$mod/cmd/prometheus")
+  stamp prometheus "$PROMETHEUS_VERSION"
+}
+
 # Third-party CRDs the operator writes, taken from the projects' own Go module zips (never committed).
 ARGO_VERSION="${ARGO_VERSION:-v3.7.6}"
 KSERVE_VERSION="${KSERVE_VERSION:-v0.17.0}"
@@ -266,4 +285,5 @@ build_kubernetes
 build_pause
 build_kserve
 build_argo
+build_prometheus
 log "done in $(( $(date +%s) - start ))s; binaries in $BIN"

@@ -14,8 +14,11 @@ need openssl "used to make the local control plane's certificates (apt-get insta
 
 # Debian packages: Triton's python-backend stub (from nvidia-pytriton) links against the system
 # libpython3.11; the local node runs containerd + runc with Debian's CNI plugins; images are built
-# with debootstrap + buildah; gcc + libc6-dev compile the static pause binary.
-DEBS="libpython3.11 containerd runc containernetworking-plugins buildah debootstrap gcc libc6-dev iproute2"
+# with debootstrap + buildah; gcc + libc6-dev compile the static pause binary; Alertmanager routes
+# Rollout alerts (fmop.local.monitoring). Prometheus is built from its Go module by build-tools.sh:
+# Debian's lacks kubernetes_sd, and on a systemd host its package starts a service on :9090, the
+# operator's default metrics port.
+DEBS="libpython3.11 containerd runc containernetworking-plugins buildah debootstrap gcc libc6-dev iproute2 prometheus-alertmanager"
 missing=$(for d in $DEBS; do dpkg-query -W -f='${Status}' "$d" 2>/dev/null | grep -q 'install ok installed' || echo "$d"; done)
 if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

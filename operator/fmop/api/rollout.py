@@ -25,6 +25,12 @@ from fmop.api.common import (
 CONDITION_PATTERN = r"^result\s*(<=|>=|==|!=|<|>)\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
 LABEL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
 AnalysisCondition = Annotated[str, Field(pattern=CONDITION_PATTERN, max_length=128, examples=["result < 0.01"])]
+# Built-in analysis checks a step may name without defining them in spec.analysis.metrics (their
+# queries live in fmop.rollout.checks); a metric of the same name in spec.analysis.metrics replaces one.
+BUILTIN_METRICS = ("error-rate", "p99-latency", "prediction-drift")
+_BUILTIN_CEL = "[" + ", ".join(f"'{n}'" for n in BUILTIN_METRICS) + "]"
+_BUILTIN_DOC = (" Built-in checks need no definition: error-rate (canary failed/all Triton requests < 1%), p99-latency "
+                "(canary p99 < 1 s), prediction-drift (PSI of canary vs stable popularity-decile shares < 0.2).")
 
 
 class FoundationModelTarget(ApiModel):
@@ -85,7 +91,7 @@ class ShadowStep(ApiModel):
 
     mirrorPercent: Annotated[int, Field(ge=1, le=100)]
     duration: Duration
-    analysis: Annotated[list[Name], Field(max_length=16, description="Metric names (spec.analysis.metrics) checked during shadow.")] = Field(
+    analysis: Annotated[list[Name], Field(max_length=16, description="Metric names (spec.analysis.metrics) checked during shadow." + _BUILTIN_DOC)] = Field(
         default_factory=list
     )
 
@@ -107,7 +113,7 @@ class PauseStep(ApiModel):
 
 
 class AnalysisStep(ApiModel):
-    metrics: Annotated[list[Name], Field(min_length=1, max_length=16, description="Metric names from spec.analysis.metrics.")]
+    metrics: Annotated[list[Name], Field(min_length=1, max_length=16, description="Metric names from spec.analysis.metrics." + _BUILTIN_DOC)]
 
 
 class Step(ApiModel):
@@ -325,13 +331,17 @@ class RolloutSpec(ApiModel):
                     "fieldPath": ".strategy.shadow",
                 },
                 {
-                    "rule": "self.strategy.steps.all(s, !has(s.analysis) || s.analysis.metrics.all(m, self.analysis.metrics.exists(d, d.name == m)))",
-                    "message": "a strategy.steps[].analysis names a metric that is not defined in analysis.metrics",
+                    "rule": "self.strategy.steps.all(s, !has(s.analysis) || s.analysis.metrics.all(m, m in " + _BUILTIN_CEL
+                    + " || self.analysis.metrics.exists(d, d.name == m)))",
+                    "message": "a strategy.steps[].analysis names a metric that is not built in (" + ", ".join(BUILTIN_METRICS)
+                    + ") and not defined in analysis.metrics",
                     "fieldPath": ".strategy.steps",
                 },
                 {
-                    "rule": "!has(self.strategy.shadow) || self.strategy.shadow.analysis.all(m, self.analysis.metrics.exists(d, d.name == m))",
-                    "message": "strategy.shadow.analysis names a metric that is not defined in analysis.metrics",
+                    "rule": "!has(self.strategy.shadow) || self.strategy.shadow.analysis.all(m, m in " + _BUILTIN_CEL
+                    + " || self.analysis.metrics.exists(d, d.name == m))",
+                    "message": "strategy.shadow.analysis names a metric that is not built in (" + ", ".join(BUILTIN_METRICS)
+                    + ") and not defined in analysis.metrics",
                     "fieldPath": ".strategy.shadow.analysis",
                 },
             ]

@@ -1,6 +1,7 @@
 """python -m fmop.local up|down|status: the local single-node Kubernetes, detached.
 
-    up       control plane, node (containerd + kubelet), KServe and Argo controllers, all CRDs
+    up       control plane, node (containerd + kubelet), KServe and Argo controllers, all CRDs,
+             Prometheus + Alertmanager
     down     stop everything and remove every container, network namespace, bridge and mount
     status   what runs and where
     models-volume NAMESPACE   the fmop-models claim in NAMESPACE (`default` has one after `up`)
@@ -29,8 +30,16 @@ def _up(args: argparse.Namespace) -> int:
     if node and os.geteuid() != 0:
         print("the node (containerd, kubelet, a bridge) needs root; run as root or with --no-node", file=sys.stderr)
         return 1
+    scrape: dict[str, list[str]] = {}
+    for item in args.scrape:
+        job, _, target = item.partition("=")
+        if not job or ":" not in target:
+            print(f"--scrape {item!r}: expected JOB=HOST:PORT, e.g. fm-operator=127.0.0.1:9090", file=sys.stderr)
+            return 1
+        scrape.setdefault(job, []).append(target)
     cluster = LocalCluster(workdir=args.dir, attached=False, node=node, kserve=node and not args.no_kserve,
-                           argo=node and not args.no_argo)
+                           argo=node and not args.no_argo, monitoring=not args.no_monitoring and not args.no_crds,
+                           scrape=scrape, webhook_url=args.webhook_url)
     t0 = time.monotonic()
     try:
         cluster.start()
@@ -113,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--no-node", action="store_true", help="control plane only: objects are stored, pods never run")
     up.add_argument("--no-kserve", action="store_true", help="do not start the KServe controller")
     up.add_argument("--no-argo", action="store_true", help="do not start the Argo workflow-controller")
+    up.add_argument("--no-monitoring", action="store_true", help="do not start Prometheus and Alertmanager")
+    up.add_argument("--scrape", action="append", default=["fm-operator=127.0.0.1:9090"], metavar="JOB=HOST:PORT",
+                    help="an extra Prometheus scrape target, repeatable (default: the operator's metrics, %(default)s)")
+    up.add_argument("--webhook-url", default=None,
+                    help="where Alertmanager posts alerts (default the operator's receiver, http://127.0.0.1:8081/alertmanager); "
+                    "the bearer token is in <dir>/monitoring/webhook-token")
     up.set_defaults(func=_up)
     sub.add_parser("down", help="stop and clean up").set_defaults(func=_down)
     sub.add_parser("status", help="show processes and endpoints").set_defaults(func=_status)

@@ -29,10 +29,14 @@ class LocalCluster:
     node: bool = False
     kserve: bool = False
     argo: bool = False
+    monitoring: bool = False  # Prometheus + Alertmanager (fmop.local.monitoring)
+    scrape: dict[str, list[str]] = field(default_factory=dict)  # extra Prometheus jobs: name -> host:port targets
+    webhook_url: str | None = None  # where Alertmanager posts; default the operator's receiver on 127.0.0.1:8081
     log: Any = print
     plane: ControlPlane = field(init=False)
     sup: Supervisor = field(init=False)
     the_node: nodemod.Node | None = field(default=None, init=False)
+    the_monitoring: Any = field(default=None, init=False)  # fmop.local.monitoring.Monitoring once started
     _claimed: bool = field(default=False, init=False)
     endpoints: dict[str, str] = field(default_factory=dict, init=False)
 
@@ -113,6 +117,14 @@ class LocalCluster:
 
             assert self.the_node is not None
             self.endpoints["argo"] = argo.start(self, self.the_node)
+            self._save()
+        if self.monitoring:
+            from fmop.local import monitoring
+
+            mon = self.the_monitoring = monitoring.Monitoring(
+                self.workdir, static=self.scrape, kube=(self.server, self.ca_file, self.token),
+                webhook_url=self.webhook_url or monitoring.DEFAULT_WEBHOOK_URL)
+            self.endpoints.update(mon.start(self.sup))
             self._save()
 
     def stop(self) -> None:

@@ -71,6 +71,8 @@ def serving_runtime(image: str) -> dict[str, Any]:
     container = rt["spec"]["containers"][0]
     container["image"] = image
     container["imagePullPolicy"] = "IfNotPresent"
+    # Latency quantiles per pod (nv_inference_request_summary_us): the p99 analysis check and alert read them.
+    container["args"].append("--metrics-config=summary_latencies=true")
     container["resources"] = {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "3Gi"}}
     container.setdefault("env", []).append({"name": "OMP_NUM_THREADS", "value": "1"})
     return rt

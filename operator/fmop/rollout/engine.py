@@ -17,7 +17,7 @@ from typing import Literal
 from fmop.api.common import Condition
 from fmop.api.rollout import HandledAlert, HistoryEntry, MeasurementResult, Metric, RolloutSpec, RolloutStatus, ServedRevision, Step
 from fmop.conditions import Cond, merge
-from fmop.rollout import verdicts
+from fmop.rollout import checks, verdicts
 from fmop.rollout.clock import parse_duration, parse_ts, ts, utc
 from fmop.rollout.types import (
     ABORT_ANNOTATION,
@@ -669,7 +669,8 @@ def _isvc(obs: Observations, revision: int) -> InferenceServiceState | None:
 
 
 def _metric(spec: RolloutSpec, name: str) -> Metric | None:
-    return next((m for m in spec.analysis.metrics if m.name == name), None)
+    """The spec's metric of that name, else the built-in check (fmop.rollout.checks)."""
+    return checks.resolve(spec, name)
 
 
 def _metric_notes(results: list[MeasurementResult]) -> str:

@@ -25,6 +25,8 @@ ISVC_POD_LABEL = "serving.kserve.io/inferenceservice"
 PROM_ISVC_LABEL = "inferenceservice"  # from the pod label serving.kserve.io/inferenceservice
 PROM_NAMESPACE_LABEL = "namespace"
 PROM_POD_LABEL = "pod"
+PROM_ROLLOUT_LABEL = "rollout"  # from the pod label fmops.dev/rollout (KServe copies InferenceService labels to its pods)
+PROM_REVISION_LABEL = "revision"  # from the pod label fmops.dev/revision
 
 _MAX_NAME = 63  # a DNS-1035 label: KServe derives Service and Deployment names from the InferenceService's
 

@@ -1,0 +1,259 @@
+"""Analysis I/O: one measurement of each metric a Measure action names, from Prometheus' HTTP API.
+
+    measurements = measure(action, spec, namespace, rollout, default_prometheus, now)
+    split = observed_split(address, namespace, rollout, stable_revision, canary_revision, since, now)
+
+Failures are data, never exceptions (see `Measurement`):
+- Successful / Failed: the query returned one finite number and the conditions judged it.
+- Inconclusive: no data. An empty vector, NaN or Inf, more than one series, fewer samples than
+  minSampleSize, or a query needing a stable revision when there is none. The message names the
+  query, so the Rollout's condition says which query returned nothing.
+- Error: Prometheus could not answer: unreachable, timed out, an HTTP error, or a PromQL error. The
+  message names the address and the cause.
+The verdict over many measurements (count, failureLimit, inconclusiveLimit) is `verdicts.record`.
+
+Conditions are the CRD's small language, `result <op> number` (CONDITION_PATTERN), evaluated
+without eval(). A measurement is Failed when its failureCondition holds or its successCondition does
+not; otherwise it is Successful. (No data is Inconclusive before any condition is looked at.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import re
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from fmop.api.rollout import CONDITION_PATTERN, Metric, RolloutSpec
+from fmop.rollout import checks, naming
+from fmop.rollout.types import Measure, Measurement, MeasurementPhase, SplitSample
+
+TIMEOUT_SECONDS = 5.0
+_CONDITION = re.compile(CONDITION_PATTERN)
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
+}
+_PLACEHOLDER = re.compile(r"\{\{\s*(canary|stable|namespace)\s*\}\}")
+
+
+# ---------------------------------------------------------------- pure parts
+def condition_holds(condition: str, result: float) -> bool:
+    """'result < 0.01' on 0.004 -> True. Raises ValueError naming the condition when it is not the CRD's language."""
+    found = _CONDITION.match(condition.strip())
+    if found is None:
+        raise ValueError(f"condition {condition!r} is not of the form 'result <op> number' (<, <=, >, >=, ==, !=), e.g. 'result < 0.01'")
+    threshold = float(condition.strip()[found.end(1):])
+    return _OPS[found.group(1)](result, threshold)
+
+
+def judge(metric: Metric, value: float) -> tuple[MeasurementPhase, str]:
+    """Successful or Failed for one finite value, with a message saying which condition decided."""
+    if metric.failureCondition and condition_holds(metric.failureCondition, value):
+        return "Failed", f"{value:g} meets failureCondition {metric.failureCondition}"
+    if metric.successCondition and not condition_holds(metric.successCondition, value):
+        return "Failed", f"{value:g} does not meet successCondition {metric.successCondition}"
+    return "Successful", f"{value:g} passes " + " and ".join(
+        f"{kind} {cond}" for kind, cond in (("successCondition", metric.successCondition), ("not failureCondition", metric.failureCondition)) if cond)
+
+
+def substitute(query: str, namespace: str, canary: str, stable: str | None) -> str:
+    """Replace {{canary}}, {{stable}} and {{namespace}} (spaces inside the braces allowed).
+
+    Raises LookupError when the query needs {{stable}} and there is none (a first rollout).
+    """
+    values = {"canary": canary, "stable": stable, "namespace": namespace}
+
+    def one(m: re.Match[str]) -> str:
+        value = values[m.group(1)]
+        if value is None:
+            raise LookupError(f"the query uses {{{{{m.group(1)}}}}} but there is no {m.group(1)} revision yet")
+        return value
+
+    return _PLACEHOLDER.sub(one, query)
+
+
+def psi(canary_shares: list[float], stable_shares: list[float], floor: float = 1e-4) -> float:
+    """Population stability index of two distributions over the same buckets, shares floored like the built-in query."""
+    if len(canary_shares) != len(stable_shares):
+        raise ValueError(f"psi needs the same buckets on both sides, got {len(canary_shares)} and {len(stable_shares)}")
+    total = 0.0
+    for p, q in zip(canary_shares, stable_shares, strict=True):
+        p, q = max(p, floor), max(q, floor)
+        total += (p - q) * math.log(p / q)
+    return total
+
+
+# ---------------------------------------------------------------- Prometheus
+class PrometheusError(Exception):
+    """Prometheus could not answer (unreachable, HTTP error, PromQL error): becomes an Error measurement."""
+
+
+class NoData(Exception):
+    """Prometheus answered without one usable number: becomes an Inconclusive measurement."""
+
+
+@dataclass(frozen=True)
+class Prometheus:
+    """The few calls analysis needs from Prometheus' HTTP API (GET /api/v1/query)."""
+
+    address: str
+    timeout: float = TIMEOUT_SECONDS
+
+    def query(self, promql: str, at: datetime) -> list[tuple[dict[str, str], float]]:
+        """Instant query: [(labels, value)], one per series (a scalar result is one series without labels)."""
+        url = f"{self.address.rstrip('/')}/api/v1/query?" + urllib.parse.urlencode({"query": promql, "time": f"{at.timestamp():.3f}"})
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout) as resp:
+                body = resp.read()
+        except urllib.error.HTTPError as err:  # Prometheus says why in JSON (bad_data, execution, timeout)
+            raise PrometheusError(f"Prometheus at {self.address} answered HTTP {err.code}: {_error_text(err.read())}") from err
+        except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError) as err:
+            reason = getattr(err, "reason", err)
+            raise PrometheusError(f"Prometheus at {self.address} is unreachable: {reason}") from err
+        try:
+            doc = json.loads(body)
+        except ValueError as err:
+            raise PrometheusError(f"Prometheus at {self.address} answered something that is not JSON: {body[:200]!r}") from err
+        if doc.get("status") != "success":
+            raise PrometheusError(f"Prometheus at {self.address} rejected the query: {doc.get('errorType', '')} {doc.get('error', '')}".rstrip())
+        data = doc["data"]
+        if data["resultType"] == "scalar":
+            return [({}, float(data["result"][1]))]
+        if data["resultType"] != "vector":
+            raise PrometheusError(f"Prometheus at {self.address} returned a {data['resultType']}, not a vector: "
+                                  "write the query so it gives one number (e.g. wrap it in sum(...))")
+        return [(s["metric"], float(s["value"][1])) for s in data["result"]]
+
+    def number(self, promql: str, at: datetime) -> float:
+        """The one finite number a query returns; NoData when it returns none, several, NaN or Inf."""
+        series = self.query(promql, at)
+        if not series:
+            raise NoData("returned an empty vector")
+        if len(series) > 1:
+            raise NoData(f"returned {len(series)} series, not one (e.g. {_labels(series[0][0])}): aggregate it, e.g. sum(...)")
+        value = series[0][1]
+        if not math.isfinite(value):
+            raise NoData(f"returned {value}")
+        return value
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        doc = json.loads(body)
+        return f"{doc.get('errorType', '')}: {doc.get('error', '')}"
+    except ValueError:
+        return body[:200].decode(errors="replace")
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+
+
+# ---------------------------------------------------------------- entry points
+def measure(action: Measure, spec: RolloutSpec, namespace: str, rollout: str, default_prometheus: str, now: datetime,
+            timeout: float = TIMEOUT_SECONDS) -> tuple[Measurement, ...]:
+    """One measurement of each metric the action names, at `now`, in the action's order.
+
+    Metrics resolve through `checks.resolve` (the spec's, else a built-in); a name that is neither
+    comes back as an Error measurement (the API server's CEL rule normally prevents it).
+    """
+    address = spec.analysis.prometheusAddress or default_prometheus
+    prom = Prometheus(address, timeout)
+    canary = naming.isvc_name(rollout, action.canary_revision)
+    stable = naming.isvc_name(rollout, action.stable_revision) if action.stable_revision is not None else None
+    out = []
+    for name in action.metrics:
+        metric = checks.resolve(spec, name)
+        if metric is None:
+            out.append(Measurement(name, "Error", now, message=f"metric {name} is neither built in ({', '.join(checks.BUILTIN)}) "
+                                   f"nor defined in spec.analysis.metrics", address=address))
+            continue
+        out.append(measure_one(prom, metric, namespace, canary, stable, now))
+    return tuple(out)
+
+
+def measure_one(prom: Prometheus, metric: Metric, namespace: str, canary: str, stable: str | None, now: datetime) -> Measurement:
+    """The minSampleSize guard first (too few samples is Inconclusive), then the query and its verdict."""
+    def result(phase: MeasurementPhase, message: str, query: str = "", value: float | None = None) -> Measurement:
+        return Measurement(metric.name, phase, now, value=value, message=message[:1024], query=query, address=prom.address)
+
+    query = metric.query
+    try:
+        query = substitute(metric.query, namespace, canary, stable)
+        if metric.minSampleSize is not None:
+            sample_query = substitute(metric.minSampleSize.query, namespace, canary, stable)
+            try:
+                samples = prom.number(sample_query, now)
+            except NoData as err:
+                return result("Inconclusive", f"minSampleSize query {err}", sample_query)
+            if samples < metric.minSampleSize.minimum:
+                return result("Inconclusive", f"{samples:g} samples, fewer than minSampleSize {metric.minSampleSize.minimum}", sample_query)
+        value = prom.number(query, now)
+    except LookupError as err:
+        return result("Inconclusive", str(err), query)
+    except NoData as err:
+        return result("Inconclusive", f"query {err}", query)
+    except PrometheusError as err:
+        return result("Error", str(err), query)
+    phase, message = judge(metric, value)
+    return result(phase, message, query, value)
+
+
+@dataclass(frozen=True)
+class SplitUnknown:
+    """The observed split could not be read; `message` says why (the engine then holds the step)."""
+
+    message: str
+
+
+def split_query(namespace: str, isvc: str, window_seconds: int | None = None) -> str:
+    """Inference requests one revision's Triton has counted (all pods, all models), as one number;
+    with a window, the increase over it instead of the running total."""
+    sel = f'{naming.PROM_NAMESPACE_LABEL}="{namespace}",{naming.PROM_ISVC_LABEL}="{isvc}"'
+    series = [f"{counter}{{{sel}}}" for counter in checks.REQUESTS_COUNTER]
+    if window_seconds is not None:
+        series = [f"increase({s}[{window_seconds}s])" for s in series]
+    return " + ".join(f"sum({s})" for s in series)
+
+
+def observed_split(address: str, namespace: str, rollout: str, stable_revision: int, canary_revision: int,
+                   since: datetime, now: datetime, timeout: float = TIMEOUT_SECONDS) -> SplitSample | SplitUnknown:
+    """Requests each backend answered between `since` and `now`, from Triton's own counters at the backends.
+
+    Counted where the requests land (not at the proxy), so it proves the split whatever the traffic
+    provider. Each side is the counter's value at `now` minus its value at `since` (a revision whose
+    pods did not exist yet at `since` counts from 0); a counter that went down (a pod restarted) falls
+    back to increase(), which handles resets.
+    """
+    prom = Prometheus(address, timeout)
+    counts = []
+    for revision in (canary_revision, stable_revision):
+        isvc = naming.isvc_name(rollout, revision)
+        query = split_query(namespace, isvc)
+        try:
+            after = _number_or_zero(prom, query, now)
+            before = _number_or_zero(prom, query, since)
+            if after < before:
+                query = split_query(namespace, isvc, max(1, math.ceil((now - since).total_seconds())))
+                before, after = 0.0, _number_or_zero(prom, query, now)
+        except (PrometheusError, NoData) as err:
+            return SplitUnknown(f"cannot read the observed split from {query}: {err}")
+        counts.append(round(after - before))
+    canary, stable = counts
+    return SplitSample(canary_requests=canary, total_requests=canary + stable, since=since)
+
+
+def _number_or_zero(prom: Prometheus, query: str, at: datetime) -> float:
+    try:
+        return prom.number(query, at)
+    except NoData as err:
+        if "empty vector" in str(err):
+            return 0.0
+        raise

@@ -24,7 +24,7 @@ from fmop.config import Config
 from fmop.kube import KubeUnavailable, Reader, api_client
 from fmop.rollout import naming, webhook
 from fmop.rollout.types import Alert
-from fmop.rollout.controller import Controller, traffic_for
+from fmop.rollout.controller import Controller, PrometheusAnalysis, traffic_for
 from fmop.rollout.serving import GROUP as KSERVE_GROUP
 from fmop.rollout.serving import PLURAL as ISVC_PLURAL
 
@@ -37,7 +37,8 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Lo
     memo["config"] = cfg
     api = api_client()
     memo["reader"] = Reader(api)
-    memo["rollouts"] = Controller(api, traffic_for=traffic_for(api))
+    memo["rollouts"] = Controller(api, traffic_for=traffic_for(api),
+                                  analysis=PrometheusAnalysis(cfg.prometheus_url) if cfg.prometheus_url else None)
     # Progress and diff-base live in annotations: our status schema is strict and owned by us.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")

@@ -36,7 +36,7 @@ from fmop.api.rollout import Rollout, RolloutSpec, RolloutStatus
 from fmop.assess import assess_rollout
 from fmop.conditions import Cond, Transition, merge
 from fmop.kube import KubeUnavailable
-from fmop.rollout import naming
+from fmop.rollout import analysis, naming
 from fmop.rollout.clock import parse_ts, ts
 from fmop.rollout.engine import decide
 from fmop.rollout.serving import GROUP as KSERVE_GROUP
@@ -104,6 +104,23 @@ class ProviderTraffic:
             return  # as wanted already: an apply would write nothing
         provider_io.apply(self.api, self.provider, self.provider.objects(ref, spec.trafficRouting), objects)
         self._found = None
+
+
+class PrometheusAnalysis:
+    """`Analysis` on Prometheus' HTTP API (fmop.rollout.analysis); spec.analysis.prometheusAddress wins over the default."""
+
+    def __init__(self, default_url: str) -> None:
+        self.default_url = default_url
+
+    def measure(self, ref: RolloutRef, spec: RolloutSpec, action: Measure, now: datetime) -> tuple[Measurement, ...]:
+        return analysis.measure(action, spec, ref.namespace, ref.name, self.default_url, now)
+
+    def split(self, ref: RolloutRef, spec: RolloutSpec, stable: int, canary: int, since: datetime, now: datetime) -> SplitSample | None:
+        found = analysis.observed_split(spec.analysis.prometheusAddress or self.default_url, ref.namespace, ref.name, stable, canary, since, now)
+        if isinstance(found, analysis.SplitUnknown):
+            log.debug(f"Rollout {ref.namespace}/{ref.name}: {found.message}")
+            return None  # no evidence either way; the analysis steps say whether Prometheus answers
+        return found
 
 
 def traffic_for(api: client.ApiClient) -> Callable[[RolloutSpec], Traffic]:

@@ -1,6 +1,6 @@
 """python -m fmop.local up|down|status: the local single-node Kubernetes, detached.
 
-    up       control plane, node (containerd + kubelet), KServe and Argo controllers, all CRDs
+    up       control plane, node (containerd + kubelet), KServe and Argo controllers, Traefik, all CRDs
     down     stop everything and remove every container, network namespace, bridge and mount
     status   what runs and where
     models-volume NAMESPACE   the fmop-models claim in NAMESPACE (`default` has one after `up`)
@@ -30,7 +30,7 @@ def _up(args: argparse.Namespace) -> int:
         print("the node (containerd, kubelet, a bridge) needs root; run as root or with --no-node", file=sys.stderr)
         return 1
     cluster = LocalCluster(workdir=args.dir, attached=False, node=node, kserve=node and not args.no_kserve,
-                           argo=node and not args.no_argo)
+                           argo=node and not args.no_argo, traefik=not args.no_traefik)
     t0 = time.monotonic()
     try:
         cluster.start()
@@ -109,10 +109,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="state directory (kubeconfig, logs, etcd data, node state); default %(default)s")
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start in the background")
-    up.add_argument("--no-crds", action="store_true", help="do not install CRDs (nor start KServe and Argo)")
+    up.add_argument("--no-crds", action="store_true", help="do not install CRDs (nor start KServe, Argo and Traefik)")
     up.add_argument("--no-node", action="store_true", help="control plane only: objects are stored, pods never run")
     up.add_argument("--no-kserve", action="store_true", help="do not start the KServe controller")
     up.add_argument("--no-argo", action="store_true", help="do not start the Argo workflow-controller")
+    up.add_argument("--no-traefik", action="store_true", help="do not start Traefik (the local gateway)")
     up.set_defaults(func=_up)
     sub.add_parser("down", help="stop and clean up").set_defaults(func=_down)
     sub.add_parser("status", help="show processes and endpoints").set_defaults(func=_status)

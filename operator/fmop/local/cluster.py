@@ -1,6 +1,6 @@
-"""LocalCluster: the control plane, and optionally the node and the KServe and Argo controllers.
+"""LocalCluster: the control plane, and optionally the node, the KServe and Argo controllers and Traefik.
 
-    with LocalCluster(workdir, node=True, kserve=True, argo=True) as c:   # tests
+    with LocalCluster(workdir, node=True, kserve=True, argo=True, traefik=True) as c:   # tests
         c.kubectl("get", "nodes")
 
 `python -m fmop.local up` runs the same thing detached (see __main__.py).
@@ -13,13 +13,16 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from fmop.local import node as nodemod
 from fmop.local.common import REPO_CRDS, THIRD_PARTY_CRDS, ClusterError, Supervisor, alive, binary
 from fmop.local.controlplane import ControlPlane
+
+if TYPE_CHECKING:
+    from fmop.local.traefik import Endpoints as TraefikEndpoints
 
 
 @dataclass
@@ -29,12 +32,14 @@ class LocalCluster:
     node: bool = False
     kserve: bool = False
     argo: bool = False
+    traefik: bool = False
     log: Any = print
     plane: ControlPlane = field(init=False)
     sup: Supervisor = field(init=False)
     the_node: nodemod.Node | None = field(default=None, init=False)
     _claimed: bool = field(default=False, init=False)
     endpoints: dict[str, str] = field(default_factory=dict, init=False)
+    traefik_endpoints: TraefikEndpoints | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -100,7 +105,7 @@ class LocalCluster:
         return self
 
     def install_extras(self) -> None:
-        """CRDs, then KServe and Argo (they need their CRDs before they start)."""
+        """CRDs, then KServe, Argo and Traefik (they need their CRDs before they start)."""
         self.install_crds()
         if self.kserve:
             from fmop.local import kserve
@@ -113,6 +118,14 @@ class LocalCluster:
 
             assert self.the_node is not None
             self.endpoints["argo"] = argo.start(self, self.the_node)
+            self._save()
+        if self.traefik:
+            from fmop.local import traefik
+
+            ends = self.traefik_endpoints = traefik.start(self)
+            self.endpoints["traefik"] = ends.web
+            self.endpoints["traefik-metrics"] = ends.metrics
+            self.endpoints["traefik-gateway"] = f"{traefik.GATEWAY_NAMESPACE}/{traefik.GATEWAY_NAME} (port {ends.port})"
             self._save()
 
     def stop(self) -> None:

@@ -10,6 +10,7 @@
 #   workflow-controller, argoexec                     <- github.com/argoproj/argo-workflows/v3
 #   prometheus                                        <- github.com/prometheus/prometheus (Debian's
 #                                                        package is built without kubernetes_sd)
+#   traefik                                           <- github.com/traefik/traefik/v3 (wrapper module)
 #
 # Everything lands in $FMOP_CACHE (default ~/.cache/fm-operator), outside the repository, and a
 # binary that already exists with the right version stamp is not rebuilt. Only the Go module proxy
@@ -19,6 +20,7 @@ set -euo pipefail
 K8S_VERSION="${K8S_VERSION:-v1.36.3}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.21.4}"
+TRAEFIK_VERSION="${TRAEFIK_VERSION:-v3.6.12}"
 CACHE="${FMOP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fm-operator}"
 BIN="$CACHE/bin"
 SRC="$CACHE/src"
@@ -124,6 +126,34 @@ build_argo() {
     (cd "$dir" && go build -mod=vendor -trimpath -ldflags "$ld" -o "$BIN/$cmd" "$mod/cmd/$cmd")
     stamp "$cmd" "$ARGO_VERSION"
   done
+}
+
+# Traefik, the local data plane (reads the HTTPRoutes and TraefikServices the operator writes). Its
+# go.mod writes its replace lines as a `replace ( ... )` block, which wrapper_module does not carry,
+# so they are turned into single-line replaces here, with its exclude line. v3.7.x does not build
+# from the proxy: its go.mod replaces a nested module (dynamic/ext) that the module zip lacks.
+build_traefik() {
+  if stamp_ok traefik "$TRAEFIK_VERSION"; then log "traefik $TRAEFIK_VERSION: cached"; return; fi
+  local dir="$SRC/traefik-$TRAEFIK_VERSION" mod="github.com/traefik/traefik/v3" upstream
+  mkdir -p "$dir"
+  if ! { [ -f "$dir/go.sum" ] && grep -q "^require $mod $TRAEFIK_VERSION\$" "$dir/go.mod" 2>/dev/null; }; then
+    upstream="$(cd "$dir" && printf 'module fmop.local/probe\n\ngo 1.24\n' >go.mod && go mod download -json "$mod@$TRAEFIK_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+    {
+      echo "module fmop.local/traefik-tools"
+      echo
+      echo "go $(awk '/^go /{print $2; exit}' "$upstream")"
+      echo
+      echo "require $mod $TRAEFIK_VERSION"
+      echo
+      awk '/^replace \($/ {b=1; next} b && /^\)/ {b=0; next} b && NF {sub(/^[ \t]+/, ""); print "replace " $0}
+           /^replace [^(]/ || /^exclude [^(]/ {print}' "$upstream"
+    } >"$dir/go.mod"
+    printf '//go:build tools\n\npackage tools\n\nimport _ "%s/cmd/traefik"\n' "$mod" >"$dir/tools.go"
+    (cd "$dir" && go mod tidy)
+  fi
+  log "traefik $TRAEFIK_VERSION: building (slow the first time)"
+  (cd "$dir" && go build -trimpath -ldflags "-s -w -X $mod/pkg/version.Version=$TRAEFIK_VERSION -X $mod/pkg/version.BuildDate=1970-01-01T00:00:00Z" -o "$BIN/traefik" "$mod/cmd/traefik")
+  stamp traefik "$TRAEFIK_VERSION"
 }
 
 build_etcd() {
@@ -286,4 +316,5 @@ build_pause
 build_kserve
 build_argo
 build_prometheus
+build_traefik
 log "done in $(( $(date +%s) - start ))s; binaries in $BIN"

@@ -38,12 +38,12 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The real single-node Kubernetes (control plane, kubelet + containerd, the KServe and Argo
-    controllers) with every CRD installed, once per test session."""
+    controllers, Traefik) with every CRD installed, once per test session."""
     from fmop.local.cluster import LocalCluster
 
     if os.environ.get("FMOP_TEST_NO_NODE"):  # development only: API-level tests without claiming the machine's node
         with LocalCluster(workdir=tmp_path_factory.mktemp("cluster"), node=False) as c:
             yield c
         return
-    with LocalCluster(workdir=tmp_path_factory.mktemp("cluster"), node=True, kserve=True, argo=True) as c:
+    with LocalCluster(workdir=tmp_path_factory.mktemp("cluster"), node=True, kserve=True, argo=True, traefik=True) as c:
         yield c

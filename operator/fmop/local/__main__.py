@@ -1,6 +1,6 @@
 """python -m fmop.local up|down|status: the local single-node Kubernetes, detached.
 
-    up       control plane, node (containerd + kubelet), KServe and Argo controllers, all CRDs,
+    up       control plane, node (containerd + kubelet), KServe and Argo controllers, Traefik, all CRDs,
              Prometheus + Alertmanager
     down     stop everything and remove every container, network namespace, bridge and mount
     status   what runs and where
@@ -38,8 +38,8 @@ def _up(args: argparse.Namespace) -> int:
             return 1
         scrape.setdefault(job, []).append(target)
     cluster = LocalCluster(workdir=args.dir, attached=False, node=node, kserve=node and not args.no_kserve,
-                           argo=node and not args.no_argo, monitoring=not args.no_monitoring and not args.no_crds,
-                           scrape=scrape, webhook_url=args.webhook_url)
+                           argo=node and not args.no_argo, traefik=not args.no_traefik,
+                           monitoring=not args.no_monitoring and not args.no_crds, scrape=scrape, webhook_url=args.webhook_url)
     t0 = time.monotonic()
     try:
         cluster.start()
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="state directory (kubeconfig, logs, etcd data, node state); default %(default)s")
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start in the background")
-    up.add_argument("--no-crds", action="store_true", help="do not install CRDs (nor start KServe and Argo)")
+    up.add_argument("--no-crds", action="store_true", help="do not install CRDs (nor start KServe, Argo and Traefik)")
     up.add_argument("--no-node", action="store_true", help="control plane only: objects are stored, pods never run")
     up.add_argument("--no-kserve", action="store_true", help="do not start the KServe controller")
     up.add_argument("--no-argo", action="store_true", help="do not start the Argo workflow-controller")
@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--webhook-url", default=None,
                     help="where Alertmanager posts alerts (default the operator's receiver, http://127.0.0.1:8081/alertmanager); "
                     "the bearer token is in <dir>/monitoring/webhook-token")
+    up.add_argument("--no-traefik", action="store_true", help="do not start Traefik (the local gateway)")
     up.set_defaults(func=_up)
     sub.add_parser("down", help="stop and clean up").set_defaults(func=_down)
     sub.add_parser("status", help="show processes and endpoints").set_defaults(func=_status)

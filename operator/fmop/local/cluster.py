@@ -1,6 +1,6 @@
-"""LocalCluster: the control plane, and optionally the node and the KServe and Argo controllers.
+"""LocalCluster: the control plane, and optionally the node, the KServe and Argo controllers and Traefik.
 
-    with LocalCluster(workdir, node=True, kserve=True, argo=True) as c:   # tests
+    with LocalCluster(workdir, node=True, kserve=True, argo=True, traefik=True) as c:   # tests
         c.kubectl("get", "nodes")
 
 `python -m fmop.local up` runs the same thing detached (see __main__.py).
@@ -13,13 +13,16 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from fmop.local import node as nodemod
 from fmop.local.common import REPO_CRDS, THIRD_PARTY_CRDS, ClusterError, Supervisor, alive, binary
 from fmop.local.controlplane import ControlPlane
+
+if TYPE_CHECKING:
+    from fmop.local.traefik import Endpoints as TraefikEndpoints
 
 
 @dataclass
@@ -29,6 +32,7 @@ class LocalCluster:
     node: bool = False
     kserve: bool = False
     argo: bool = False
+    traefik: bool = False
     monitoring: bool = False  # Prometheus + Alertmanager (fmop.local.monitoring)
     scrape: dict[str, list[str]] = field(default_factory=dict)  # extra Prometheus jobs: name -> host:port targets
     webhook_url: str | None = None  # where Alertmanager posts; default the operator's receiver on 127.0.0.1:8081
@@ -39,6 +43,7 @@ class LocalCluster:
     the_monitoring: Any = field(default=None, init=False)  # fmop.local.monitoring.Monitoring once started
     _claimed: bool = field(default=False, init=False)
     endpoints: dict[str, str] = field(default_factory=dict, init=False)
+    traefik_endpoints: TraefikEndpoints | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -104,7 +109,7 @@ class LocalCluster:
         return self
 
     def install_extras(self) -> None:
-        """CRDs, then KServe and Argo (they need their CRDs before they start)."""
+        """CRDs, then KServe, Argo and Traefik (they need their CRDs before they start)."""
         self.install_crds()
         if self.kserve:
             from fmop.local import kserve
@@ -118,11 +123,22 @@ class LocalCluster:
             assert self.the_node is not None
             self.endpoints["argo"] = argo.start(self, self.the_node)
             self._save()
+        if self.traefik:
+            from fmop.local import traefik
+
+            ends = self.traefik_endpoints = traefik.start(self)
+            self.endpoints["traefik"] = ends.web
+            self.endpoints["traefik-metrics"] = ends.metrics
+            self.endpoints["traefik-gateway"] = f"{traefik.GATEWAY_NAMESPACE}/{traefik.GATEWAY_NAME} (port {ends.port})"
+            self._save()
         if self.monitoring:
             from fmop.local import monitoring
 
+            scrape = dict(self.scrape)
+            if self.traefik_endpoints is not None:  # Traefik's per-backend counters, for the split and dashboards
+                scrape.setdefault("traefik", []).append(self.traefik_endpoints.api.split("//", 1)[1])
             mon = self.the_monitoring = monitoring.Monitoring(
-                self.workdir, static=self.scrape, kube=(self.server, self.ca_file, self.token),
+                self.workdir, static=scrape, kube=(self.server, self.ca_file, self.token),
                 webhook_url=self.webhook_url or monitoring.DEFAULT_WEBHOOK_URL)
             self.endpoints.update(mon.start(self.sup))
             self._save()

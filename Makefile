@@ -5,7 +5,7 @@ CACHE ?= $(or $(FMOP_CACHE),$(HOME)/.cache/fm-operator)
 KUBECONFIG_LOCAL := $(CACHE)/cluster/kubeconfig
 export PATH := $(CACHE)/bin:$(PATH)
 
-.PHONY: help setup lint test bench train-fm finetune cold export serve-bench test-unit test-integration crds check-crds cluster-up cluster-down cluster-status run examples clean
+.PHONY: help setup lint test bench bench-rollouts test-e2e train-fm finetune cold export serve-bench test-unit test-integration crds check-crds cluster-up cluster-down cluster-status run examples clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -41,12 +41,18 @@ cluster-down: ## stop it and remove every process, container, netns, bridge and 
 cluster-status: ## show what runs and where
 	$(PY) -m fmop.local status
 
-run: ## run the operator against the local control plane (make cluster-up first)
-	KUBECONFIG=$(KUBECONFIG_LOCAL) $(PY) -m fmop --log-format=plain --bind-address=127.0.0.1
+run: ## run the operator against the local cluster (make cluster-up first), with its Prometheus and Alertmanager webhook
+	eval "$$($(PY) -m fmop.local env)" && $(PY) -m fmop --log-format=plain --bind-address=127.0.0.1
 
 examples: ## apply the examples to the local control plane and show them
 	kubectl --kubeconfig=$(KUBECONFIG_LOCAL) apply -f examples/
 	kubectl --kubeconfig=$(KUBECONFIG_LOCAL) get fmops
+
+bench-rollouts: ## 500 Rollouts on the local control plane: operator CPU/RSS, reconcile p50/p99, API requests/s (~5 min)
+	$(PY) -m fmop.bench_rollouts --rollouts 500 --steady 60
+
+test-e2e: ## the rollout scenarios end to end on the real node (Traefik, Prometheus, Alertmanager)
+	$(PY) -m pytest tests/integration/test_rollouts_e2e.py
 
 bench: ## our FM vs RecTools SASRec and HSTU on ML-100K, same split and evaluator (~8 min on 2 cores)
 	$(PY) -m fmrec bench --threads 2

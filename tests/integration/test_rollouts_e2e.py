@@ -36,7 +36,7 @@ from fmop.rollout.verdicts import split_within_sigma
 from .helpers import OperatorProcess, wait_for
 from .rollout_support import GROUP, VERSION, Load, publish_versions, reasons, rollout, train_tiny_fm
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 SERVING = {"minReplicas": 1, "maxReplicas": 1, "timeoutSeconds": 30,
            "resources": {"requests": {"cpu": "50m", "memory": "256Mi"}, "limits": {"memory": "3Gi"}}}
 FAST_ERRORS = {"name": "errors", "successCondition": "result < 0.05", "interval": "2s", "count": 3, "failureLimit": 0,

@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from fmop.local.common import DEFAULT_DIR, ClusterError, alive
 
@@ -97,6 +98,101 @@ def _models_volume(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish(args: argparse.Namespace) -> int:
+    """Export a trained model onto the local models volume and list it in a FoundationModel's status."""
+    from kubernetes import client, config
+
+    from fmop.local import kserve
+    from fmop.local.cluster import LocalCluster
+    from fmrec.serving.export import ExportError, export_triton, set_faults
+
+    cluster = LocalCluster(workdir=args.dir, attached=False)
+    try:
+        kserve.models_volume(cluster, args.namespace)
+        model = export_triton(args.model, kserve.models_dir(cluster) / args.namespace / args.name / args.version, name="fmrec",
+                              adapters=[(task, Path(folder)) for task, _, folder in (a.rpartition("=") for a in args.adapter)])
+        if args.fault_error_share or args.fault_latency_ms:
+            set_faults(model, args.fault_error_share, args.fault_latency_ms)
+    except (ClusterError, ExportError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    uri = f"pvc://{kserve.MODELS_CLAIM}/{args.namespace}/{args.name}/{args.version}"
+    custom = client.CustomObjectsApi(config.new_client_from_config(config_file=str(cluster.kubeconfig_path)))  # type: ignore[no-untyped-call]
+    try:
+        fm: Any = custom.get_namespaced_custom_object("fmops.dev", "v1alpha1", args.namespace, "foundationmodels", args.name)
+    except client.ApiException as err:
+        print(f"error: FoundationModel {args.namespace}/{args.name}: HTTP {err.status} {err.reason}; create it first "
+              "(kubectl apply -f examples/foundationmodel.yaml)", file=sys.stderr)
+        return 1
+    versions = [v for v in (fm.get("status") or {}).get("versions") or [] if v.get("version") != args.version]
+    versions.append({"version": args.version, "artifactUri": uri})
+    custom.patch_namespaced_custom_object_status("fmops.dev", "v1alpha1", args.namespace, "foundationmodels", args.name,
+                                                 {"status": {"versions": versions, "latestVersion": args.version}})
+    faults = f" (TEST ONLY: {args.fault_error_share:.0%} errors, +{args.fault_latency_ms:g} ms)" if args.fault_error_share or args.fault_latency_ms else ""
+    print(f"FoundationModel {args.namespace}/{args.name} version {args.version}: {uri}{faults}")
+    return 0
+
+
+def _env(args: argparse.Namespace) -> int:
+    """Shell assignments that point the operator (`make run`) at this cluster's Prometheus and Alertmanager."""
+    state = args.dir / "state.json"
+    if not state.exists():
+        print("not running: make cluster-up first", file=sys.stderr)
+        return 1
+    data = json.loads(state.read_text())
+    ends = data.get("endpoints", {})
+    print(f"export KUBECONFIG={data['kubeconfig']}")
+    from fmop.local.common import BIN
+
+    print(f"export PATH={Path(sys.executable).parent}:{BIN}:$PATH")  # kubectl, and the kubectl-fmops plugin
+    if "prometheus" in ends:
+        print(f"export FMOP_PROMETHEUS_URL={ends['prometheus']}")
+    token = args.dir / "monitoring" / "webhook-token"
+    if token.exists():
+        print(f"export FMOP_WEBHOOK_PORT=8081 FMOP_WEBHOOK_TOKEN_FILE={token}")
+    if "traefik" in ends:
+        print(f"export FMOP_GATEWAY={ends['traefik']}")
+    return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    """Steady v2 inference requests through the local gateway, one line of counts per second."""
+    import urllib.error
+    import urllib.request
+    from collections import Counter
+
+    state = args.dir / "state.json"
+    url = args.url or json.loads(state.read_text()).get("endpoints", {}).get("traefik") if state.exists() else args.url
+    if not url:
+        print("no gateway: make cluster-up first, or give --url", file=sys.stderr)
+        return 1
+    body = json.dumps({"inputs": [
+        {"name": "ITEMS", "datatype": "BYTES", "shape": [1, 3], "data": ["50", "172", "133"]},
+        {"name": "TIMESTAMPS", "datatype": "INT64", "shape": [1, 3], "data": [881250949, 881251000, 881251200]},
+        {"name": "ACTIONS", "datatype": "BYTES", "shape": [1, 3], "data": ["5", "4", "3"]},
+        {"name": "K", "datatype": "INT32", "shape": [1, 1], "data": [5]}]}).encode()
+    counts: Counter[str] = Counter()
+    tick = time.monotonic()
+    try:
+        while True:
+            start = time.monotonic()
+            req = urllib.request.Request(f"{url}/v2/models/fmrec/infer", data=body, headers={"Content-Type": "application/json", "Host": args.host})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    r.read()
+                    counts[str(r.status)] += 1
+            except urllib.error.HTTPError as err:
+                counts[str(err.code)] += 1
+            except OSError:
+                counts["no answer"] += 1
+            if time.monotonic() - tick >= 1:
+                print(time.strftime("%H:%M:%S"), " ".join(f"{k}: {v}" for k, v in sorted(counts.items())), flush=True)
+                tick = time.monotonic()
+            time.sleep(max(0.0, 1 / args.rate - (time.monotonic() - start)))
+    except KeyboardInterrupt:
+        return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     state = args.dir / "state.json"
     if not state.exists():
@@ -131,6 +227,22 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--no-traefik", action="store_true", help="do not start Traefik (the local gateway)")
     up.set_defaults(func=_up)
     sub.add_parser("down", help="stop and clean up").set_defaults(func=_down)
+    pub = sub.add_parser("publish", help="export a model trained elsewhere (fmrec train --out DIR) onto the models volume and "
+                                         "record it as a version of a FoundationModel, as a training Workflow would")
+    pub.add_argument("--namespace", "-n", default="default")
+    pub.add_argument("--name", default="movielens", help="the FoundationModel (default %(default)s)")
+    pub.add_argument("--version", required=True)
+    pub.add_argument("--model", type=Path, required=True, help="the trained model's folder")
+    pub.add_argument("--adapter", action="append", default=[], metavar="[TASK=]DIR", help="a task adapter served with it")
+    pub.add_argument("--fault-error-share", type=float, default=0.0, help="TEST ONLY: fail this share of requests (a bad version)")
+    pub.add_argument("--fault-latency-ms", type=float, default=0.0, help="TEST ONLY: answer this much later (a slow version)")
+    pub.set_defaults(func=_publish)
+    sub.add_parser("env", help="print exports for the operator: KUBECONFIG, Prometheus, the webhook token").set_defaults(func=_env)
+    ld = sub.add_parser("load", help="steady inference requests through the local gateway (Traefik), counts per second")
+    ld.add_argument("--host", required=True, help="the Host header the route matches, e.g. recommender.local")
+    ld.add_argument("--rate", type=float, default=20.0, help="requests per second (default %(default)s)")
+    ld.add_argument("--url", default=None, help="the gateway (default: the local Traefik)")
+    ld.set_defaults(func=_load)
     sub.add_parser("status", help="show processes and endpoints").set_defaults(func=_status)
     mv = sub.add_parser("models-volume", help="create the fmop-models claim (pvc://fmop-models/...) in a namespace")
     mv.add_argument("namespace")

@@ -260,6 +260,11 @@ class Controller:
                 self._apply(KSERVE_GROUP, "v1beta1", namespace, ISVC_PLURAL, wanted)
                 done.append(f"ensure {naming.isvc_name(name, action.revision)}")
             elif isinstance(action, SetTraffic):  # always applied: an unchanged server-side apply writes nothing
+                canary = isvcs.get(action.canary_revision) if action.canary_revision is not None else None
+                if action.canary_revision is not None and not (action.canary_weight or action.mirror_percent) and not (canary and canary[0].ready):
+                    # No share for a canary that is not Ready yet: leave its backend out of the route entirely. Gateways
+                    # drop a route whose backend Service has no endpoints (Traefik answers 404 for all of it).
+                    action = replace(action, canary_revision=None)
                 try:
                     traffic.apply(ref, spec, action)
                 except TrafficError as err:

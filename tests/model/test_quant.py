@@ -19,6 +19,8 @@ from fmrec.serving.quant import Int8Embedding, Int8Linear, dequantize_rows, is_i
 from fmrec.train import build_model, evaluate, ranked_scores
 from fmrec.vocab import Vocabulary
 
+from .serving_cases import assert_same_ranking, evaluated_scores, query
+
 
 @pytest.mark.parametrize("w", [
     pytest.param(torch.randn(50, 16), id="gaussian"),
@@ -84,5 +86,10 @@ def test_the_exported_int8_model_is_the_offline_int8_model(fm_dir: Path, split: 
                               strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert evaluate(exported, split) == evaluate(offline, split)
-    rec, _, _ = load_version(int8 / "1", k_max=10, int8=True)
-    assert rec.fm is not exported and is_int8(rec.fm), "an int8 version is served as int8"
+    rec, _, _ = load_version(int8 / "1", k_max=10, int8=True)  # what Triton's model.py loads
+    assert is_int8(rec.fm), "an int8 version is served as int8"
+    served = users[users >= 0][:12]
+    got = rec.recommend([query(split, int(u)) for u in served])
+    want = evaluated_scores(offline, split, served)
+    for b, u in enumerate(served):
+        assert_same_ranking(got[b].codes, want[b], u, got[b].scores.tolist())

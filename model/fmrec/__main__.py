@@ -115,6 +115,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     log = load_data(meta.get("data", "movielens100k"))
     if log.fingerprint() != meta.get("dataFingerprint"):
         print(f"warning: data fingerprint differs from the one {args.model} was trained on", file=sys.stderr)
+    if args.int8:
+        from fmrec.serving.infer import quantize_int8
+
+        model = quantize_int8(model)
     print(json.dumps(evaluate(model, leave_one_out(log), args.stage)))
     return 0
 
@@ -223,7 +227,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         set_faults(path, args.fault_error_share, args.fault_latency_ms)
         print(f"TEST ONLY: {path} fails {args.fault_error_share:.0%} of requests and answers {args.fault_latency_ms:g} ms late")
     tasks = ", ".join(Manifest.read(path / "1").tasks)
-    print(f"wrote Triton model {path} (python backend{', int8 dynamic quantisation' if args.int8 else ''}, top {args.top_k}; "
+    print(f"wrote Triton model {path} (python backend{', int8 per-row weights' if args.int8 else ''}, top {args.top_k}; "
           f"tasks: {tasks})")
     return 0
 
@@ -239,7 +243,7 @@ def cmd_serve_bench(args: argparse.Namespace) -> int:
     assert isinstance(q, dict) and isinstance(sizes, dict) and isinstance(lat, dict)
     change = 100 * (q["int8"]["NDCG@10"] / q["fp32"]["NDCG@10"] - 1)
     print(f"\noffline NDCG@10: fp32 {q['fp32']['NDCG@10']:.4f}, int8 {q['int8']['NDCG@10']:.4f} ({change:+.2f}%); "
-          f"weights {sizes['fp32_bytes'] / 1e6:.2f} MB fp32, {sizes['int8_bytes'] / 1e6:.2f} MB int8 "
+          f"exported model {sizes['fp32_bytes'] / 1e6:.2f} MB fp32, {sizes['int8_bytes'] / 1e6:.2f} MB int8 "
           f"(ratio {sizes['int8_bytes'] / sizes['fp32_bytes']:.2f})")
     print(f"{'model':12} {'concurrency':>11} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
     for key, m in lat.items():
@@ -331,6 +335,8 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="HR/NDCG@10,20,50 of a trained model")
     e.add_argument("--model", required=True)
     e.add_argument("--stage", choices=["val", "test"], default="test")
+    e.add_argument("--int8", action="store_true",
+                   help="evaluate the int8 model that `export --int8` serves (a version folder written by it is int8 already)")
     common(e)
     e.set_defaults(func=cmd_evaluate)
 
@@ -368,7 +374,7 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--repo", required=True, help="model repository folder")
     x.add_argument("--name", default="fmrec")
     x.add_argument("--top-k", type=int, default=100)
-    x.add_argument("--int8", action="store_true", help="serve with int8 dynamic quantisation of the Linear layers")
+    x.add_argument("--int8", action="store_true", help="store and serve int8 weights: per-row int8 + fp32 scale for every Linear and Embedding (item table included)")
     x.add_argument("--adapter", action="append", default=[], metavar="[TASK=]DIR",
                    help="a TaskAdapter version (fmrec finetune --out DIR) served as TASK; repeat for more (default name: its own)")
     x.add_argument("--fault-error-share", type=float, default=0.0, metavar="P",

@@ -17,6 +17,7 @@ import torch
 
 from fmrec.nn.adapters import Adapter
 from fmrec.nn.fm import FMConfig, FoundationModel
+from fmrec.serving import quant
 from fmrec.vocab import Vocabulary
 
 _BAD = (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, TypeError, ValueError, AssertionError)
@@ -25,12 +26,20 @@ _BAD = (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, TypeError, Val
 def save(model: FoundationModel, out: Path, meta: dict[str, Any], vocab: Vocabulary | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "model.pt"
-    blob: dict[str, Any] = {"config": model.cfg.to_dict(), "state_dict": model.state_dict(), "meta": meta}
+    blob = blob_of(model, meta)
     if vocab is not None:
         blob["vocab"] = vocab.to_dict()
     torch.save(blob, path)
     (out / "config.json").write_text(json.dumps({"config": model.cfg.to_dict(), **meta}, indent=2, default=str))
     return path
+
+
+def blob_of(model: FoundationModel, meta: dict[str, Any]) -> dict[str, Any]:
+    """What model.pt holds: config, weights (int8 ones with their format named) and metadata."""
+    blob: dict[str, Any] = {"config": model.cfg.to_dict(), "state_dict": model.state_dict(), "meta": meta}
+    if quant.is_int8(model):
+        blob["quantization"] = quant.FORMAT
+    return blob
 
 
 def _blob(path: Path, device: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:
@@ -49,6 +58,11 @@ def load(path: Path, device: str | torch.device = "cpu") -> tuple[FoundationMode
     try:
         cfg = FMConfig.from_dict(blob["config"])
         model = FoundationModel(cfg)
+        q = blob.get("quantization")
+        if q not in (None, quant.FORMAT):
+            raise ValueError(f"quantization {q!r}, this fmrec reads only {quant.FORMAT!r}; re-export with this fmrec")
+        if q is not None:
+            quant.int8_skeleton(model)
         # Buffers (genres, year buckets) are sized by the data; load them before the weights.
         model.items.register_buffer("genres", blob["state_dict"]["items.genres"])
         model.items.register_buffer("year_bucket", blob["state_dict"]["items.year_bucket"])

@@ -168,15 +168,22 @@ def _stats(server: TritonServer, model: str) -> tuple[int, int]:
     return int(s["inference_count"]), int(s["execution_count"])
 
 
-def test_int8_with_several_users_in_one_request(server: TritonServer, trained: Path, ml: LeaveOneOut) -> None:
-    """One request carries 24 users (rows padded with "" items); int8 quantises activations per
-    batch, so evaluation gets the same 24 users as one batch."""
+def test_int8_serves_the_offline_int8_model_from_int8_weights(server: TritonServer, trained: Path, ml: LeaveOneOut) -> None:
+    """One request carries 24 users (rows padded with "" items). Triton's int8 model loads the int8
+    weights written at export, and ranks exactly as evaluation ranks the offline int8 model, both the
+    exported folder's and the one quantised here from the fp32 checkpoint."""
+    version = server.repository / "fmrec_int8" / "1"
+    blob = torch.load(version / "model.pt", weights_only=True)
+    assert blob["state_dict"]["items.ids.weight_q"].dtype == torch.int8, "the exported item table should be int8 on disk"
+    assert (version / "model.pt").stat().st_size * 3 < (server.repository / "fmrec" / "1" / "model.pt").stat().st_size
     users = _users(ml, T, 20, 4)
     got = RecommenderClient(server.http_url, "fmrec_int8").recommend_many([_events(ml, int(u), shuffle=False) for u in users], k=K)
+    exported, _ = checkpoint.load(version)
     fm, _ = checkpoint.load(trained)
-    want = evaluated_scores(quantize_int8(fm), ml, users)
-    for b, u in enumerate(users):
-        assert_same_ranking(_codes(ml, got[b].items), want[b], u, got[b].scores)
+    for offline in (exported, quantize_int8(fm)):
+        want = evaluated_scores(offline, ml, users)
+        for b, u in enumerate(users):
+            assert_same_ranking(_codes(ml, got[b].items), want[b], u, got[b].scores)
 
 
 def test_a_model_with_hour_day_and_device_fields_serves_exactly(server: TritonServer, fielded: Path,

@@ -67,7 +67,7 @@ def write_version(version: Path, fm: FoundationModel, vocab: Vocabulary, adapter
         shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
     (version / "adapters").mkdir(parents=True)
     digest = checkpoint.weights_digest(fm)
-    torch.save({"config": fm.cfg.to_dict(), "state_dict": fm.state_dict(), "meta": meta}, version / "model.pt")
+    torch.save(checkpoint.blob_of(fm, meta), version / "model.pt")  # int8 tensors on disk when fm is int8
     tasks: dict[str, dict[str, Any]] = {FM_TASK: {"file": "model.pt", "scoreBuckets": list(buckets[FM_TASK])}}
     for task, adapter in adapters.items():
         rel = f"adapters/{task}.pt"

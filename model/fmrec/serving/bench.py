@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from fmrec import checkpoint
 from fmrec.data.split import LeaveOneOut
@@ -64,10 +62,9 @@ def load(url: str, targets: list[tuple[str, str]], histories: list[list[Event]],
             "throughput_rps": len(lat) / elapsed}
 
 
-def state_bytes(model: torch.nn.Module) -> int:
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.tell()
+def dir_bytes(folder: Path) -> int:
+    """Bytes of every file under folder: what a model server downloads and keeps."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def serve_bench(model_dir: Path, split: LeaveOneOut, concurrencies: tuple[int, ...] = (1, 8, 32), per_level: int = 600,
@@ -75,13 +72,13 @@ def serve_bench(model_dir: Path, split: LeaveOneOut, concurrencies: tuple[int, .
     fm, _ = checkpoint.load(model_dir)
     q = quantize_int8(fm)
     quality = {"fp32": evaluate(fm, split), "int8": evaluate(q, split)}
-    sizes = {"fp32_bytes": state_bytes(fm), "int8_bytes": state_bytes(q)}
     requests = request_histories(split, 256)
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         export_triton(model_dir, work / "repo", name="fmrec", k=k)
         export_triton(model_dir, work / "repo", name="fmrec_int8", k=k, int8=True)
+        sizes = {"fp32_bytes": dir_bytes(work / "repo" / "fmrec"), "int8_bytes": dir_bytes(work / "repo" / "fmrec_int8")}
         with TritonServer(work / "repo", work) as server:
             for name in ("fmrec", "fmrec_int8"):
                 load(server.http_url, [(name, "")], requests, 4, 64)  # warm-up

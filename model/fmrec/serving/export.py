@@ -18,7 +18,7 @@ from fmrec import checkpoint
 from fmrec.nn.adapters import Adapter
 from fmrec.nn.fm import FMConfig, FoundationModel
 from fmrec.serving import artifact, protocol
-from fmrec.serving.infer import FM_TASK
+from fmrec.serving.infer import FM_TASK, quantize_int8
 from fmrec.serving.metrics import score_buckets
 from fmrec.tokens import FIELDS
 from fmrec.vocab import Vocabulary
@@ -117,6 +117,8 @@ def export_triton(model_dir: Path, repo: Path, name: str = "fmrec", k: int = 100
     loaded, deciles = load_adapters(fm, adapters)
     buckets = {FM_TASK: score_buckets(meta.get("topScoreDeciles"))} | {t: score_buckets(d) for t, d in deciles.items()}
     target = repo / name
+    if int8:  # adapters were checked against the fp32 FM above; the version records the int8 FM they are served with
+        fm = quantize_int8(fm)
     artifact.write_version(target / "1", fm, vocab, loaded, {k: meta[k] for k in KEEP_META if k in meta}, buckets)
     (target / "config.pbtxt").write_text(CONFIG.format(
         name=name, max_batch=max_batch, delay_us=delay_us, instances=instances, k=k, int8=str(int8).lower(), threads=threads,

@@ -8,7 +8,6 @@ evaluation ranks them (fmrec.train.ranked_scores): items of the history are neve
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 from fmrec.data.schema import IntArray
 from fmrec.nn.adapters import Adapter
 from fmrec.nn.fm import FoundationModel
+from fmrec.serving.quant import is_int8, quantize_model
 from fmrec.serving.request import Encoded, Query, RequestError, encode
 from fmrec.vocab import Vocabulary
 
@@ -25,14 +25,16 @@ FM_TASK = "fm"  # the task name that asks for the foundation model itself (also 
 
 
 def quantize_int8(model: FoundationModel) -> FoundationModel:
-    """Dynamic int8 quantisation of the Linear layers (weights int8, activations quantised per batch).
-
-    torch.ao.quantization is deprecated in favour of torchao; it still ships with torch and needs
-    no extra dependency, so its deprecation warning is silenced here, deliberately and only here."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*quantiz.*deprecated.*")
-        quantized: FoundationModel = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    """A copy of the FM with int8 weights (fmrec.serving.quant: per-row int8 + fp32 scales, every Linear
+    and Embedding, so the item table too); an FM that is already int8 is returned as it is."""
+    if is_int8(model):
+        return model
+    quantized = quantize_model(model)
+    assert isinstance(quantized, FoundationModel)
+    genres = quantized.items.genres  # (N+1, G) multi-hot 0/1: exact in uint8, a quarter of the bytes
+    assert isinstance(genres, torch.Tensor)
+    if genres.numel() and bool(torch.logical_or(genres == 0, genres == 1).all()):
+        quantized.items.genres = genres.to(torch.uint8)
     return quantized
 
 
@@ -63,7 +65,7 @@ class Recommender:
         assert FM_TASK not in adapters, f"an adapter cannot be named {FM_TASK!r}: that task name means the FM itself"
         assert 1 <= k_max <= fm.cfg.n_items, f"k_max {k_max} must be between 1 and the {fm.cfg.n_items} items"
         fm = fm.eval()
-        self.fm = quantize_int8(fm) if int8 else fm
+        self.fm = quantize_int8(fm) if int8 else fm  # an int8 checkpoint is served as int8 either way
         self.adapters = {name: a.eval() for name, a in adapters.items()}
         self.vocab, self.k_max, self.cfg = vocab, k_max, fm.cfg
         with torch.no_grad():
@@ -90,9 +92,7 @@ class Recommender:
         if not rows:
             return []
         tokens = {f: torch.from_numpy(np.stack([r.encoded.tokens[f] for r in rows])) for f in self.cfg.event_fields}  # (B, T)
-        with warnings.catch_warnings():  # quantised kernels warn about their own deprecation
-            warnings.filterwarnings("ignore", message=".*quantiz.*deprecated.*")
-            h = self.fm(tokens)[:, -1]  # (B, C) newest position
+        h = self.fm(tokens)[:, -1]  # (B, C) newest position
         users = torch.empty_like(h)
         scores = torch.empty(len(rows), self.table.shape[0])  # (B, N)
         tasks = np.array([r.task for r in rows])

@@ -6,6 +6,8 @@ into the node's containerd. No registry is involved anywhere.
     base      Debian bookworm minbase with python3.11 (Argo step image for plain scripts)
     fmrec     base + torch, nvidia-pytriton and the fmrec package: the model server (Triton with the
               fmrec python backend, `tritonserver` on PATH) and the trainer, one image for both
+    operator  the repository's Dockerfile built by `buildah bud` with BASE=base (the same file a
+              registry pipeline builds with docker on python:3.11-slim)
 
 Each image is tagged with a hash of its inputs and cached in buildah's storage under the cache
 directory; a docker-archive of it is kept beside it for import. Python packages are installed by the
@@ -22,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tempfile
 import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -218,11 +221,45 @@ def build_fmrec(log: Log) -> str:
     return ref
 
 
+OPERATOR_INPUTS = ["Dockerfile", "hack/operator-wheels.sh", "hack/install-wheels.py", "pyproject.toml"]
+
+
+def operator_ref() -> str:
+    """Hashes what goes into the image: the base, the Dockerfile, the wheelhouse recipe, pyproject
+    (the dependency ranges the wheel set is resolved from; like fmrec-deps, a new release within
+    them is not noticed) and the operator's sources."""
+    inputs = [(REPO / path).read_bytes() for path in OPERATOR_INPUTS]
+    return f"localhost/fmop/operator:{_digest(base_ref(), *inputs, _tree_digest(REPO / 'operator' / 'fmop'))}"
+
+
+def build_operator(log: Log) -> str:
+    base = build_base(log)
+    ref = operator_ref()
+    if _has(ref):
+        return ref
+    t0 = time.monotonic()
+    log(f"[images] {ref}: wheelhouse on the host, then buildah bud of the Dockerfile with BASE={base}")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="operator-build-", dir=CACHE) as tmp:
+        # The build context holds only what the Dockerfile copies (as .dockerignore does for docker).
+        context = Path(tmp)
+        run(["bash", str(REPO / "hack" / "operator-wheels.sh"), str(context / "build" / "wheels")],
+            "building the operator's wheelhouse", timeout=900, env={**os.environ, "PYTHON": sys.executable})
+        (context / "hack").mkdir()
+        shutil.copy2(REPO / "hack" / "install-wheels.py", context / "hack" / "install-wheels.py")
+        # chroot isolation: the one RUN step needs no network, and runc here cannot set oom_score_adj.
+        buildah("bud", "--isolation=chroot", "--pull=never", f"--build-arg=BASE={base}", "--file", str(REPO / "Dockerfile"),
+                "--tag", ref, str(context), what=f"building {ref}", timeout=900)
+    log(f"[images] {ref}: built in {time.monotonic() - t0:.0f}s")
+    return ref
+
+
 RECIPES: dict[str, tuple[Callable[[Log], str], Callable[[], str]]] = {
     "pause": (build_pause, pause_ref),
     "argoexec": (build_argoexec, argoexec_ref),
     "base": (build_base, base_ref),
     "fmrec": (build_fmrec, fmrec_ref),
+    "operator": (build_operator, operator_ref),
 }
 
 

@@ -17,6 +17,7 @@ class Config:
     log_format: str = "json"
     verbose: bool = False
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    trainer_image: str = "ghcr.io/fmops/fmrec:latest"
 
     @property
     def clusterwide(self) -> bool:
@@ -46,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
                    help="debug logging (env FMOP_VERBOSE)")
     p.add_argument("--prometheus-url", default=_env("PROMETHEUS_URL", d.prometheus_url),
                    help="default Prometheus for Rollout analysis (env FMOP_PROMETHEUS_URL; default %(default)s)")
+    p.add_argument("--trainer-image", default=_env("TRAINER_IMAGE", d.trainer_image),
+                   help="image the training Workflows run (torch + fmrec) (env FMOP_TRAINER_IMAGE; default %(default)s)")
     return p
 
 
@@ -66,4 +69,5 @@ def from_args(argv: list[str] | None = None) -> Config:
         log_format=a.log_format,
         verbose=a.verbose,
         prometheus_url=a.prometheus_url,
+        trainer_image=a.trainer_image,
     )

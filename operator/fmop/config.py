@@ -17,7 +17,7 @@ class Config:
     log_format: str = "json"
     verbose: bool = False
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
-    trainer_image: str = "ghcr.io/fmops/fmrec:latest"
+    trainer_image: str = ""  # empty: train nothing, only track versions recorded by others
 
     @property
     def clusterwide(self) -> bool:
@@ -48,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prometheus-url", default=_env("PROMETHEUS_URL", d.prometheus_url),
                    help="default Prometheus for Rollout analysis (env FMOP_PROMETHEUS_URL; default %(default)s)")
     p.add_argument("--trainer-image", default=_env("TRAINER_IMAGE", d.trainer_image),
-                   help="image the training Workflows run (torch + fmrec) (env FMOP_TRAINER_IMAGE; default %(default)s)")
+                   help="image the training Workflows run (torch + fmrec); empty trains nothing (env FMOP_TRAINER_IMAGE)")
     return p
 
 

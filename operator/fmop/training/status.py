@@ -145,6 +145,17 @@ def _prune(versions: list[dict[str, Any]], limit: int, keep: str | None) -> list
     return newest
 
 
+def _untrained(base: Verdict) -> Verdict:
+    """No trainer image configured: the operator tracks versions recorded by others but trains nothing."""
+    msg = "training is off: start the operator with --trainer-image (FMOP_TRAINER_IMAGE), the image the training Workflows run"
+    return Verdict(base.phase, [*base.conditions, Cond(TRAINING, "False", "NoTrainerImage", msg)], base.message, base.extra)
+
+
+def _trained(v: dict[str, Any], generation: int) -> bool:
+    """A version of this spec generation; one recorded by hand (no specGeneration) counts for any generation."""
+    return v.get("specGeneration") in (generation, None)
+
+
 def _progress(wf: dict[str, Any]) -> str:
     return str((wf.get("status") or {}).get("progress") or "0/0")
 
@@ -157,6 +168,8 @@ def plan_foundation_model(obj: dict[str, Any], workflows: list[dict[str, Any]], 
     base = assess_foundation_model(obj)
     if base.phase == "Failed":
         return Plan(base)
+    if not image:
+        return Plan(_untrained(base))
     try:
         fm = FoundationModel.model_validate(_essence(obj))
     except ValidationError as err:  # assess_foundation_model reports it; unreachable in practice
@@ -172,13 +185,14 @@ def plan_foundation_model(obj: dict[str, Any], workflows: list[dict[str, Any]], 
     def ready(extra_conds: list[Cond]) -> list[Cond]:
         if latest:
             return [accepted, Cond(READY, "True", "VersionAvailable", f"version {latest} is available"), *extra_conds]
-        return [accepted, Cond(READY, "False", "NoVersion", "no version has passed training and the quality gate yet"), *extra_conds]
+        return [accepted, Cond(READY, "False", "NoVersion", "no trained version yet; versions appear in status.versions once a "
+                                                            "training Workflow succeeds"), *extra_conds]
 
     def keep() -> set[str]:
         return {str(v["version"]) for v in versions}
 
     if current is None:
-        if any(v.get("specGeneration") == generation for v in versions):  # trained; nothing running
+        if any(_trained(v, generation) for v in versions):  # trained; nothing running
             return Plan(Verdict("Ready" if latest else "Failed", ready([]), f"latest version {latest}" if latest else "",
                                 {"workflowName": status.get("workflowName"), "progress": status.get("progress")}),
                         delete=_to_delete(workflows, None, keep()))
@@ -249,6 +263,8 @@ def plan_task_adapter(obj: dict[str, Any], fm: dict[str, Any] | None, workflows:
     base_version = base.extra.get("baseVersion")
     if base_version is None or fm is None:  # invalid, or nothing to fine-tune on yet
         return Plan(base)
+    if not image:
+        return Plan(_untrained(base))
     try:
         ta = TaskAdapter.model_validate(_essence(obj))
     except ValidationError as err:
@@ -276,7 +292,7 @@ def plan_task_adapter(obj: dict[str, Any], fm: dict[str, Any] | None, workflows:
         return Target(str(meta.get("namespace", "")), str(meta.get("name", "")), str(meta.get("uid", "")), generation, version)
 
     if current is None:
-        if any(v.get("specGeneration") == generation and v.get("foundationModelVersion") == base_version for v in versions):
+        if any(_trained(v, generation) and v.get("foundationModelVersion") == base_version for v in versions):
             return Plan(Verdict("Ready", [*keep_conds, ready()], f"adapter {latest} on {base_version}",
                                 {**extra, "workflowName": status.get("workflowName"), "progress": status.get("progress")}),
                         delete=_to_delete(workflows, None, keep()))

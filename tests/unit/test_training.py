@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -114,6 +115,16 @@ def test_artifact_uri_prefix(uri: str | None, expected: str | type[Exception]) -
     else:
         with pytest.raises(expected, match="spec.artifactUri"):
             render_foundation_model(fm, target, IMAGE)
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    pytest.param({"objectives": [{"type": "nextItem", "loss": "sampledSoftmax", "negatives": 100}]}, "spec.objectives[0].loss", id="sampled"),
+    pytest.param({"training": {"weightDecay": 0.1}}, "spec.training.weightDecay", id="weight-decay"),
+])
+def test_settings_the_trainer_lacks_are_refused_by_name(spec: dict[str, Any], field: str) -> None:
+    fm = FoundationModel.model_validate(fm_obj(**spec))
+    with pytest.raises(RenderError, match=re.escape(field)):
+        render_foundation_model(fm, Target("ns", "movielens", "u", 1, "v1"), IMAGE)
 
 
 def test_workflow_names_fit_label_values() -> None:

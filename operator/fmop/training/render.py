@@ -133,6 +133,14 @@ def _workflow(kind: str, plural: str, t: Target, template: str, params: dict[str
 def render_foundation_model(fm: FoundationModel, t: Target, image: str) -> dict[str, Any]:
     """The Workflow that trains version t.version of fm (prepare data, pretrain, evaluate, export)."""
     s = fm.spec
+    unsupported = [f"spec.objectives[{i}].loss sampledSoftmax" for i, o in enumerate(s.objectives) if o.loss == "sampledSoftmax"]
+    if s.architecture.attention.type != "full":
+        unsupported.append("spec.architecture.attention.type slidingWindow")
+    if s.training.weightDecay:
+        unsupported.append("spec.training.weightDecay")
+    if unsupported:
+        raise RenderError(f"{', '.join(unsupported)}: the trainer (fmrec train) does not implement this yet; "
+                          "use fullSoftmax, full attention and weightDecay 0")
     if s.data.source in ("parquet", "csv"):
         data = f"{s.data.source}:{s.data.uri}"
     elif s.data.source == "synthetic":

@@ -280,3 +280,14 @@ def test_adapter_fine_tunes_on_the_latest_version_and_retrains_on_a_new_one() ->
     again = plan_task_adapter(stored, fm_with("v1", "v2"), [done], IMAGE, NOW)
     assert again.create is not None and again.create["metadata"]["labels"][LABEL_BASE] == "v2"
     assert again.create["metadata"]["labels"][LABEL_VERSION] == "v2" and again.delete == ()
+
+
+def test_production_example_renders_for_8_gpus() -> None:
+    obj = load_example("production/foundationmodel.yaml")
+    obj["metadata"].update(namespace="recsys", uid="u", generation=1)
+    plan = plan_foundation_model(obj, [], IMAGE, NOW)
+    assert plan.create is not None, plan.verdict.message
+    p = params(plan.create)
+    assert (p["nproc-per-node"], p["data"], p["version-dir"]) == ("8", "parquet:s3://recsys-events/interactions/2026/",
+                                                                  "recsys/foundation/events-fm/v1")
+    assert plan.create["spec"]["nodeSelector"] == {"node.kubernetes.io/instance-type": "p5.48xlarge"}

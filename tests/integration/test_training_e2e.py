@@ -1,6 +1,7 @@
 """End to end on the real node: the operator renders a FoundationModel's Workflow, the real Argo
 controller runs it as pods in the locally built fmrec image, and status records version v1 with
-metrics and a Triton export on the models volume (tiny model, one epoch)."""
+metrics and a Triton export on the models volume (tiny model, one epoch); then the example
+TaskAdapter fine-tunes on v1 the same way."""
 
 from __future__ import annotations
 
@@ -44,6 +45,18 @@ def test_operator_trains_a_tiny_foundation_model_through_argo(cluster: Any, api:
         status = wait_for(done, 900, "the FoundationModel to finish training", interval=2)
         assert status["phase"] == "Ready", (status.get("message"), op.log()[-3000:], cluster.log_tail("workflow-controller"))
 
+        # the example TaskAdapter (slice region us-9) fine-tunes on v1 through the same controller
+        ta = load_example("taskadapter.yaml")
+        ta["spec"]["training"] = {"epochs": 1}
+        ta["spec"]["resources"] = {"cpu": "1", "memory": "3Gi"}
+        client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, "taskadapters", ta)
+
+        def adapted() -> dict[str, Any] | None:
+            s: dict[str, Any] = get(api, "taskadapters", namespace, "west-coast").get("status") or {}
+            return s if s.get("phase") in ("Ready", "Failed") and s.get("workflowName") else None
+        ta_status = wait_for(adapted, 600, "the TaskAdapter to finish fine-tuning", interval=2)
+        assert ta_status["phase"] == "Ready", (ta_status.get("message"), op.log()[-3000:])
+
     assert status["latestVersion"] == "v1"
     [v1] = status["versions"]
     assert v1["artifactUri"] == f"pvc://fmop-models/{namespace}/foundationmodels/movielens/v1/triton"
@@ -56,3 +69,9 @@ def test_operator_trains_a_tiny_foundation_model_through_argo(cluster: Any, api:
     assert wf["metadata"]["ownerReferences"][0]["kind"] == "FoundationModel"
     steps = {n["displayName"] for n in wf["status"]["nodes"].values() if n["type"] == "Pod"}
     assert steps == {"prepare-data", "pretrain", "evaluate", "export"}
+
+    [a1] = ta_status["versions"]
+    assert (ta_status["latestVersion"], ta_status["baseVersion"], a1["foundationModelVersion"]) == ("v1", "v1", "v1")
+    assert a1["metrics"]["testUsers"] > 0 and 0 <= a1["metrics"]["NDCG@10"] <= 1
+    adapter_repo = kserve.models_dir(cluster) / namespace / "taskadapters" / "west-coast" / "v1" / "triton" / "fmrec"
+    assert (adapter_repo / "config.pbtxt").is_file() and list(adapter_repo.rglob("west-coast.pt")), sorted(adapter_repo.rglob("*"))

@@ -20,6 +20,7 @@ class Config:
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     webhook_port: int = 0  # the Alertmanager webhook receiver; 0: not served (the chart serves it on 8081)
     webhook_token_file: str = ""
+    trainer_image: str = ""  # empty: train nothing, only track versions recorded by others
 
     @property
     def clusterwide(self) -> bool:
@@ -57,6 +58,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--webhook-token-file", default=_env("WEBHOOK_TOKEN_FILE", d.webhook_token_file),
                    help="file holding the bearer token Alertmanager must send, re-read when it changes "
                         "(env FMOP_WEBHOOK_TOKEN_FILE)")
+    p.add_argument("--trainer-image", default=_env("TRAINER_IMAGE", d.trainer_image),
+                   help="image the training Workflows run (torch + fmrec); empty trains nothing (env FMOP_TRAINER_IMAGE)")
     return p
 
 
@@ -85,4 +88,5 @@ def from_args(argv: list[str] | None = None) -> Config:
         prometheus_url=a.prometheus_url,
         webhook_port=a.webhook_port,
         webhook_token_file=a.webhook_token_file,
+        trainer_image=a.trainer_image,
     )

@@ -18,15 +18,17 @@ import kopf
 
 from fmop import __version__, metrics
 from fmop.api import GROUP, VERSION
-from fmop.assess import Verdict, assess_foundation_model, assess_task_adapter
+from fmop.assess import Verdict
 from fmop.conditions import merge, now_rfc3339
 from fmop.config import Config
-from fmop.kube import KubeUnavailable, Reader, api_client
+from fmop.kube import KubeUnavailable, Reader, Workflows, api_client
 from fmop.rollout import naming, webhook
-from fmop.rollout.types import Alert
 from fmop.rollout.controller import Controller, PrometheusAnalysis, traffic_for
 from fmop.rollout.serving import GROUP as KSERVE_GROUP
 from fmop.rollout.serving import PLURAL as ISVC_PLURAL
+from fmop.rollout.types import Alert
+from fmop.training.render import LABEL_KIND, LABEL_OWNER
+from fmop.training.status import Plan, failed_pod, plan_foundation_model, plan_task_adapter
 
 FM, TA, RO = "foundationmodels", "taskadapters", "rollouts"
 
@@ -39,6 +41,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Lo
     memo["reader"] = Reader(api)
     memo["rollouts"] = Controller(api, traffic_for=traffic_for(api),
                                   analysis=PrometheusAnalysis(cfg.prometheus_url) if cfg.prometheus_url else None)
+    memo["workflows"] = Workflows(api)
     # Progress and diff-base live in annotations: our status schema is strict and owned by us.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
@@ -88,19 +91,42 @@ def _reconcile(kind: str, body: kopf.Body, patch: kopf.Patch, decide: Callable[[
 
 
 # ---------------------------------------------------------------- FoundationModel
-def reconcile_foundation_model(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    _reconcile("FoundationModel", body, patch, lambda: assess_foundation_model(dict(body)))
+def _train(kind: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plan: Callable[[list[dict[str, Any]], str], Plan]) -> None:
+    """Follow the object's training Workflows: plan (pure) from what is found, apply/delete Workflows, patch status once."""
+    workflows: Workflows = memo["workflows"]
+    meta = body.get("metadata", {})
+    namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+
+    def decide() -> Verdict:
+        found = workflows.list(namespace, {LABEL_KIND: kind, LABEL_OWNER: name})
+        p = plan(found, "")
+        if p.verdict.phase == "Failed" and p.create is None and p.verdict.extra.get("workflowName"):
+            wf = next((w for w in found if w["metadata"]["name"] == p.verdict.extra["workflowName"]), None)
+            node = failed_pod(wf) if wf else None
+            if node:  # the tail of the failed step's own log goes into the message
+                p = plan(found, workflows.step_log_tail(namespace, str(p.verdict.extra["workflowName"]), node))
+        for stale in p.delete:
+            workflows.delete(namespace, stale)
+        if p.create is not None:
+            workflows.apply(p.create)
+        return p.verdict
+
+    _reconcile(kind, body, patch, decide)
+
+
+def reconcile_foundation_model(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    image = memo["config"].trainer_image
+    _train("FoundationModel", body, patch, memo,
+           lambda found, log_tail: plan_foundation_model(dict(body), found, image, now_rfc3339(), log_tail))
 
 
 # ---------------------------------------------------------------- TaskAdapter
 def reconcile_task_adapter(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, namespace: str, spec: kopf.Spec, **_: Any) -> None:
     reader: Reader = memo["reader"]
-
-    def decide() -> Verdict:
-        fm = reader.get(FM, namespace, spec["foundationModel"]["name"])
-        return assess_task_adapter(dict(body), fm)
-
-    _reconcile("TaskAdapter", body, patch, decide)
+    image = memo["config"].trainer_image
+    _train("TaskAdapter", body, patch, memo,  # the FoundationModel is read inside, so an outage is a retry
+           lambda found, log_tail: plan_task_adapter(dict(body), reader.get(FM, namespace, spec["foundationModel"]["name"]),
+                                                     found, image, now_rfc3339(), log_tail))
 
 
 # ---------------------------------------------------------------- Rollout

@@ -85,7 +85,7 @@ def test_operator_reconciles_with_the_charts_rbac(cluster: Any, api: Any, namesp
             for name in ("foundationmodel.yaml", "taskadapter.yaml", "rollout.yaml"):
                 apply(api, namespace, load_example(name))
             wait_condition(api, "foundationmodels", namespace, "movielens", "Accepted", "True")
-            wait_condition(api, "taskadapters", namespace, "region-jp", "ResolvedRefs", "False", "FoundationModelNotReady")
+            wait_condition(api, "taskadapters", namespace, "west-coast", "ResolvedRefs", "False", "FoundationModelNotReady")
             wait_condition(api, "rollouts", namespace, "recommender", "ResolvedRefs", "False", "VersionNotFound")
             log = op.log()
         # RBAC denials read 'User "system:serviceaccount:..." cannot <verb> resource ...'. (Other 403s,

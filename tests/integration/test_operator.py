@@ -55,7 +55,7 @@ def test_operator_sets_conditions_and_events_on_examples(api: Any, namespace: st
     fm = wait_condition(api, "foundationmodels", namespace, "movielens", "Ready", "False", "NoVersion")
     assert "no trained version yet" in fm["message"]
     wait_condition(api, "foundationmodels", namespace, "movielens", "Accepted", "True", "SpecValid")
-    wait_condition(api, "taskadapters", namespace, "region-jp", "ResolvedRefs", "False", "FoundationModelNotReady")
+    wait_condition(api, "taskadapters", namespace, "west-coast", "ResolvedRefs", "False", "FoundationModelNotReady")
     ro = wait_condition(api, "rollouts", namespace, "recommender", "ResolvedRefs", "False", "VersionNotFound")
     assert "spec.model.foundationModel.version" in ro["message"] and "has no version v1" in ro["message"]
 
@@ -78,25 +78,25 @@ def test_references_resolve_when_versions_appear(api: Any, namespace: str, opera
         "versions": [{"version": "v1", "artifactUri": "s3://models/foundation/movielens/v1/", "metrics": {"ndcg@10": 0.1}}],
     })
     wait_condition(api, "foundationmodels", namespace, "movielens", "Ready", "True", "VersionAvailable")
-    wait_condition(api, "taskadapters", namespace, "region-jp", "ResolvedRefs", "True")
-    assert wait_for(lambda: get(api, "taskadapters", namespace, "region-jp")["status"].get("baseVersion"), 30) == "v1"
+    wait_condition(api, "taskadapters", namespace, "west-coast", "ResolvedRefs", "True")
+    assert wait_for(lambda: get(api, "taskadapters", namespace, "west-coast")["status"].get("baseVersion"), 30) == "v1"
     # The FM is there, the adapter has no version for v1 yet: the Rollout says exactly that.
     ro = wait_condition(api, "rollouts", namespace, "recommender", "ResolvedRefs", "False", "AdapterVersionNotFound")
     assert "spec.model.adapters[0]" in ro["message"]
 
-    patch_status(api, "taskadapters", namespace, "region-jp", {
+    patch_status(api, "taskadapters", namespace, "west-coast", {
         "latestVersion": "v1",
-        "versions": [{"version": "v1", "foundationModelVersion": "v1", "artifactUri": "s3://models/adapters/region-jp/v1/"}],
+        "versions": [{"version": "v1", "foundationModelVersion": "v1", "artifactUri": "s3://models/adapters/west-coast/v1/"}],
     })
     wait_condition(api, "rollouts", namespace, "recommender", "ResolvedRefs", "True", "Resolved")
-    wait_condition(api, "taskadapters", namespace, "region-jp", "Ready", "True", "VersionAvailable")
+    wait_condition(api, "taskadapters", namespace, "west-coast", "Ready", "True", "VersionAvailable")
 
 
 def test_missing_foundation_model_is_named(api: Any, namespace: str, operator: OperatorProcess) -> None:
     ta = load_example("taskadapter.yaml")
     ta["spec"]["foundationModel"]["name"] = "does-not-exist"
     apply(api, namespace, ta)
-    c = wait_condition(api, "taskadapters", namespace, "region-jp", "ResolvedRefs", "False", "FoundationModelNotFound")
+    c = wait_condition(api, "taskadapters", namespace, "west-coast", "ResolvedRefs", "False", "FoundationModelNotFound")
     assert f"FoundationModel {namespace}/does-not-exist does not exist" in c["message"]
     assert "spec.foundationModel.name" in c["message"]
 
@@ -111,7 +111,7 @@ def test_rollout_rejects_adapter_trained_on_another_model(api: Any, namespace: s
     apply(api, namespace, ta)
     apply(api, namespace, load_example("rollout.yaml"))
     c = wait_condition(api, "rollouts", namespace, "recommender", "Accepted", "False", "InvalidSpec")
-    assert "TaskAdapter region-jp is trained on FoundationModel other, not movielens" in c["message"]
+    assert "TaskAdapter west-coast is trained on FoundationModel other, not movielens" in c["message"]
     assert get(api, "rollouts", namespace, "recommender")["status"]["phase"] == "Failed"
 
 
@@ -157,17 +157,17 @@ def test_kubectl_get_short_names_show_the_columns(api: Any, namespace: str, clus
     for name in ("foundationmodel.yaml", "taskadapter.yaml", "rollout.yaml"):
         apply(api, namespace, load_example(name))
     wait_condition(api, "rollouts", namespace, "recommender", "Ready", "False")
-    wait_condition(api, "taskadapters", namespace, "region-jp", "Ready", "False")
+    wait_condition(api, "taskadapters", namespace, "west-coast", "Ready", "False")
 
     out = cluster.kubectl("get", "fm,ta,fmro", "-n", namespace).stdout
     assert re.search(r"^NAME\s+PHASE\s+LATEST\s+DATA\s+AGE$", out, re.M), out
     assert re.search(r"^foundationmodel\.fmops\.dev/movielens\s+Pending\s+movielens100k\s+\S+$", out, re.M), out
     assert re.search(r"^NAME\s+PHASE\s+TASK\s+MODEL\s+BASE\s+LATEST\s+AGE$", out, re.M), out
-    assert re.search(r"^taskadapter\.fmops\.dev/region-jp\s+Pending\s+region-jp\s+movielens\s+\S+$", out, re.M), out
+    assert re.search(r"^taskadapter\.fmops\.dev/west-coast\s+Pending\s+west-coast\s+movielens\s+\S+$", out, re.M), out
     assert re.search(r"^NAME\s+PHASE\s+STEP\s+WEIGHT\s+STABLE\s+CANARY\s+AGE$", out, re.M), out
     assert re.search(r"^rollout\.fmops\.dev/recommender\s+Pending\s+0\s+\S+$", out, re.M), out
 
     everything = cluster.kubectl("get", "fmops", "-n", namespace, "-o", "name").stdout.split()
-    assert sorted(everything) == ["foundationmodel.fmops.dev/movielens", "rollout.fmops.dev/recommender", "taskadapter.fmops.dev/region-jp"]
+    assert sorted(everything) == ["foundationmodel.fmops.dev/movielens", "rollout.fmops.dev/recommender", "taskadapter.fmops.dev/west-coast"]
     wide = cluster.kubectl("get", "fmro", "-n", namespace, "-o", "wide").stdout
     assert "PROVIDER" in wide and "gatewayAPI" in wide

@@ -83,20 +83,20 @@ def test_task_adapter_pinned_unknown_lists_known_versions() -> None:
 
 
 def test_rollout_missing_everything_names_each_field() -> None:
-    v = assess_rollout(_ns(load_example("rollout.yaml")), None, {"region-jp": None})
+    v = assess_rollout(_ns(load_example("rollout.yaml")), None, {"west-coast": None})
     assert conds(v)["ResolvedRefs"] == ("False", "FoundationModelNotFound")
     assert "spec.model.foundationModel.name" in v.message and "spec.model.adapters[0].name" in v.message
 
 
 def test_rollout_resolves_when_fm_and_adapter_versions_exist() -> None:
-    v = assess_rollout(_ns(load_example("rollout.yaml")), fm(("v1",)), {"region-jp": ta((("v1", "v1"),))})
+    v = assess_rollout(_ns(load_example("rollout.yaml")), fm(("v1",)), {"west-coast": ta((("v1", "v1"),))})
     assert conds(v)["ResolvedRefs"] == ("True", "Resolved") and conds(v)["Accepted"][0] == "True"
 
 
 def test_rollout_pinned_adapter_version_must_match_fm_version() -> None:
     ro = _ns(load_example("rollout.yaml"))
     ro["spec"]["model"]["adapters"][0]["version"] = "v2"
-    v = assess_rollout(ro, fm(("v1",)), {"region-jp": ta((("v1", "v1"),))})
+    v = assess_rollout(ro, fm(("v1",)), {"west-coast": ta((("v1", "v1"),))})
     assert conds(v)["ResolvedRefs"] == ("False", "AdapterVersionNotFound")
     assert "has no version v2 trained on movielens v1 (valid: v1)" in v.message
 
@@ -104,5 +104,5 @@ def test_rollout_pinned_adapter_version_must_match_fm_version() -> None:
 def test_rollout_adapter_of_other_model_is_invalid() -> None:
     other = ta()
     other["spec"]["foundationModel"]["name"] = "other"
-    v = assess_rollout(_ns(load_example("rollout.yaml")), fm(("v1",)), {"region-jp": other})
+    v = assess_rollout(_ns(load_example("rollout.yaml")), fm(("v1",)), {"west-coast": other})
     assert v.phase == "Failed" and conds(v)["Accepted"] == ("False", "InvalidSpec")

@@ -160,6 +160,14 @@ class ExportSettings(ApiModel):
     topK: Annotated[int, Field(ge=1, le=10000, description="Items returned per request by the served model.")] = 100
 
 
+class QualityGate(ApiModel):
+    """Offline quality a new version must keep to become latestVersion."""
+
+    ndcgTolerance: Annotated[float, Field(ge=0, le=1, description=(
+        "Largest relative NDCG@10 drop against the current latest version (0.02 = 2%); a version that drops more "
+        "is recorded but not made latestVersion."))] = 0.02
+
+
 class FoundationModelSpec(ApiModel):
     """What to train. Every change of spec trains a new version."""
 
@@ -173,6 +181,7 @@ class FoundationModelSpec(ApiModel):
     export: ExportSettings = Field(default_factory=ExportSettings)
     artifactUri: Annotated[str, Field(max_length=2048, description="Prefix under which versions are written (s3://bucket/fm/, file:///models/).")] | None = None
     versionHistoryLimit: Annotated[int, Field(ge=1, le=100, description="Versions kept in status.")] = 10
+    qualityGate: QualityGate = Field(default_factory=QualityGate)
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -196,7 +205,9 @@ class FoundationModelVersion(ApiModel):
     """One trained version: where it is and what it was trained on."""
 
     version: ModelVersion
-    artifactUri: Annotated[str, Field(max_length=2048)]
+    artifactUri: Annotated[str, Field(max_length=2048, description="The Triton model repository (a Rollout's storageUri).")]
+    checkpointUri: Annotated[str, Field(max_length=2048, description="The trained model, read by adapter fine-tuning.")] | None = None
+    gate: Literal["Passed", "HeldBack"] | None = Field(None, description="HeldBack: NDCG@10 regressed beyond spec.qualityGate.")
     dataFingerprint: ShortText = ""
     featureFingerprint: ShortText = ""
     metrics: Annotated[dict[str, float], Field(max_length=64)] = Field(default_factory=dict)
@@ -210,6 +221,7 @@ class FoundationModelStatus(ApiModel):
     observedGeneration: Annotated[int, Field(ge=0)] | None = None
     conditions: Annotated[list[Condition], Field(max_length=16)] = Field(default_factory=list)
     workflowName: ShortText | None = None
+    progress: ShortText | None = Field(None, description="Steps done of the training Workflow, e.g. 2/4.")
     latestVersion: ModelVersion | None = None
     versions: Annotated[list[FoundationModelVersion], Field(max_length=100)] = Field(default_factory=list)
     message: Message = ""

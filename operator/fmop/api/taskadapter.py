@@ -114,6 +114,7 @@ class AdapterVersion(ApiModel):
     artifactUri: Annotated[str, Field(max_length=2048)]
     metrics: Annotated[dict[str, float], Field(max_length=64)] = Field(default_factory=dict)
     workflow: ShortText = ""
+    specGeneration: Annotated[int, Field(ge=0)] | None = None
     createdAt: Timestamp | None = None
 
 
@@ -124,6 +125,7 @@ class TaskAdapterStatus(ApiModel):
     baseVersion: ModelVersion | None = Field(None, description="FoundationModel version the latest adapter version is valid for.")
     latestVersion: ModelVersion | None = None
     workflowName: ShortText | None = None
+    progress: ShortText | None = Field(None, description="Steps done of the fine-tune Workflow, e.g. 1/2.")
     versions: Annotated[list[AdapterVersion], Field(max_length=100)] = Field(default_factory=list)
     message: Message = ""
 

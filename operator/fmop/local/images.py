@@ -157,7 +157,9 @@ def build_base(log: Log) -> str:
 def _fmrec_requirements() -> list[str]:
     meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     extras = meta["optional-dependencies"]
-    return [*meta["dependencies"], *extras["model"], *extras["serving"]]
+    # hera (Argo model classes) is the operator's alone: leaving it out keeps the 6 GB layer's hash.
+    core = [d for d in meta["dependencies"] if not d.startswith("hera")]
+    return [*core, *extras["model"], *extras["serving"]]
 
 
 def _pip_target(target: Path, args: list[str], what: str) -> None:

@@ -1,0 +1,1 @@
+"""Training: Workflow rendering (render.py) and version bookkeeping (status.py), pure functions."""

@@ -1,0 +1,77 @@
+"""End to end on the real node: the operator renders a FoundationModel's Workflow, the real Argo
+controller runs it as pods in the locally built fmrec image, and status records version v1 with
+metrics and a Triton export on the models volume (tiny model, one epoch); then the example
+TaskAdapter fine-tunes on v1 the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from fmop.local import argo, images, kserve
+from tests.conftest import load_example
+from tests.integration.helpers import GROUP, VERSION, get, running_operator, wait_for
+
+WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+
+
+def test_operator_trains_a_tiny_foundation_model_through_argo(cluster: Any, api: Any, namespace: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    templates = [yaml.safe_load(p.read_text()) for p in sorted(WORKFLOWS.glob("*.yaml"))]
+    for t in templates:
+        t["metadata"]["namespace"] = namespace
+    cluster.apply([*templates, argo.executor_binding(namespace)], "WorkflowTemplates")
+    kserve.models_volume(cluster, namespace)
+
+    fm = load_example("foundationmodel.yaml")
+    fm["spec"]["architecture"].update(layers=1, width=16, heads=1, contextLength=20)
+    fm["spec"]["training"].update(epochs=1, batchSize=256)
+    fm["spec"]["resources"].update(cpu="1", memory="3Gi")
+    fm["spec"]["export"] = {"formats": ["tritonPython"], "topK": 10}
+    monkeypatch.setenv("FMOP_TRAINER_IMAGE", images.ref("fmrec"))
+    with running_operator(cluster.kubeconfig_path, tmp_path / "operator.log") as op:
+        client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, "foundationmodels", fm)
+        training = wait_for(lambda: (get(api, "foundationmodels", namespace, "movielens").get("status") or {}).get("workflowName"),
+                            60, "the training Workflow to be submitted")
+        assert training == "movielens-v1-g1"
+
+        def done() -> dict[str, Any] | None:
+            status: dict[str, Any] = get(api, "foundationmodels", namespace, "movielens").get("status") or {}
+            return status if status.get("phase") in ("Ready", "Failed") else None
+        status = wait_for(done, 900, "the FoundationModel to finish training", interval=2)
+        assert status["phase"] == "Ready", (status.get("message"), op.log()[-3000:], cluster.log_tail("workflow-controller"))
+
+        # the example TaskAdapter (slice region us-9) fine-tunes on v1 through the same controller
+        ta = load_example("taskadapter.yaml")
+        ta["spec"]["training"] = {"epochs": 1}
+        ta["spec"]["resources"] = {"cpu": "1", "memory": "3Gi"}
+        client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, "taskadapters", ta)
+
+        def adapted() -> dict[str, Any] | None:
+            s: dict[str, Any] = get(api, "taskadapters", namespace, "west-coast").get("status") or {}
+            return s if s.get("phase") in ("Ready", "Failed") and s.get("workflowName") else None
+        ta_status = wait_for(adapted, 600, "the TaskAdapter to finish fine-tuning", interval=2)
+        assert ta_status["phase"] == "Ready", (ta_status.get("message"), op.log()[-3000:])
+
+    assert status["latestVersion"] == "v1"
+    [v1] = status["versions"]
+    assert v1["artifactUri"] == f"pvc://fmop-models/{namespace}/foundationmodels/movielens/v1/triton"
+    assert 0 < v1["metrics"]["NDCG@10"] <= v1["metrics"]["HR@10"] <= 1
+    assert len(v1["dataFingerprint"]) >= 8 and v1["specGeneration"] == 1 and v1["workflow"] == training
+    # the Triton repository is where a pvc:// storageUri serves it from
+    repo = kserve.models_dir(cluster) / namespace / "foundationmodels" / "movielens" / "v1" / "triton"
+    assert (repo / "fmrec" / "config.pbtxt").is_file(), sorted(str(p) for p in repo.parent.rglob("*"))[:50]
+    wf = yaml.safe_load(cluster.kubectl("get", "workflow", training, "-n", namespace, "-o", "yaml").stdout)
+    assert wf["metadata"]["ownerReferences"][0]["kind"] == "FoundationModel"
+    steps = {n["displayName"] for n in wf["status"]["nodes"].values() if n["type"] == "Pod"}
+    assert steps == {"prepare-data", "pretrain", "evaluate", "export"}
+
+    [a1] = ta_status["versions"]
+    assert (ta_status["latestVersion"], ta_status["baseVersion"], a1["foundationModelVersion"]) == ("v1", "v1", "v1")
+    assert a1["metrics"]["testUsers"] > 0 and 0 <= a1["metrics"]["NDCG@10"] <= 1
+    adapter_repo = kserve.models_dir(cluster) / namespace / "taskadapters" / "west-coast" / "v1" / "triton" / "fmrec"
+    assert (adapter_repo / "config.pbtxt").is_file() and list(adapter_repo.rglob("west-coast.pt")), sorted(adapter_repo.rglob("*"))

@@ -1,0 +1,293 @@
+"""Training: Workflow rendering and FoundationModel / TaskAdapter version bookkeeping (pure)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from fmop.api import FoundationModel, TaskAdapter
+from fmop.conditions import Cond
+from fmop.training.render import (
+    FM_TEMPLATE,
+    LABEL_BASE,
+    LABEL_GENERATION,
+    LABEL_VERSION,
+    RenderError,
+    Target,
+    render_foundation_model,
+    render_task_adapter,
+    workflow_name,
+)
+from fmop.training.status import gate, plan_foundation_model, plan_task_adapter
+from tests.conftest import load_example
+
+IMAGE = "localhost/fmop/fmrec:test"
+NOW = "2026-01-01T00:00:00Z"
+
+
+def fm_obj(generation: int = 1, status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    obj = load_example("foundationmodel.yaml")
+    obj["metadata"] = {"name": "movielens", "namespace": "ns", "uid": "fm-uid", "generation": generation}
+    obj["spec"].update(spec)
+    if status is not None:
+        obj["status"] = status
+    return obj
+
+
+def ta_obj(generation: int = 1, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    obj = load_example("taskadapter.yaml")
+    obj["metadata"] = {"name": obj["metadata"]["name"], "namespace": "ns", "uid": "ta-uid", "generation": generation}
+    if status is not None:
+        obj["status"] = status
+    return obj
+
+
+def params(wf: dict[str, Any]) -> dict[str, str]:
+    return {p["name"]: p["value"] for p in wf["spec"]["arguments"]["parameters"]}
+
+
+def finished(wf: dict[str, Any], phase: str, metrics: dict[str, Any] | None = None, **status: Any) -> dict[str, Any]:
+    """The rendered Workflow as the Argo controller leaves it."""
+    name = wf["metadata"]["name"]
+    out = {"parameters": [{"name": "metrics", "value": json.dumps(metrics or {})},
+                          {"name": "data", "value": json.dumps({"dataFingerprint": "d1", "featureFingerprint": "f1"})}]}
+    return {**wf, "metadata": {**wf["metadata"], "creationTimestamp": NOW},
+            "status": {"phase": phase, "progress": "4/4" if phase == "Succeeded" else "1/4",
+                       "nodes": {name: {"id": name, "type": "Steps", "phase": phase, "outputs": out}}, **status}}
+
+
+def cond(plan_conds: list[Cond], type_: str) -> Cond:
+    return next(c for c in plan_conds if c.type == type_)
+
+
+# ---------------------------------------------------------------- rendering
+def test_foundation_model_workflow_references_the_template_and_is_owned_and_labelled() -> None:
+    fm = FoundationModel.model_validate(fm_obj())
+    wf = render_foundation_model(fm, Target("ns", "movielens", "fm-uid", 3, "v2"), IMAGE)
+    assert wf["apiVersion"] == "argoproj.io/v1alpha1" and wf["kind"] == "Workflow"
+    assert wf["metadata"]["name"] == "movielens-v2-g3"
+    assert wf["spec"]["workflowTemplateRef"] == {"name": FM_TEMPLATE}
+    assert wf["metadata"]["ownerReferences"] == [{"apiVersion": "fmops.dev/v1alpha1", "kind": "FoundationModel", "name": "movielens",
+                                                  "uid": "fm-uid", "controller": True, "blockOwnerDeletion": True}]
+    assert wf["metadata"]["labels"][LABEL_VERSION] == "v2" and wf["metadata"]["labels"][LABEL_GENERATION] == "3"
+    p = params(wf)
+    assert p["image"] == IMAGE and p["version-dir"] == "ns/foundationmodels/movielens/v2"
+    assert p["data"] == "movielens100k" and p["epochs"] == str(fm.spec.training.epochs)
+    assert p["event-fields"] == ",".join(fm.spec.architecture.eventFields)
+    assert p["objectives"] == ",".join(f"{o.type}={o.weight!r}" for o in fm.spec.objectives)
+
+
+@pytest.mark.parametrize(("resources", "nproc", "gpu", "tolerations"), [
+    pytest.param({"gpus": 0, "cpu": "1", "memory": "2Gi"}, "1", None, None, id="cpu-only"),
+    pytest.param({"gpus": 8, "nodes": 2, "cpu": "16", "memory": "64Gi"}, "8", "8",
+                 [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}], id="8-gpus-2-nodes"),
+])
+def test_resources_become_torchrun_parameters_and_pod_resources(resources: dict[str, Any], nproc: str, gpu: str | None,
+                                                                tolerations: list[dict[str, str]] | None) -> None:
+    fm = FoundationModel.model_validate(fm_obj(resources=resources))
+    wf = render_foundation_model(fm, Target("ns", "movielens", "u", 1, "v1"), IMAGE)
+    assert params(wf)["nproc-per-node"] == nproc and params(wf)["nnodes"] == str(resources.get("nodes", 1))
+    assert params(wf)["threads"] == resources["cpu"]
+    patch = json.loads(wf["spec"]["podSpecPatch"])["containers"][0]
+    assert patch["name"] == "main" and patch["resources"]["requests"]["memory"] == resources["memory"]
+    assert patch["resources"]["limits"].get("nvidia.com/gpu") == gpu
+    assert wf["spec"].get("tolerations") == tolerations
+
+
+@pytest.mark.parametrize(("uri", "expected"), [
+    pytest.param(None, "ns/foundationmodels/movielens/v1", id="default"),
+    pytest.param("pvc://fmop-models/team-a/fm/", "team-a/fm/v1", id="pvc-prefix"),
+    pytest.param("s3://models/fm/", RenderError, id="s3-rejected"),
+    pytest.param("pvc://other-claim/fm/", RenderError, id="other-claim-rejected"),
+])
+def test_artifact_uri_prefix(uri: str | None, expected: str | type[Exception]) -> None:
+    obj = fm_obj()
+    obj["spec"].pop("artifactUri", None)
+    if uri:
+        obj["spec"]["artifactUri"] = uri
+    fm = FoundationModel.model_validate(obj)
+    target = Target("ns", "movielens", "u", 1, "v1")
+    if isinstance(expected, str):
+        assert params(render_foundation_model(fm, target, IMAGE))["version-dir"] == expected
+    else:
+        with pytest.raises(expected, match="spec.artifactUri"):
+            render_foundation_model(fm, target, IMAGE)
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    pytest.param({"objectives": [{"type": "nextItem", "loss": "sampledSoftmax", "negatives": 100}]}, "spec.objectives[0].loss", id="sampled"),
+    pytest.param({"training": {"weightDecay": 0.1}}, "spec.training.weightDecay", id="weight-decay"),
+])
+def test_settings_the_trainer_lacks_are_refused_by_name(spec: dict[str, Any], field: str) -> None:
+    fm = FoundationModel.model_validate(fm_obj(**spec))
+    with pytest.raises(RenderError, match=re.escape(field)):
+        render_foundation_model(fm, Target("ns", "movielens", "u", 1, "v1"), IMAGE)
+
+
+def test_workflow_names_fit_label_values() -> None:
+    name = workflow_name("a" * 80, "v12", 1234)
+    assert len(name) <= 63 and name.endswith("-v12-g1234")
+
+
+def test_task_adapter_workflow_slices_and_labels_the_base_version() -> None:
+    ta = TaskAdapter.model_validate(ta_obj())
+    wf = render_task_adapter(ta, Target("ns", "west", "ta-uid", 2, "v1"), "v3", "pvc://fmop-models/ns/foundationmodels/movielens/v3/checkpoint", IMAGE)
+    p = params(wf)
+    assert p["base-checkpoint"] == "ns/foundationmodels/movielens/v3/checkpoint"
+    assert p["slice"] == f"{ta.spec.task.slice.attribute}={','.join(ta.spec.task.slice.values)}"  # type: ignore[union-attr]
+    assert p["task"] == ta.spec.task.name and p["adapter"] == ta.spec.adapter.type
+    assert wf["metadata"]["labels"][LABEL_BASE] == "v3" and wf["metadata"]["ownerReferences"][0]["kind"] == "TaskAdapter"
+
+
+def test_adapter_types_the_trainer_lacks_are_refused_by_name() -> None:
+    obj = ta_obj()
+    obj["spec"]["adapter"] = {"type": "lora"}
+    with pytest.raises(RenderError, match="spec.adapter.type lora"):
+        render_task_adapter(TaskAdapter.model_validate(obj), Target("ns", "x", "u", 1, "v1"), "v1", "pvc://fmop-models/a", IMAGE)
+
+
+# ---------------------------------------------------------------- FoundationModel bookkeeping
+def test_new_object_submits_v1() -> None:
+    plan = plan_foundation_model(fm_obj(), [], IMAGE, NOW)
+    assert plan.create is not None and plan.create["metadata"]["name"] == "movielens-v1-g1"
+    assert plan.verdict.phase == "Training" and plan.verdict.extra["workflowName"] == "movielens-v1-g1"
+    assert cond(plan.verdict.conditions, "Training").reason == "WorkflowSubmitted"
+
+
+def test_no_trainer_image_trains_nothing_and_says_how_to_turn_it_on() -> None:
+    plan = plan_foundation_model(fm_obj(), [], "", NOW)
+    assert plan.create is None and plan.verdict.phase == "Pending"
+    assert "--trainer-image" in cond(plan.verdict.conditions, "Training").message
+
+
+def test_running_workflow_shows_training_with_progress() -> None:
+    wf = plan_foundation_model(fm_obj(), [], IMAGE, NOW).create
+    assert wf is not None
+    plan = plan_foundation_model(fm_obj(), [finished(wf, "Running")], IMAGE, NOW)
+    assert plan.create is None and plan.delete == ()
+    assert plan.verdict.phase == "Training" and plan.verdict.extra["progress"] == "1/4"
+
+
+def test_succeeded_workflow_records_v1_with_lineage_and_metrics() -> None:
+    wf = plan_foundation_model(fm_obj(), [], IMAGE, NOW).create
+    assert wf is not None
+    done = finished(wf, "Succeeded", {"HR@10": 0.2, "NDCG@10": 0.1})
+    plan = plan_foundation_model(fm_obj(), [done], IMAGE, NOW)
+    assert plan.verdict.phase == "Ready" and plan.verdict.extra["latestVersion"] == "v1"
+    [v] = plan.verdict.extra["versions"]
+    assert v["artifactUri"] == "pvc://fmop-models/ns/foundationmodels/movielens/v1/triton"
+    assert v["checkpointUri"] == "pvc://fmop-models/ns/foundationmodels/movielens/v1/checkpoint"
+    assert (v["dataFingerprint"], v["featureFingerprint"], v["specGeneration"], v["createdAt"], v["gate"]) == ("d1", "f1", 1, NOW, "Passed")
+    assert v["metrics"]["NDCG@10"] == 0.1 and v["metrics"]["HR@10"] == 0.2 and v["metrics"]["epochs"] == 20
+    # the next reconcile, with that status stored, changes nothing and submits nothing
+    stored = fm_obj(status={"latestVersion": "v1", "versions": plan.verdict.extra["versions"]})
+    again = plan_foundation_model(stored, [done], IMAGE, NOW)
+    assert again.create is None and again.verdict.extra["versions"] == plan.verdict.extra["versions"]
+
+
+def test_failed_workflow_names_the_step_and_its_log_tail() -> None:
+    wf = plan_foundation_model(fm_obj(), [], IMAGE, NOW).create
+    assert wf is not None
+    bad = finished(wf, "Failed")
+    bad["status"]["nodes"]["pod-1"] = {"id": "pod-1", "type": "Pod", "displayName": "pretrain", "phase": "Failed",
+                                       "message": "Error (exit code 2)", "finishedAt": NOW}
+    plan = plan_foundation_model(fm_obj(), [bad], IMAGE, NOW, log_tail="error: slice attribute 'region' is not in this data\n")
+    assert plan.verdict.phase == "Failed" and plan.create is None
+    assert "step pretrain failed: Error (exit code 2)" in plan.verdict.message
+    assert "slice attribute 'region'" in plan.verdict.message
+
+
+def test_spec_edit_supersedes_the_running_workflow() -> None:
+    old = plan_foundation_model(fm_obj(), [], IMAGE, NOW).create
+    assert old is not None
+    plan = plan_foundation_model(fm_obj(generation=2), [finished(old, "Running")], IMAGE, NOW)
+    assert plan.create is not None and plan.create["metadata"]["name"] == "movielens-v1-g2"
+    assert plan.delete == ("movielens-v1-g1",)
+
+
+def _trained_v1(ndcg: float) -> dict[str, Any]:
+    return {"latestVersion": "v1", "versions": [{"version": "v1", "artifactUri": "pvc://fmop-models/x", "specGeneration": 1,
+                                                 "workflow": "movielens-v1-g1", "metrics": {"NDCG@10": ndcg}}]}
+
+
+@pytest.mark.parametrize(("ndcg", "tolerance", "latest", "gate_reason"), [
+    pytest.param(0.105, None, "v2", "Passed", id="better"),
+    pytest.param(0.099, None, "v2", "Passed", id="1pct-worse-within-2pct"),
+    pytest.param(0.095, None, "v1", "NDCGRegressed", id="5pct-worse-held-back"),
+    pytest.param(0.095, 0.1, "v2", "Passed", id="5pct-worse-within-custom-10pct"),
+])
+def test_quality_gate(ndcg: float, tolerance: float | None, latest: str, gate_reason: str) -> None:
+    spec = {"qualityGate": {"ndcgTolerance": tolerance}} if tolerance is not None else {}
+    obj = fm_obj(generation=2, status=_trained_v1(0.1), **spec)
+    wf = plan_foundation_model(obj, [], IMAGE, NOW).create
+    assert wf is not None and wf["metadata"]["labels"][LABEL_VERSION] == "v2"
+    plan = plan_foundation_model(obj, [finished(wf, "Succeeded", {"NDCG@10": ndcg})], IMAGE, NOW)
+    assert plan.verdict.extra["latestVersion"] == latest
+    assert [v["version"] for v in plan.verdict.extra["versions"]] == ["v1", "v2"]
+    c = cond(plan.verdict.conditions, "QualityGate")
+    assert c.reason == gate_reason
+    if gate_reason == "NDCGRegressed":
+        assert "-5.0%" in c.message and "latestVersion stays v1" in c.message
+        assert plan.verdict.extra["versions"][-1]["gate"] == "HeldBack"
+
+
+def test_gate_without_a_previous_metric_passes() -> None:
+    assert gate({"NDCG@10": 0.1}, None, 0.02)[0]
+
+
+def test_version_history_limit_prunes_versions_and_their_workflows() -> None:
+    versions = [{"version": f"v{i}", "artifactUri": "pvc://fmop-models/x", "specGeneration": i, "workflow": f"movielens-v{i}-g{i}",
+                 "metrics": {"NDCG@10": 0.1}} for i in (1, 2)]
+    obj = fm_obj(generation=3, status={"latestVersion": "v2", "versions": versions}, versionHistoryLimit=2)
+    wf = plan_foundation_model(obj, [], IMAGE, NOW).create
+    assert wf is not None
+    old = [{"metadata": {"name": f"movielens-v{i}-g{i}", "labels": {LABEL_VERSION: f"v{i}", LABEL_GENERATION: str(i)}},
+            "status": {"phase": "Succeeded"}} for i in (1, 2)]
+    plan = plan_foundation_model(obj, [*old, finished(wf, "Succeeded", {"NDCG@10": 0.11})], IMAGE, NOW)
+    assert [v["version"] for v in plan.verdict.extra["versions"]] == ["v2", "v3"]
+    assert plan.delete == ("movielens-v1-g1",)
+
+
+# ---------------------------------------------------------------- TaskAdapter bookkeeping
+def fm_with(*versions: str) -> dict[str, Any]:
+    return fm_obj(status={"latestVersion": versions[-1], "versions": [
+        {"version": v, "artifactUri": f"pvc://fmop-models/ns/foundationmodels/movielens/{v}/triton",
+         "checkpointUri": f"pvc://fmop-models/ns/foundationmodels/movielens/{v}/checkpoint"} for v in versions]})
+
+
+def test_adapter_waits_for_a_foundation_model_version() -> None:
+    plan = plan_task_adapter(ta_obj(), fm_obj(), [], IMAGE, NOW)
+    assert plan.create is None and plan.verdict.phase == "Pending"
+
+
+def test_adapter_fine_tunes_on_the_latest_version_and_retrains_on_a_new_one() -> None:
+    plan = plan_task_adapter(ta_obj(), fm_with("v1"), [], IMAGE, NOW)
+    wf = plan.create
+    assert wf is not None and wf["metadata"]["labels"][LABEL_BASE] == "v1"
+    assert params(wf)["base-checkpoint"] == "ns/foundationmodels/movielens/v1/checkpoint"
+    result = {"fm_plus_adapter": {"HR@10": 0.3, "NDCG@10": 0.15}, "frozen_fm": {"HR@10": 0.2, "NDCG@10": 0.1},
+              "adapter_params": 2000, "users": 40}
+    done = finished(wf, "Succeeded", result)
+    plan = plan_task_adapter(ta_obj(), fm_with("v1"), [done], IMAGE, NOW)
+    assert plan.verdict.phase == "Ready" and plan.verdict.extra["latestVersion"] == "v1"
+    [v] = plan.verdict.extra["versions"]
+    assert v["foundationModelVersion"] == "v1" and v["metrics"]["NDCG@10"] == 0.15 and v["metrics"]["frozen NDCG@10"] == 0.1
+    # FollowLatest: the FoundationModel gets v2, the adapter trains again on it
+    stored = ta_obj(status={"latestVersion": "v1", "versions": plan.verdict.extra["versions"]})
+    again = plan_task_adapter(stored, fm_with("v1", "v2"), [done], IMAGE, NOW)
+    assert again.create is not None and again.create["metadata"]["labels"][LABEL_BASE] == "v2"
+    assert again.create["metadata"]["labels"][LABEL_VERSION] == "v2" and again.delete == ()
+
+
+def test_production_example_renders_for_8_gpus() -> None:
+    obj = load_example("production/foundationmodel.yaml")
+    obj["metadata"].update(namespace="recsys", uid="u", generation=1)
+    plan = plan_foundation_model(obj, [], IMAGE, NOW)
+    assert plan.create is not None, plan.verdict.message
+    p = params(plan.create)
+    assert (p["nproc-per-node"], p["data"], p["version-dir"]) == ("8", "parquet:s3://recsys-events/interactions/2026/",
+                                                                  "recsys/foundation/events-fm/v1")
+    assert plan.create["spec"]["nodeSelector"] == {"node.kubernetes.io/instance-type": "p5.48xlarge"}

@@ -19,7 +19,8 @@ RUN python3 /install-wheels.py /wheels /install --exclude fmrec --exclude kubern
 
 FROM ${BASE}
 COPY --from=build /install/ /
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOME=/tmp
+# USER: kopf names the operator by getpass.getuser(), and uid 65532 has no passwd entry in the image.
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOME=/tmp USER=fm-operator
 # Non-root, matching the chart's securityContext (runAsUser 65532, read-only root filesystem).
 USER 65532:65532
 EXPOSE 8080 8081 9090

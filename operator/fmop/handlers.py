@@ -50,11 +50,18 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Lo
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     if not cfg.verbose:  # "Timer ... succeeded" at every resync of every object drowns what matters
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        logging.getLogger("kopf.objects").addFilter(_QuietResync())
     metrics.BUILD.labels(__version__).set(1)
     metrics.serve(cfg.metrics_port, cfg.bind_address)
     logger.info(f"fm-operator {__version__} watching {'all namespaces' if cfg.clusterwide else ', '.join(cfg.namespaces)}; "
                 f"metrics on :{cfg.metrics_port}, resync every {cfg.resync_seconds}s")
+
+
+class _QuietResync(logging.Filter):
+    """Drops kopf's INFO line for every successful resync timer run (one per object every resync); keeps the rest."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and record.getMessage().startswith("Timer ") and record.getMessage().endswith("succeeded."))
 
 
 def _apply(kind: str, body: kopf.Body, patch: kopf.Patch, verdict: Verdict) -> str:
@@ -196,7 +203,7 @@ async def start_webhook(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> No
 
     async def on_alerts(namespace: str, name: str, alerts: tuple[Alert, ...]) -> str:
         outcome = await asyncio.to_thread(ctl.reconcile, namespace, name, alerts)
-        if outcome.result == "changed" and outcome.phase == "RolledBack":
+        if outcome.rolled_back:
             for alert in alerts:
                 metrics.ALERT_ROLLBACKS.labels(alert.name).inc()
         return f"{outcome.result}: {outcome.phase}" + (f" ({'; '.join(outcome.actions)})" if outcome.actions else "")

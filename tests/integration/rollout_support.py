@@ -115,7 +115,7 @@ class Load:
                     code = r.status
             except urllib.error.HTTPError as err:
                 code = err.code
-            except OSError:
+            except Exception:  # no answer (refused, reset, timed out, cut short): counted, and the load goes on
                 code = 0
             self.results.append((time.monotonic(), code))
             self._stop.wait(max(0.0, period - (time.monotonic() - start)))

@@ -138,6 +138,7 @@ class Outcome:
     traffic_at: float | None = None  # time.monotonic() when the traffic object was written, if it was
     message: str = ""
     busy: bool = False  # time-driven work is under way (steps, pauses, measurements): reconcile again soon
+    rolled_back: bool = False  # this reconcile rolled the revision in flight back
 
 
 @dataclass
@@ -285,7 +286,8 @@ class Controller:
                 self._event(body, event)
             for record in records:
                 metrics.ROLLOUT_OUTCOMES.labels(record.entry.outcome).inc()
-        return Outcome(result, new.phase, tuple(done), traffic_at, new.message, busy=_busy(new, spec))
+        return Outcome(result, new.phase, tuple(done), traffic_at, new.message, busy=_busy(new, spec),
+                       rolled_back=result == "changed" and new.phase == "RolledBack" and status.phase != "RolledBack")
 
     # ------------------------------------------------------------ observations
     def _inference_services(self, ref: RolloutRef) -> dict[int, tuple[InferenceServiceState, dict[str, Any]]]:

@@ -52,6 +52,20 @@ def _has(ref: str) -> bool:
     return out.returncode == 0
 
 
+def prune(ref: str, log: Log = print) -> list[str]:
+    """Remove the other tags of ref's repository from buildah's storage: every change to the model
+    package makes a new multi-GB fmrec image, and nothing ever needs the superseded one again."""
+    repo = ref.rsplit(":", 1)[0]
+    listed = subprocess.run(["buildah", f"--root={STORE / 'storage'}", f"--runroot={STORE / 'run'}", "--storage-driver=overlay",
+                             "images", "--format={{.Name}}:{{.Tag}}"], capture_output=True, text=True)
+    old = [r for r in listed.stdout.split() if r.rsplit(":", 1)[0] == repo and r != ref]
+    for r in old:
+        subprocess.run(["buildah", f"--root={STORE / 'storage'}", f"--runroot={STORE / 'run'}", "--storage-driver=overlay",
+                        "rmi", r], capture_output=True)
+        log(f"[images] removed the superseded {r}")
+    return old
+
+
 def _digest(*parts: bytes | str) -> str:
     h = hashlib.sha256()
     for p in parts:
@@ -201,6 +215,7 @@ def build_fmrec(log: Log) -> str:
     ref = fmrec_ref()
     if _has(ref):
         return ref
+    prune(ref, log)  # before the new copy, so the disk holds at most one of them plus the deps
     config = ["--env", "HOME=/tmp", "--env", "PYTHONDONTWRITEBYTECODE=1", "--env", "PYTHONUNBUFFERED=1", "--cmd", '["tritonserver", "--help"]']
     with _working(deps, ref, config) as mnt:
         # Only the model package: the operator is not part of this image, and an operator change must
@@ -220,6 +235,7 @@ def build_fmrec(log: Log) -> str:
         wrapper = mnt / "usr" / "local" / "bin" / "tritonserver"
         wrapper.write_text(TRITON_WRAPPER)
         wrapper.chmod(0o755)
+    prune(deps, log)
     return ref
 
 
@@ -253,6 +269,7 @@ def build_operator(log: Log) -> str:
         buildah("bud", "--isolation=chroot", "--pull=never", f"--build-arg=BASE={base}", "--file", str(REPO / "Dockerfile"),
                 "--tag", ref, str(context), what=f"building {ref}", timeout=900)
     log(f"[images] {ref}: built in {time.monotonic() - t0:.0f}s")
+    prune(ref, log)
     return ref
 
 
@@ -295,6 +312,7 @@ def ensure(node: Node, names: list[str], log: Log = print) -> dict[str, str]:
             image, path = archive(name, log)
             size = path.stat().st_size
             node.import_image(path, image)
+            node.remove_images(image.rsplit(":", 1)[0], keep=image)
             # containerd keeps its own copy; the archive is rewritten from buildah's storage if ever needed again
             path.unlink()
             log(f"[images] {image}: imported into the node in {time.monotonic() - t0:.0f}s ({size / 1e6:.0f} MB)")

@@ -206,6 +206,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         if ref not in self.images():
             raise ClusterError(f"importing {archive} did not produce {ref}; the node has: {sorted(self.images())}")
 
+    def remove_images(self, repo: str, keep: str) -> list[str]:
+        """Drop the node's other tags of repo (superseded builds); containers still running keep
+        their snapshots, and containerd's garbage collector frees the rest."""
+        old = [r for r in self.images() if r.rsplit(":", 1)[0] == repo and r != keep]
+        for r in old:
+            subprocess.run(self.ctr("images", "rm", r), capture_output=True)
+        return old
+
     # ------------------------------------------------------------------ kubelet
     def start_kubelet(self, sup: Supervisor, timeout: float = 120.0) -> None:
         kdir = self.dir / "kubelet"

@@ -89,6 +89,7 @@ class Load:
     host: str
     rate: float = 20.0
     results: list[tuple[float, int]] = field(default_factory=list)  # (time.monotonic(), HTTP status; 0 = no answer)
+    errors: list[tuple[float, float, str]] = field(default_factory=list)  # (when, seconds taken, what) for answers other than 200
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -105,20 +106,36 @@ class Load:
     def _run(self) -> None:
         body = json.dumps(REQUEST).encode()
         period = 1.0 / self.rate
+        # No proxy from the environment: the gateway is on the node's bridge, never behind a proxy.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         while not self._stop.is_set():
             start = time.monotonic()
             req = urllib.request.Request(f"{self.url}/v2/models/fmrec/infer", data=body,
                                          headers={"Content-Type": "application/json", "Host": self.host})
+            what = ""
             try:
-                with urllib.request.urlopen(req, timeout=10) as r:
+                with opener.open(req, timeout=10) as r:
                     r.read()
                     code = r.status
             except urllib.error.HTTPError as err:
-                code = err.code
-            except Exception:  # no answer (refused, reset, timed out, cut short): counted, and the load goes on
-                code = 0
-            self.results.append((time.monotonic(), code))
+                code, what = err.code, err.read()[:200].decode(errors="replace")
+            except Exception as err:  # no answer (refused, reset, timed out, cut short): counted, and the load goes on
+                code, what = 0, repr(err)[:200]
+            now = time.monotonic()
+            self.results.append((now, code))
+            if code != 200:
+                self.errors.append((now, now - start, f"{code} {what}"))
             self._stop.wait(max(0.0, period - (time.monotonic() - start)))
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def describe(self, since: float = 0.0) -> str:
+        """For failure messages: counts since `since`, the thread's state and the last errors."""
+        last = self.results[-1][0] - since if self.results else None
+        errs = [(round(t - since, 2), round(d, 2), w) for t, d, w in self.errors[-5:]]
+        return (f"answers since: {dict(self.codes(since))}, total {len(self.results)}, last answer at {last}s, "
+                f"thread alive: {self.alive()}, last errors (t, seconds, what): {errs}")
 
     def codes(self, since: float = 0.0, until: float = float("inf")) -> Counter[int]:
         return Counter(code for t, code in list(self.results) if since <= t <= until)

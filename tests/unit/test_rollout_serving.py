@@ -9,7 +9,8 @@ import pytest
 from fmop.api.rollout import Serving, ServeTarget
 from fmop.rollout import naming
 from fmop.rollout.providers.base import RolloutRef
-from fmop.rollout.serving import StorageError, observe_isvc, render_isvc, storage_uri
+from fmop.rollout.serving import StorageError, observe_isvc, render_isvc, revision_uri, storage_uri
+from fmop.rollout.types import ModelRef
 
 REF = RolloutRef(name="recommender", namespace="shop", uid="uid-1")
 TARGET = ServeTarget.model_validate({"foundationModel": {"name": "movielens", "version": "v2"}})
@@ -40,6 +41,24 @@ def test_storage_comes_from_the_version_unless_the_spec_overrides_it() -> None:
     assert storage_uri(TARGET, Serving(storageUri="s3://b/x"), None) == "s3://b/x"
     with pytest.raises(StorageError, match=r"FoundationModel movielens has no artifactUri for version v2.*spec.serving.storageUri"):
         storage_uri(TARGET, Serving(), fm(("v1", "pvc://a/v1")))
+
+
+def test_each_revision_serves_its_own_artifact_and_an_existing_one_keeps_it() -> None:
+    versions = fm(("v1", "pvc://a/v1"), ("v2", "pvc://a/v2"))
+    stable, canary = ModelRef("movielens", "v1"), ModelRef.of(TARGET)
+    # While v2 is the canary, the stable revision keeps v1's artifact: never the spec's current one.
+    assert revision_uri(stable, TARGET, "pvc://a/v2", versions, None) == "pvc://a/v1"
+    assert revision_uri(canary, TARGET, "pvc://a/v2", versions, None) == "pvc://a/v2"
+    # spec.serving.storageUri (already in current_uri) applies to the revision the spec names only.
+    assert revision_uri(canary, TARGET, "s3://b/x", versions, None) == "s3://b/x"
+    assert revision_uri(stable, TARGET, "s3://b/x", versions, None) == "pvc://a/v1"
+    # An InferenceService that exists keeps what it was created with, even if its version was pruned since.
+    found = render_isvc(REF, 1, Serving(), "pvc://a/v1-old")
+    assert revision_uri(stable, TARGET, "pvc://a/v2", fm(("v2", "pvc://a/v2")), found) == "pvc://a/v1-old"
+    # Unknown: a pruned version with no object, or another FoundationModel: leave it alone.
+    assert revision_uri(stable, TARGET, "pvc://a/v2", fm(("v2", "pvc://a/v2")), None) is None
+    assert revision_uri(ModelRef("other", "v1"), TARGET, "pvc://a/v2", versions, None) is None
+    assert revision_uri(canary, TARGET, "", versions, None) is None  # the spec's artifact is not known yet
 
 
 @pytest.mark.parametrize(("status", "ready", "message"), [

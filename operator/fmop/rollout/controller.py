@@ -45,7 +45,7 @@ from fmop.rollout.providers import kube as provider_io
 from fmop.rollout.providers.kube import TrafficError
 from fmop.rollout.providers import provider_for
 from fmop.rollout.providers.base import RolloutRef, TrafficProvider
-from fmop.rollout.serving import StorageError, observe_isvc, render_isvc, storage_uri
+from fmop.rollout.serving import StorageError, observe_isvc, render_isvc, revision_uri, storage_uri
 from fmop.rollout.types import (
     ABORT_ANNOTATION,
     PROMOTE_ANNOTATION,
@@ -254,8 +254,9 @@ class Controller:
         ordered = sorted(decision.actions, key=lambda a: 0 if isinstance(a, SetTraffic) and new.phase in ("RolledBack", "Failed") else 1)
         for action in ordered:
             if isinstance(action, EnsureInferenceService):
-                wanted = render_isvc(ref, action.revision, spec.serving, uri) if uri else None
                 found = isvcs.get(action.revision, (None, None))[1]
+                served = revision_uri(action.model, spec.model, uri, fm, found)
+                wanted = render_isvc(ref, action.revision, spec.serving, served) if served else None
                 if wanted is None or (found is not None and contains(found, wanted)):
                     continue  # as wanted already: no write, so KServe's webhooks are not called on every tick
                 self._apply(KSERVE_GROUP, "v1beta1", namespace, ISVC_PLURAL, wanted)

@@ -12,7 +12,7 @@ from typing import Any
 from fmop.api.rollout import Serving, ServeTarget
 from fmop.rollout import naming
 from fmop.rollout.providers.base import RolloutRef
-from fmop.rollout.types import InferenceServiceState
+from fmop.rollout.types import InferenceServiceState, ModelRef
 
 API_VERSION, KIND, GROUP, PLURAL = "serving.kserve.io/v1beta1", "InferenceService", "serving.kserve.io", "inferenceservices"
 
@@ -34,6 +34,30 @@ def storage_uri(target: ServeTarget, serving: Serving, fm: dict[str, Any] | None
             return str(v["artifactUri"])
     raise StorageError(f"spec.model.foundationModel: FoundationModel {target.foundationModel.name} has no artifactUri for version "
                        f"{version}; wait for its training to record one, or set spec.serving.storageUri")
+
+
+def revision_uri(model: ModelRef, current: ServeTarget, current_uri: str, fm: dict[str, Any] | None,
+                 found: dict[str, Any] | None) -> str | None:
+    """The storageUri of one revision's InferenceService, or None when it cannot be known (then the
+    object is left as it is).
+
+    A revision is immutable: an InferenceService that exists keeps the artifact it was created with,
+    whatever spec.model says now. Otherwise the artifact is that of the revision's own model: the
+    current spec's (current_uri, which honours spec.serving.storageUri) when the revision serves
+    what the spec names, else its FoundationModel version's artifactUri. The stable of a canary
+    rollout must never be pointed at the canary's artifact."""
+    if found is not None:
+        uri = (((found.get("spec") or {}).get("predictor") or {}).get("model") or {}).get("storageUri")
+        if uri:
+            return str(uri)
+    if model == ModelRef.of(current):
+        return current_uri or None
+    if model.foundation_model != current.foundationModel.name:
+        return None
+    for v in ((fm or {}).get("status") or {}).get("versions") or []:
+        if v.get("version") == model.version and v.get("artifactUri"):
+            return str(v["artifactUri"])
+    return None
 
 
 def render_isvc(ref: RolloutRef, revision: int, serving: Serving, uri: str) -> dict[str, Any]:

@@ -5,7 +5,7 @@ CACHE ?= $(or $(FMOP_CACHE),$(HOME)/.cache/fm-operator)
 KUBECONFIG_LOCAL := $(CACHE)/cluster/kubeconfig
 export PATH := $(CACHE)/bin:$(PATH)
 
-.PHONY: help setup lint test bench bench-rollouts test-e2e train-fm finetune cold export serve-bench test-unit test-integration crds check-crds cluster-up cluster-down cluster-status run examples operator-image clean
+.PHONY: help setup lint test bench bench-rollouts test-e2e train-fm finetune cold export serve-bench consolidation-bench test-unit test-integration crds check-crds cluster-up cluster-down cluster-status run examples operator-image clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ export: ## write a Triton model repository for runs/fm into runs/triton (fp32 an
 
 serve-bench: ## real Triton on runs/fm: p50/p99/throughput at concurrency 1, 8, 32, fp32 vs int8 (make train-fm first)
 	$(PY) -m fmrec serve-bench --model runs/fm --threads 2
+
+consolidation-bench: ## real Triton: 1/4/16 tasks as one model with adapters vs separate models (memory, size, req/s, p99; make train-fm first)
+	$(PY) -m fmrec consolidation-bench --model runs/fm --requests 1000
 
 IMAGE ?= ghcr.io/fm-operator/fm-operator:0.1.0
 operator-image: ## the operator image: wheelhouse on the host (hack/operator-wheels.sh), then `docker build` (BASE=..., IMAGE=...)

@@ -79,9 +79,12 @@ build_kubernetes() {
   fi
 }
 
-# A wrapper module that requires $1@$2 and carries the module's own replace lines (single-line
-# `replace a => b v` forms, which is what KServe and Argo use), so `go build` resolves exactly as
-# the project's own build does.
+# A wrapper module that requires $1@$2 and carries the module's own replace and exclude lines, both
+# the single-line form and `replace ( ... )` blocks (Prometheus and Traefik use blocks), so that
+# `go build` resolves exactly as the project's own build does. A dependency's replace lines are
+# ignored by Go, so without them Prometheus builds against the real klog instead of klog-gokit and
+# fails ("undefined: klog.ClampLevel"). Replaces by local path (=> ./x) are not carried: a module
+# zip has no such folder, and the caller must handle them.
 wrapper_module() {
   local dir="$1" mod="$2" ver="$3" upstream
   mkdir -p "$dir"
@@ -94,7 +97,10 @@ wrapper_module() {
     echo
     echo "require $mod $ver"
     echo
-    grep -E '^replace [^ ]+ => [^ ]+ v[^ ]+$' "$upstream" || true
+    awk '/^(replace|exclude) \($/ {b=$1; next}
+         b && /^\)/ {b=""; next}
+         b && NF && !/^[ \t]*\/\// {sub(/^[ \t]+/, ""); print b " " $0; next}
+         /^(replace|exclude) [^(]/ {print}' "$upstream" | grep -Ev '=> \.{1,2}/' || true
   } >"$dir/go.mod"
 }
 
@@ -128,29 +134,15 @@ build_argo() {
   done
 }
 
-# Traefik, the local data plane (reads the HTTPRoutes and TraefikServices the operator writes). Its
-# go.mod writes its replace lines as a `replace ( ... )` block, which wrapper_module does not carry,
-# so they are turned into single-line replaces here, with its exclude line. v3.7.x does not build
-# from the proxy: its go.mod replaces a nested module (dynamic/ext) that the module zip lacks.
+# Traefik, the local data plane (reads the HTTPRoutes and TraefikServices the operator writes).
+# v3.7.x does not build from the proxy: its go.mod replaces a nested module (dynamic/ext) that the
+# module zip lacks.
 build_traefik() {
   if stamp_ok traefik "$TRAEFIK_VERSION"; then log "traefik $TRAEFIK_VERSION: cached"; return; fi
-  local dir="$SRC/traefik-$TRAEFIK_VERSION" mod="github.com/traefik/traefik/v3" upstream
-  mkdir -p "$dir"
-  if ! { [ -f "$dir/go.sum" ] && grep -q "^require $mod $TRAEFIK_VERSION\$" "$dir/go.mod" 2>/dev/null; }; then
-    upstream="$(cd "$dir" && printf 'module fmop.local/probe\n\ngo 1.24\n' >go.mod && go mod download -json "$mod@$TRAEFIK_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
-    {
-      echo "module fmop.local/traefik-tools"
-      echo
-      echo "go $(awk '/^go /{print $2; exit}' "$upstream")"
-      echo
-      echo "require $mod $TRAEFIK_VERSION"
-      echo
-      awk '/^replace \($/ {b=1; next} b && /^\)/ {b=0; next} b && NF {sub(/^[ \t]+/, ""); print "replace " $0}
-           /^replace [^(]/ || /^exclude [^(]/ {print}' "$upstream"
-    } >"$dir/go.mod"
-    printf '//go:build tools\n\npackage tools\n\nimport _ "%s/cmd/traefik"\n' "$mod" >"$dir/tools.go"
-    (cd "$dir" && go mod tidy)
-  fi
+  local dir="$SRC/traefik-$TRAEFIK_VERSION" mod="github.com/traefik/traefik/v3"
+  wrapper_module "$dir" "$mod" "$TRAEFIK_VERSION"
+  printf '//go:build tools\n\npackage tools\n\nimport _ "%s/cmd/traefik"\n' "$mod" >"$dir/tools.go"
+  (cd "$dir" && go mod tidy)
   log "traefik $TRAEFIK_VERSION: building (slow the first time)"
   (cd "$dir" && go build -trimpath -ldflags "-s -w -X $mod/pkg/version.Version=$TRAEFIK_VERSION -X $mod/pkg/version.BuildDate=1970-01-01T00:00:00Z" -o "$BIN/traefik" "$mod/cmd/traefik")
   stamp traefik "$TRAEFIK_VERSION"

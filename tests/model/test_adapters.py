@@ -4,6 +4,7 @@ round-trips through adapter.pt, refuses an FM it was not trained on, and learns 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,22 @@ def test_an_unknown_kind_is_refused_naming_the_kinds(fm: FoundationModel) -> Non
     with pytest.raises(ValueError, match=r"adapter kind 'prefix' is not one of \['head', 'bottleneck', 'lora', 'distilled'\]"):
         build_adapter(fm, "prefix")
 
+
+@pytest.mark.parametrize(("flags", "kind", "settings"), [
+    (["--adapter", "lora", "--rank", "2", "--alpha", "6"], "lora", {"rank": 2, "alpha": 6.0}),
+    (["--adapter", "distilled", "--layers", "2", "--width", "8"], "distilled", {"layers": 2, "width": 8}),
+], ids=["lora", "distilled"])
+def test_the_finetune_command_trains_and_saves_each_kind_with_its_settings(tmp_path: Path, flags: list[str], kind: str,
+                                                                          settings: dict[str, float]) -> None:
+    from fmrec.__main__ import main
+    from fmrec.data.sources import load_data
+
+    torch.manual_seed(0)
+    fm = build_model(load_data("synthetic:3000"), d_model=16, n_layers=1, n_heads=2, context_len=8)
+    checkpoint.save(fm, tmp_path / "fm", {"data": "synthetic:3000"})
+    assert main(["finetune", "--model", str(tmp_path / "fm"), "--out", str(tmp_path / "task"), "--epochs", "1",
+                 *flags]) == 0
+    adapter, info = checkpoint.load_adapter(tmp_path / "task", checkpoint.load(tmp_path / "fm")[0])
+    assert adapter.kind == kind and adapter.settings() == settings and info["task"] == "task"
+    metrics = json.loads((tmp_path / "task" / "metrics.json").read_text())
+    assert metrics["adapter_params"] == adapter.num_params() and metrics["train_s"] > 0

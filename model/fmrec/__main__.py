@@ -124,7 +124,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from fmrec.nn.adapters import AdaptedModel, Adapter
+    from fmrec.nn.adapters import AdaptedModel, build_adapter
     from fmrec.train import finetune, slice_users
 
     torch.set_num_threads(args.threads) if args.threads else None
@@ -140,10 +140,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.min_action:
         test_users = np.array([u for u in test_users if split.log.action[split.target(int(u), "test")] >= args.min_action])
     before = evaluate(fm, split, users=test_users)
-    adapter = Adapter(fm, args.adapter, args.dim).to(next(fm.parameters()).device)
+    adapter = build_adapter(fm, args.adapter, adapter_settings(args)).to(next(fm.parameters()).device)
     model = AdaptedModel(fm, adapter)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    finetune(model, split, users, settings, min_action=args.min_action)
+    t0 = time.perf_counter()
+    finetune(model, split, users, settings, min_action=args.min_action, temperature=args.temperature, soft_weight=args.soft_weight)
+    train_s = time.perf_counter() - t0
     after = evaluate(model, split, users=test_users)
     share = adapter.num_params() / fm.num_params()
     out = Path(args.out)
@@ -151,17 +153,28 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     checkpoint.save_adapter(adapter, fm, out, args.task or out.name,
                             {"slice": args.slice, "minAction": args.min_action, "baseFingerprint": meta.get("dataFingerprint"),
                              "metrics": after, "topScoreDeciles": top_score_deciles(model, split, users=test_users)})
-    result = {"slice": args.slice, "min_action": args.min_action, "users": int(len(test_users)), "adapter": args.adapter, "adapter_params": adapter.num_params(),
-              "fm_params": fm.num_params(), "param_share": share,
+    result = {"slice": args.slice, "min_action": args.min_action, "users": int(len(test_users)), "adapter": args.adapter,
+              "adapter_settings": adapter.settings(), "adapter_params": adapter.num_params(),
+              "fm_params": fm.num_params(), "param_share": share, "train_s": train_s,
               "frozen_fm": before, "fm_plus_adapter": after}
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     task = f"slice {args.slice or 'all users'}" + (f", next item rated >= {args.min_action}" if args.min_action else "")
-    print(f"{task}: {len(test_users)} test users; adapter {args.adapter} adds {adapter.num_params():,} parameters "
-          f"({100 * share:.2f}% of the FM's {fm.num_params():,})")
+    settings_text = ", ".join(f"{k} {v:g}" for k, v in adapter.settings().items())
+    print(f"{task}: {len(test_users)} test users; adapter {args.adapter} ({settings_text}) adds {adapter.num_params():,} parameters "
+          f"({100 * share:.2f}% of the FM's {fm.num_params():,}); trained in {train_s:.1f} s")
     print(f"{'':22} {'HR@10':>7} {'NDCG@10':>8} {'NDCG@20':>8}")
     for name, m in (("frozen FM", before), ("FM + adapter", after)):
         print(f"{name:22} {m['HR@10']:7.4f} {m['NDCG@10']:8.4f} {m['NDCG@20']:8.4f}")
     return 0
+
+
+def adapter_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings of --adapter's kind from the command line (fmrec.nn.adapters.build_adapter takes them)."""
+    if args.adapter == "lora":
+        return {"rank": args.rank, "alpha": args.alpha}
+    if args.adapter == "distilled":
+        return {"layers": args.layers, "width": args.width}
+    return {"dim": args.dim}
 
 
 def cmd_cold(args: argparse.Namespace) -> int:
@@ -345,8 +358,14 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--slice", default="", help="attribute=value[,value], e.g. region=us-9 or ageBand=18-24 (default: all users)")
     f.add_argument("--min-action", type=int, default=0,
                    help="task: next item rated at least this (4 = liked); 0 = any next item (default)")
-    f.add_argument("--adapter", choices=["bottleneck", "head"], default="bottleneck")
+    f.add_argument("--adapter", choices=["bottleneck", "head", "lora", "distilled"], default="bottleneck")
     f.add_argument("--dim", type=int, default=16, help="bottleneck width")
+    f.add_argument("--rank", type=int, default=8, help="lora: rank of the updates of every attention projection")
+    f.add_argument("--alpha", type=float, default=16.0, help="lora: the updates are scaled by alpha / rank")
+    f.add_argument("--layers", type=int, default=1, help="distilled: the student's transformer blocks")
+    f.add_argument("--width", type=int, default=32, help="distilled: the student's width")
+    f.add_argument("--temperature", type=float, default=2.0, help="distilled: softens teacher and student distributions")
+    f.add_argument("--soft-weight", type=float, default=0.5, help="distilled: weight of the KL to the teacher (1 - it: the hard loss)")
     f.add_argument("--out", required=True)
     f.add_argument("--task", help="the task name requests use to pick this adapter (default: the --out folder's name)")
     f.add_argument("--epochs", type=int, default=3)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from fmrec.nn.adapters import Adapter
+from fmrec.nn.adapters import AdapterBase, build_adapter
 from fmrec.nn.fm import FMConfig, FoundationModel
 from fmrec.serving import quant
 from fmrec.vocab import Vocabulary
@@ -88,23 +88,34 @@ def weights_digest(model: torch.nn.Module) -> str:
     return f"sha256:{h.hexdigest()}"
 
 
-def save_adapter(adapter: Adapter, fm: FoundationModel, out: Path, task: str, meta: dict[str, Any]) -> Path:
+def adapter_blob(adapter: AdapterBase, base_digest: str, task: str, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What adapter.pt (and a served version's adapters/TASK.pt) holds: weights, kind and settings, task, FM digest."""
+    blob: dict[str, Any] = {"adapter": adapter.state_dict(), "kind": adapter.kind, "settings": adapter.settings(), "task": task,
+                            "baseDigest": base_digest}
+    if "dim" in blob["settings"]:
+        blob["dim"] = blob["settings"]["dim"]  # what fmrec before lora/distilled reads
+    if meta is not None:
+        blob["meta"] = meta
+    return blob
+
+
+def save_adapter(adapter: AdapterBase, fm: FoundationModel, out: Path, task: str, meta: dict[str, Any]) -> Path:
     """Write out/adapter.pt: the adapter, its task name and the digest of the FM it was trained on."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "adapter.pt"
-    torch.save({"adapter": adapter.state_dict(), "kind": adapter.kind, "dim": adapter.dim, "task": task,
-                "baseDigest": weights_digest(fm), "meta": meta}, path)
+    torch.save(adapter_blob(adapter, weights_digest(fm), task, meta), path)
     return path
 
 
-def load_adapter(path: Path, fm: FoundationModel) -> tuple[Adapter, dict[str, Any]]:
+def load_adapter(path: Path, fm: FoundationModel) -> tuple[AdapterBase, dict[str, Any]]:
     """An adapter for `fm`; a ValueError names the file when it was trained on another FM version."""
     path = path / "adapter.pt" if path.is_dir() else path
     if not path.exists():
         raise FileNotFoundError(f"{path}: no adapter; train one with `python -m fmrec finetune --out {path.parent}`")
     try:
         blob: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-        adapter = Adapter(fm, blob["kind"], int(blob["dim"]))
+        settings = blob.get("settings") or {"dim": int(blob["dim"])}  # files written before settings were saved
+        adapter = build_adapter(fm, blob["kind"], settings)
         adapter.load_state_dict(blob["adapter"])
     except _BAD as err:
         raise ValueError(f"{path} is not an adapter for this FM ({type(err).__name__}: {err}); "

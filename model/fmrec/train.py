@@ -15,7 +15,7 @@ import torch
 
 from fmrec.data.schema import EventLog, IntArray
 from fmrec.data.split import LeaveOneOut
-from fmrec.nn.adapters import AdaptedModel
+from fmrec.nn.adapters import AdaptedModel, Distilled
 from fmrec.nn.fm import FMConfig, FoundationModel, init_weights
 from fmrec.tokens import Tokens, tokenize, vocab_sizes, windows
 
@@ -288,21 +288,30 @@ def slice_users(log: EventLog, attribute: str, values: list[str]) -> IntArray:
 
 
 def finetune(model: torch.nn.Module, split: LeaveOneOut, users: IntArray, s: TrainSettings, stage: str = "test",
-             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True), min_action: int = 0) -> list[dict[str, float]]:
+             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True), min_action: int = 0,
+             temperature: float = 2.0, soft_weight: float = 0.5) -> list[dict[str, float]]:
     """Train only the adapter of an AdaptedModel on the windows of `users` (the FM stays frozen).
 
     min_action > 0 makes it a different task: predict the next item the user will rate at least
-    that high (e.g. 4 = "liked", for notifications); other next events are not targets."""
+    that high (e.g. 4 = "liked", for notifications); other next events are not targets.
+
+    A distilled adapter (a student) learns from the frozen FM as its teacher as well: its loss is
+    (1 - soft_weight) * the hard loss above + soft_weight * temperature^2 * KL(teacher || student)
+    of the next-item distributions softened by `temperature`, at every position with a next event
+    (the teacher knows something about every one of them, not only the task's targets)."""
     assert isinstance(model, AdaptedModel), "finetune trains an AdaptedModel (a frozen FM plus an adapter)"
+    assert temperature > 0 and 0 <= soft_weight <= 1, f"temperature {temperature} must be > 0 and soft_weight {soft_weight} in [0, 1]"
     torch.manual_seed(s.seed)
     rng = np.random.default_rng(s.seed)
     device = next(model.adapter.parameters()).device
     cfg = model.cfg
+    distill = isinstance(model.adapter, Distilled)
     tok = tokenize(split.log)
     keep = split.train_mask(stage) & np.isin(split.log.user, users)
     wins = windows(split.offsets, keep, cfg.context_len, s.stride or max(1, cfg.context_len // 2))
     opt = torch.optim.AdamW(model.adapter.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    log(f"fine-tuning {model.adapter.num_params():,} adapter parameters on {len(users)} users ({len(wins)} windows), FM frozen")
+    log(f"fine-tuning {model.adapter.num_params():,} {model.adapter.kind} adapter parameters on {len(users)} users "
+        f"({len(wins)} windows), FM frozen" + (f", distilled from it at temperature {temperature:g}" if distill else ""))
     history: list[dict[str, float]] = []
     model.train()
     for epoch in range(1, s.epochs + 1):
@@ -315,8 +324,10 @@ def finetune(model: torch.nn.Module, split: LeaveOneOut, users: IntArray, s: Tra
             sel = (t > 0) & (targets["action"] >= min_action)
             if not sel.any():
                 continue
-            logits = model.logits(inputs)[sel]
-            loss = torch.nn.functional.cross_entropy(logits, t[sel])
+            logits = model.logits(inputs)  # (B, T, N)
+            loss = torch.nn.functional.cross_entropy(logits[sel], t[sel])
+            if distill:
+                loss = (1 - soft_weight) * loss + soft_weight * distill_loss(model, inputs, logits, t > 0, temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -325,6 +336,19 @@ def finetune(model: torch.nn.Module, split: LeaveOneOut, users: IntArray, s: Tra
         log(f"adapter epoch {epoch}/{s.epochs}  loss {history[-1]['loss']:.4f}")
     model.eval()
     return history
+
+
+def distill_loss(model: AdaptedModel, inputs: dict[str, torch.Tensor], student: torch.Tensor, where: torch.Tensor,
+                 temperature: float) -> torch.Tensor:
+    """temperature^2 * KL(teacher || student) per position, averaged over `where` (B, T); the teacher is the frozen FM.
+
+    The padding column (always -inf) is left out: 0 * log 0 terms would be NaN."""
+    with torch.no_grad():
+        teacher = (model.fm(inputs) @ model.fm.item_table().T)[where][:, 1:]  # (M, N-1)
+    t_log = torch.log_softmax(teacher / temperature, dim=-1)
+    s_log = torch.log_softmax(student[where][:, 1:] / temperature, dim=-1)
+    kl = torch.nn.functional.kl_div(s_log, t_log, log_target=True, reduction="batchmean")
+    return kl * temperature ** 2
 
 
 def cold_items(log: EventLog, share: float = 0.1, seed: int = 0) -> IntArray:

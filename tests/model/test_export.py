@@ -15,8 +15,9 @@ import torch
 from fmrec import checkpoint
 from fmrec.data.split import LeaveOneOut, leave_one_out
 from fmrec.data.synthetic import generate
-from fmrec.nn.adapters import Adapter
+from fmrec.nn.adapters import Adapter, Distilled, LoRA
 from fmrec.serving.artifact import Manifest, load_version
+from fmrec.serving.infer import Recommender
 from fmrec.serving.export import ExportError, export_triton
 from fmrec.serving.request import Query
 from fmrec.train import build_model
@@ -59,6 +60,28 @@ def test_export_writes_a_model_repository_with_everything_inside(split: LeaveOne
     rec, _, _ = load_version(target / "1", k_max=5)
     assert rec.tasks == ("fm", "region-jp")
     assert len(rec.recommend([Query(items=["i1", "i2"], actions=["5", "3"], timestamps=[1, 2], task="region-jp")])[0].items) == 5  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+def test_lora_and_distilled_adapters_are_served_from_the_export_as_trained(split: LeaveOneOut, tmp_path: Path, int8: bool) -> None:
+    fm_dir = saved(split, tmp_path / "fm", Vocabulary.from_log(split.log))
+    fm, _ = checkpoint.load(fm_dir)
+    torch.manual_seed(1)
+    lora = LoRA(fm, rank=2, alpha=4.0)
+    torch.nn.init.normal_(lora.b, std=0.5)
+    adapters = {"liked": lora, "small": Distilled(fm, layers=1, width=8)}
+    for task, a in adapters.items():
+        checkpoint.save_adapter(a, fm, tmp_path / task, task, {})
+    target = export_triton(fm_dir, tmp_path / "repo", k=5, int8=int8, adapters=[("", tmp_path / t) for t in adapters])
+    manifest = Manifest.read(target / "1")
+    assert manifest.tasks["liked"]["file"] == "adapters/liked.pt" and manifest.tasks["small"]["file"] == "adapters/small.pt"
+    served, _, vocab = load_version(target / "1", k_max=5)
+    alone = Recommender(fm, vocab, adapters, k_max=5, int8=int8)
+    queries = [Query(items=["i1", "i2", "i7"], actions=["5", "3", "4"], timestamps=[1, 2, 3], task=t)  # type: ignore[arg-type]
+               for t in ("fm", "liked", "small")]
+    for got, want in zip(served.recommend(queries), alone.recommend(queries), strict=True):
+        assert got.task == want.task and list(got.codes) == list(want.codes), got.task
+        assert torch.allclose(torch.from_numpy(got.scores), torch.from_numpy(want.scores), atol=1e-5)
 
 
 @pytest.mark.parametrize(("vocab", "message"), [

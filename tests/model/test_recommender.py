@@ -1,6 +1,6 @@
 """The served model in-process: raw requests ranked exactly as evaluation ranks the same history,
-for the FM and its adapters mixed in one batch, with time and context fields; bad input is a
-RequestError that names the input."""
+for the FM and its adapters (every kind) mixed in one batch, with time and context fields; bad
+input is a RequestError that names the input."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 
 from fmrec.data.split import LeaveOneOut, leave_one_out
 from fmrec.data.synthetic import generate
-from fmrec.nn.adapters import AdaptedModel, Adapter
+from fmrec.nn.adapters import AdaptedModel, Adapter, AdapterBase, Distilled, LoRA
 from fmrec.nn.fm import FoundationModel
-from fmrec.serving.infer import Recommender
+from fmrec.serving.infer import Recommendation, Recommender
 from fmrec.serving.request import Query, RequestError, encode
 from fmrec.train import build_model
 from fmrec.vocab import Vocabulary
@@ -41,6 +41,20 @@ def adapter(fm: FoundationModel, seed: int) -> Adapter:
     torch.nn.init.normal_(a.up.weight, std=0.5)
     torch.nn.init.normal_(a.item_bias, std=0.5)
     return a.eval()
+
+
+def lora(fm: FoundationModel, seed: int) -> LoRA:
+    """A LoRA adapter that changes the ranking (B = 0, as initialised, would score like the FM)."""
+    torch.manual_seed(seed)
+    a = LoRA(fm, rank=2, alpha=4.0)
+    torch.nn.init.normal_(a.b, std=0.5)
+    torch.nn.init.normal_(a.item_bias, std=0.5)
+    return a.eval()
+
+
+def student(fm: FoundationModel, seed: int) -> Distilled:
+    torch.manual_seed(seed)
+    return Distilled(fm, layers=1, width=8).eval()
 
 
 def users_of(split: LeaveOneOut) -> np.ndarray:
@@ -73,13 +87,9 @@ def test_the_oldest_event_in_the_window_keeps_its_real_time_gap(split: LeaveOneO
     assert short[0] == 1 and not np.array_equal(short, whole), "the window's oldest event should have lost its real gap"
 
 
-def test_adapters_and_the_fm_in_one_batch_rank_as_each_evaluated_alone(split: LeaveOneOut, fm: FoundationModel) -> None:
-    adapters = {"liked": adapter(fm, 1), "jp": adapter(fm, 2)}
-    rec = Recommender(fm, Vocabulary.from_log(split.log), adapters, k_max=K)
-    users = users_of(split)
-    tasks = [("fm", "liked", "jp")[b % 3] for b in range(len(users))]
-    got = rec.recommend([query(split, int(u), task=t) for u, t in zip(users, tasks, strict=True)])  # one mixed batch
-    for task in ("fm", "liked", "jp"):
+def assert_each_row_ranks_as_its_task_alone(got: list[Recommendation], split: LeaveOneOut, fm: FoundationModel,
+                                            adapters: dict[str, AdapterBase], users: np.ndarray, tasks: list[str]) -> None:
+    for task in set(tasks):
         model = fm if task == "fm" else AdaptedModel(fm, adapters[task])
         mine = np.array([u for u, t in zip(users, tasks, strict=True) if t == task])
         want = evaluated_scores(model, split, mine)
@@ -87,9 +97,41 @@ def test_adapters_and_the_fm_in_one_batch_rank_as_each_evaluated_alone(split: Le
         for row, w, u in zip(rows, want, mine, strict=True):
             assert got[row].task == task
             assert_same_ranking(got[row].codes, w, u, got[row].scores.tolist())
+
+
+def test_adapters_and_the_fm_in_one_batch_rank_as_each_evaluated_alone(split: LeaveOneOut, fm: FoundationModel) -> None:
+    adapters: dict[str, AdapterBase] = {"liked": adapter(fm, 1), "jp": adapter(fm, 2)}
+    rec = Recommender(fm, Vocabulary.from_log(split.log), adapters, k_max=K)
+    users = users_of(split)
+    tasks = [("fm", "liked", "jp")[b % 3] for b in range(len(users))]
+    got = rec.recommend([query(split, int(u), task=t) for u, t in zip(users, tasks, strict=True)])  # one mixed batch
+    assert_each_row_ranks_as_its_task_alone(got, split, fm, adapters, users, tasks)
     # the adapters really differ from the FM, so the check above could tell them apart
     fm_only = rec.recommend([query(split, int(users[1]))])[0]
     assert not np.array_equal(fm_only.codes, got[1].codes)
+
+
+def test_every_adapter_kind_in_one_batch_ranks_as_each_evaluated_alone(split: LeaveOneOut, fm: FoundationModel) -> None:
+    """The FM and bottleneck rows share one plain backbone pass; each LoRA task runs the backbone
+    with its own updates on its own rows; the student never runs the FM's blocks."""
+    adapters: dict[str, AdapterBase] = {"liked": adapter(fm, 1), "lora-a": lora(fm, 2), "lora-b": lora(fm, 3), "small": student(fm, 4)}
+    rec = Recommender(fm, Vocabulary.from_log(split.log), adapters, k_max=K)
+    users = users_of(split)
+    order = ("fm", "lora-a", "liked", "small", "lora-b")
+    tasks = [order[b % len(order)] for b in range(len(users))]
+    passes: list[int] = []  # rows in each pass through the FM's blocks
+    hook = fm.blocks[0].register_forward_hook(lambda module, inputs, output: passes.append(int(inputs[0].shape[0])))
+    try:
+        got = rec.recommend([query(split, int(u), task=t) for u, t in zip(users, tasks, strict=True)])  # one mixed batch
+    finally:
+        hook.remove()
+    rows = {t: tasks.count(t) for t in order}
+    assert sorted(passes) == sorted([rows["fm"] + rows["liked"], rows["lora-a"], rows["lora-b"]])
+    assert_each_row_ranks_as_its_task_alone(got, split, fm, adapters, users, tasks)
+    # every task ranks the same user differently, so the check above could tell them apart
+    u = int(users[0])
+    tops = {t: tuple(rec.recommend([query(split, u, task=t)])[0].codes) for t in order}
+    assert len(set(tops.values())) == len(order), tops
 
 
 def test_unknown_values_are_counted_and_dropped_never_fatal(split: LeaveOneOut, fm: FoundationModel) -> None:

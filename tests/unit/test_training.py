@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import pytest
+import yaml
 
 from fmop.api import FoundationModel, TaskAdapter
 from fmop.conditions import Cond
@@ -22,7 +23,7 @@ from fmop.training.render import (
     workflow_name,
 )
 from fmop.training.status import gate, plan_foundation_model, plan_task_adapter
-from tests.conftest import load_example
+from tests.conftest import REPO, load_example
 
 IMAGE = "localhost/fmop/fmrec:test"
 NOW = "2026-01-01T00:00:00Z"
@@ -142,11 +143,39 @@ def test_task_adapter_workflow_slices_and_labels_the_base_version() -> None:
     assert wf["metadata"]["labels"][LABEL_BASE] == "v3" and wf["metadata"]["ownerReferences"][0]["kind"] == "TaskAdapter"
 
 
-def test_adapter_types_the_trainer_lacks_are_refused_by_name() -> None:
+@pytest.mark.parametrize(("adapter", "expected"), [
+    pytest.param({"type": "head"}, {"adapter": "head", "dim": "16"}, id="head"),
+    pytest.param({"type": "bottleneck", "bottleneck": {"dim": 24}}, {"adapter": "bottleneck", "dim": "24"}, id="bottleneck"),
+    pytest.param({"type": "lora"}, {"adapter": "lora", "rank": "8", "alpha": "16.0"}, id="lora-defaults"),
+    pytest.param({"type": "lora", "lora": {"rank": 4, "alpha": 8}}, {"adapter": "lora", "rank": "4", "alpha": "8.0"}, id="lora"),
+    pytest.param({"type": "distilled"}, {"adapter": "distilled", "layers": "1", "width": "32"}, id="distilled-defaults"),
+    pytest.param({"type": "distilled", "distilled": {"layers": 2, "width": 48}}, {"adapter": "distilled", "layers": "2", "width": "48"},
+                 id="distilled"),
+])
+def test_each_adapter_type_passes_its_own_settings(adapter: dict[str, Any], expected: dict[str, str]) -> None:
     obj = ta_obj()
-    obj["spec"]["adapter"] = {"type": "lora"}
-    with pytest.raises(RenderError, match="spec.adapter.type lora"):
-        render_task_adapter(TaskAdapter.model_validate(obj), Target("ns", "x", "u", 1, "v1"), "v1", "pvc://fmop-models/a", IMAGE)
+    obj["spec"]["adapter"] = adapter
+    p = params(render_task_adapter(TaskAdapter.model_validate(obj), Target("ns", "x", "u", 1, "v1"), "v1", "pvc://fmop-models/a", IMAGE))
+    settings = {k: p[k] for k in ("adapter", "dim", "rank", "alpha", "layers", "width") if k in p}
+    assert settings == expected
+
+
+def test_the_task_adapter_template_declares_every_rendered_parameter_and_passes_the_settings_on() -> None:
+    template = yaml.safe_load((REPO / "workflows" / "task-adapter.yaml").read_text())
+    declared = {p["name"]: p.get("value") for p in template["spec"]["arguments"]["parameters"]}
+    for adapter in ({"type": "lora"}, {"type": "distilled"}, {"type": "bottleneck"}):
+        obj = ta_obj()
+        obj["spec"]["adapter"] = adapter
+        rendered = params(render_task_adapter(TaskAdapter.model_validate(obj), Target("ns", "x", "u", 1, "v1"), "v1", "pvc://fmop-models/a", IMAGE))
+        assert set(rendered) <= set(declared), set(rendered) - set(declared)
+    # a Workflow rendered before lora/distilled existed still runs: the new parameters have defaults
+    assert {k: declared[k] for k in ("rank", "alpha", "layers", "width")} == {"rank": "8", "alpha": "16.0", "layers": "1", "width": "32"}
+    step = next(t for t in template["spec"]["templates"] if t["name"] == "finetune")["container"]
+    script, positional = step["args"][0], step["args"][1:]
+    for flag, name in (("--dim", "dim"), ("--rank", "rank"), ("--alpha", "alpha"), ("--layers", "layers"), ("--width", "width")):
+        i = positional.index(f"{{{{workflow.parameters.{name}}}}}")
+        ref = f"${i}" if i < 10 else f"${{{i}}}"  # sh -c: $0 is the first argument after the script
+        assert f'{flag} "{ref}"' in script, (flag, ref, script)
 
 
 # ---------------------------------------------------------------- FoundationModel bookkeeping

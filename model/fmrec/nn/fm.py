@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +80,13 @@ class ItemEncoder(nn.Module):
         return ids + self.content(items)
 
 
+class LinearDeltas(Protocol):
+    """Extra outputs added to a block's Linear layers without changing their weights (LoRA,
+    fmrec.nn.adapters): target "qkv" (the fused q/k/v projection) or "proj" (the attention output)."""
+
+    def delta(self, layer: int, target: str, x: Tensor) -> Tensor: ...
+
+
 class Block(nn.Module):
     def __init__(self, cfg: FMConfig) -> None:
         super().__init__()
@@ -92,13 +99,34 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.p = cfg.dropout
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, deltas: LinearDeltas | None = None, layer: int = 0) -> Tensor:
+        """deltas: added to the q/k/v and output projections of this block (its index `layer`); the weights stay as they are."""
         B, T, C = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
+        a = self.ln1(x)
+        qkv = self.qkv(a)  # (B, T, 3C)
+        if deltas is not None:
+            qkv = qkv + deltas.delta(layer, "qkv", a)
+        q, k, v = qkv.split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, T, C/H)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0)
-        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
+        y = y.transpose(1, 2).reshape(B, T, C)
+        out = self.proj(y)
+        if deltas is not None:
+            out = out + deltas.delta(layer, "proj", y)
+        x = x + self.drop(out)
         return x + self.mlp(self.ln2(x))
+
+
+def causal_mask(items: Tensor, window: int | None = None) -> Tensor:
+    """(B, 1, T, T) attention mask: each position sees itself and earlier real events (within `window` when set)."""
+    T = items.shape[1]
+    i = torch.arange(T, device=items.device)
+    causal = i[None, :] <= i[:, None]  # (T, T): query row attends to keys at or before it
+    if window:
+        causal = causal & (i[:, None] - i[None, :] < window)
+    keys = items != 0  # (B, T)
+    mask = causal[None, None] & keys[:, None, None, :]  # (B, 1, T, T)
+    return mask | torch.eye(T, dtype=torch.bool, device=items.device)  # padding rows see themselves: no NaN
 
 
 class FoundationModel(nn.Module):
@@ -122,19 +150,13 @@ class FoundationModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def _mask(self, items: Tensor) -> Tensor:
-        T = items.shape[1]
-        i = torch.arange(T, device=items.device)
-        causal = i[None, :] <= i[:, None]  # (T, T): query row attends to keys at or before it
-        if self.cfg.attention_window:
-            causal = causal & (i[:, None] - i[None, :] < self.cfg.attention_window)
-        keys = items != 0  # (B, T)
-        mask = causal[None, None] & keys[:, None, None, :]  # (B, 1, T, T)
-        return mask | torch.eye(T, dtype=torch.bool, device=items.device)  # padding rows see themselves: no NaN
+        return causal_mask(items, self.cfg.attention_window)
 
-    def forward(self, tokens: dict[str, Tensor], cold: Tensor | None = None) -> Tensor:
+    def forward(self, tokens: dict[str, Tensor], cold: Tensor | None = None, deltas: LinearDeltas | None = None) -> Tensor:
         """User states at every position. tokens: field -> (B, T) codes, left-padded with 0.
 
-        cold: item codes whose ID embedding is not trusted (never trained); content only."""
+        cold: item codes whose ID embedding is not trusted (never trained); content only.
+        deltas: low-rank updates of the blocks' projections (a LoRA adapter); the FM's weights are not changed."""
         items = tokens["item"]
         B, T = items.shape
         assert T <= self.cfg.context_len, f"sequence length {T} exceeds context_len {self.cfg.context_len}"
@@ -149,8 +171,8 @@ class FoundationModel(nn.Module):
         pos = torch.arange(T - 1, -1, -1, device=items.device)  # counted from the newest event
         x = self.drop(self.ln_in(x + self.pos(pos)))
         mask = self._mask(items)
-        for block in self.blocks:
-            x = block(x, mask)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, deltas, i)
         out: Tensor = self.ln_f(x)
         return out  # (B, T, C)
 

@@ -24,7 +24,7 @@ import torch
 
 from fmrec import checkpoint
 from fmrec.data.schema import IntArray
-from fmrec.nn.adapters import Adapter
+from fmrec.nn.adapters import AdapterBase
 from fmrec.nn.fm import FoundationModel
 from fmrec.serving.infer import FM_TASK, Recommender
 from fmrec.vocab import Vocabulary
@@ -55,7 +55,7 @@ class Manifest:
                    fm_digest=d["fmDigest"], tasks=d["tasks"])
 
 
-def write_version(version: Path, fm: FoundationModel, vocab: Vocabulary, adapters: dict[str, Adapter],
+def write_version(version: Path, fm: FoundationModel, vocab: Vocabulary, adapters: dict[str, AdapterBase],
                   meta: dict[str, Any], buckets: dict[str, tuple[float, ...]]) -> Manifest:
     """Write the version folder (replacing an earlier export there)."""
     for task in adapters:
@@ -71,8 +71,7 @@ def write_version(version: Path, fm: FoundationModel, vocab: Vocabulary, adapter
     tasks: dict[str, dict[str, Any]] = {FM_TASK: {"file": "model.pt", "scoreBuckets": list(buckets[FM_TASK])}}
     for task, adapter in adapters.items():
         rel = f"adapters/{task}.pt"
-        torch.save({"adapter": adapter.state_dict(), "kind": adapter.kind, "dim": adapter.dim, "task": task,
-                    "baseDigest": digest}, version / rel)
+        torch.save(checkpoint.adapter_blob(adapter, digest, task), version / rel)
         tasks[task] = {"file": rel, "scoreBuckets": list(buckets[task])}
     (version / "vocab.json").write_text(json.dumps(vocab.to_dict()))
     manifest = Manifest(fields=fm.cfg.event_fields, context_len=fm.cfg.context_len, d_model=fm.cfg.d_model,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fmrec import checkpoint
-from fmrec.nn.adapters import Adapter
+from fmrec.nn.adapters import AdapterBase
 from fmrec.nn.fm import FMConfig, FoundationModel
 from fmrec.serving import artifact, protocol
 from fmrec.serving.infer import FM_TASK, quantize_int8
@@ -89,9 +89,9 @@ def vocabulary(model_dir: Path, meta: dict[str, Any]) -> Vocabulary:
 Adapters = Mapping[str, Path] | Sequence[tuple[str, Path]]  # task ("" = the name saved with the adapter) -> folder
 
 
-def load_adapters(fm: FoundationModel, adapters: Adapters) -> tuple[dict[str, Adapter], dict[str, Any]]:
+def load_adapters(fm: FoundationModel, adapters: Adapters) -> tuple[dict[str, AdapterBase], dict[str, Any]]:
     """Adapters by task name, each checked to be trained on this FM; and the top-score deciles each recorded."""
-    out: dict[str, Adapter] = {}
+    out: dict[str, AdapterBase] = {}
     deciles: dict[str, Any] = {}
     for task, path in adapters.items() if isinstance(adapters, Mapping) else adapters:
         adapter, info = checkpoint.load_adapter(path, fm)

@@ -1,7 +1,9 @@
 """The served model: one FM backbone, any number of task adapters, raw IDs in and out.
 
-A batch of requests runs the backbone once; each request's task (an adapter, or the FM itself)
-is applied to its own rows, so one batch can mix tasks. Scores are computed exactly as
+A batch of requests runs the plain backbone once for the rows of the FM and of head/bottleneck
+adapters (they transform its final state); each LoRA task present runs the backbone with its own
+low-rank updates on its own rows, and each distilled task runs its student on its own rows. So
+one batch can mix tasks and every row gets its own task's ranking. Scores are computed exactly as
 FoundationModel.score_next / AdaptedModel.score_next compute them and ranked exactly as
 evaluation ranks them (fmrec.train.ranked_scores): items of the history are never returned.
 """
@@ -15,7 +17,7 @@ import numpy.typing as npt
 import torch
 
 from fmrec.data.schema import IntArray
-from fmrec.nn.adapters import Adapter
+from fmrec.nn.adapters import AdapterBase
 from fmrec.nn.fm import FoundationModel
 from fmrec.serving.quant import is_int8, quantize_model
 from fmrec.serving.request import Encoded, Query, RequestError, encode
@@ -59,7 +61,7 @@ class Recommendation:
 
 
 class Recommender:
-    def __init__(self, fm: FoundationModel, vocab: Vocabulary, adapters: dict[str, Adapter] | None = None,
+    def __init__(self, fm: FoundationModel, vocab: Vocabulary, adapters: dict[str, AdapterBase] | None = None,
                  k_max: int = 100, int8: bool = False) -> None:
         adapters = adapters or {}
         assert FM_TASK not in adapters, f"an adapter cannot be named {FM_TASK!r}: that task name means the FM itself"
@@ -88,17 +90,24 @@ class Recommender:
 
     @torch.no_grad()
     def run(self, rows: list[Prepared]) -> list[Recommendation]:
-        """One backbone pass over all rows, then each task's head on its own rows."""
+        """One plain backbone pass over the rows that share it, one pass per LoRA or distilled task on its rows."""
         if not rows:
             return []
         tokens = {f: torch.from_numpy(np.stack([r.encoded.tokens[f] for r in rows])) for f in self.cfg.event_fields}  # (B, T)
-        h = self.fm(tokens)[:, -1]  # (B, C) newest position
-        users = torch.empty_like(h)
-        scores = torch.empty(len(rows), self.table.shape[0])  # (B, N)
         tasks = np.array([r.task for r in rows])
-        for task in np.unique(tasks):
-            idx = torch.from_numpy(np.flatnonzero(tasks == task))
-            u, s = self._head(str(task), h[idx])
+        shares = {str(t): t == FM_TASK or self.adapters[str(t)].uses_backbone for t in np.unique(tasks)}  # task -> on the plain pass
+        plain = np.flatnonzero([shares[str(t)] for t in tasks])  # rows of the shared pass, in order
+        h = self.fm({f: v[torch.from_numpy(plain)] for f, v in tokens.items()})[:, -1] if len(plain) else None  # (B', C) newest position
+        users = torch.empty(len(rows), self.cfg.d_model)
+        scores = torch.empty(len(rows), self.table.shape[0])  # (B, N)
+        for task, shared in shares.items():
+            mine = np.flatnonzero(tasks == task)
+            idx = torch.from_numpy(mine)
+            if shared:
+                assert h is not None
+                u, s = self._head(task, h[torch.from_numpy(np.searchsorted(plain, mine))])
+            else:
+                u, s = self._own_pass(task, {f: v[idx] for f, v in tokens.items()})
             users[idx], scores[idx] = u, s
         scores[:, 0] = float("-inf")  # padding is no item
         for b, r in enumerate(rows):
@@ -118,6 +127,12 @@ class Recommender:
             return h, h @ self.table.T
         adapter = self.adapters[task]
         u = adapter(h)  # (b, C)
+        return u, u @ self.table.T + adapter.item_bias
+
+    def _own_pass(self, task: str, tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user state (b, C), scores (b, N)) of a LoRA or distilled task: its own pass over its own rows, as AdaptedModel.score_next."""
+        adapter = self.adapters[task]
+        u = adapter.states(self.fm, tokens, self.table)[:, -1]  # (b, C)
         return u, u @ self.table.T + adapter.item_bias
 
     def recommend(self, queries: list[Query]) -> list[Recommendation]:

@@ -28,7 +28,7 @@ from hera.workflows.models import (
 from fmop.api.common import API_VERSION, GROUP
 from fmop.api.common import GPUResources
 from fmop.api.foundationmodel import FoundationModel
-from fmop.api.taskadapter import TaskAdapter
+from fmop.api.taskadapter import BottleneckConfig, DistilledConfig, LoRAConfig, TaskAdapter
 
 MODELS_CLAIM = "fmop-models"  # the claim the templates mount (fmop.local.kserve.MODELS_CLAIM locally)
 FM_TEMPLATE = "fmop-foundation-model"
@@ -188,12 +188,23 @@ def ta_artifact(t: Target) -> str:
     return pvc_uri(f"{version_dir(None, 'taskadapters', t)}/triton")
 
 
+def _adapter_params(ta: TaskAdapter) -> dict[str, str]:
+    """The adapter type and its own settings (the API's defaults where spec.adapter.<type> is not given), which the
+    fine-tune step passes to `fmrec finetune` (--dim; --rank, --alpha; --layers, --width). Settings of other types
+    are left out: the template's defaults fill them and finetune ignores them."""
+    a = ta.spec.adapter
+    if a.type == "lora":
+        lora = a.lora or LoRAConfig()
+        return {"adapter": a.type, "rank": str(lora.rank), "alpha": repr(lora.alpha)}
+    if a.type == "distilled":
+        distilled = a.distilled or DistilledConfig()
+        return {"adapter": a.type, "layers": str(distilled.layers), "width": str(distilled.width)}
+    return {"adapter": a.type, "dim": str((a.bottleneck or BottleneckConfig()).dim)}
+
+
 def render_task_adapter(ta: TaskAdapter, t: Target, base_version: str, base_checkpoint_uri: str, image: str) -> dict[str, Any]:
     """The Workflow that fine-tunes adapter version t.version on FoundationModel version base_version."""
     s = ta.spec
-    if s.adapter.type not in ("head", "bottleneck"):
-        raise RenderError(f"spec.adapter.type {s.adapter.type}: the trainer implements head and bottleneck adapters only so far; "
-                          "use one of those")
     if s.task.data is not None:
         raise RenderError("spec.task.data: task-specific events are not supported by the fine-tune template yet; "
                           "remove task.data to fine-tune on the FoundationModel's data (optionally with task.slice)")
@@ -204,8 +215,7 @@ def render_task_adapter(ta: TaskAdapter, t: Target, base_version: str, base_chec
         "base-checkpoint": pvc_path(base_checkpoint_uri),
         "task": s.task.name,
         "slice": slice_,
-        "adapter": s.adapter.type,
-        "dim": str((s.adapter.bottleneck.dim if s.adapter.bottleneck else 16)),
+        **_adapter_params(ta),
         "epochs": str(s.training.epochs),
         "batch-size": str(s.training.batchSize),
         "learning-rate": repr(s.training.learningRate),

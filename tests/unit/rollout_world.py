@@ -157,8 +157,8 @@ class World:
         self.new_isvcs_ready = ready
         self.isvcs = {r: replace(i, ready=ready, message="" if ready else "predictor pods CrashLoopBackOff") for r, i in self.isvcs.items()}
 
-    def fire(self, name: str, fingerprint: str, starts_at: datetime) -> None:
-        self.alerts.append(Alert(name, fingerprint, starts_at, summary=f"{name} on recommender"))
+    def fire(self, name: str, fingerprint: str, starts_at: datetime, labels: tuple[tuple[str, str], ...] = ()) -> None:
+        self.alerts.append(Alert(name, fingerprint, starts_at, summary=f"{name} on recommender", labels=labels))
 
     def seen(self) -> tuple[str, int | None, int]:
         return self.status.phase, self.status.currentStepIndex, self.status.canaryWeight

@@ -51,8 +51,9 @@ def script(*phases: MeasurementPhase, metric: str = "error-rate") -> Do:
     return lambda w: w.script.update({metric: list(phases)})
 
 
-def fire(name: str, fingerprint: str, since: float) -> Do:
-    return lambda w: w.fire(name, fingerprint, at(since))
+def fire(name: str, fingerprint: str, since: float, revision: int | None = None) -> Do:
+    labels = (("alertname", name), ("revision", str(revision))) if revision is not None else ()
+    return lambda w: w.fire(name, fingerprint, at(since), labels)
 
 
 def spec_change(**changes: Any) -> Do:
@@ -221,6 +222,19 @@ SCENARIOS = [
         Tick(("RolledBack", 1, 0), do=fire("CanaryErrors", "fp-1", since=7.5), says="firing since 2026-01-01T00:07:30Z"),  # fired again
     ), all_of(history((1, "Promoted"), (2, "RolledBack"), (3, "RolledBack")), events("RolledBack", 2))),
         id="handled-alert-does-not-roll-back-the-next-revision-but-a-new-firing-does"),
+    pytest.param(Scenario(BASE, (
+        Tick(("Pending", None, 0), do=model("v2")),
+        Tick(("RolledBack", None, 0), do=abort("a1")),
+        Tick(("Pending", None, 0), do=model("v3"), event="RevisionStarted"),
+        # the rolled-back revision 2's rule only starts firing now, after revision 3 started (its `for` outlasted the rollback)
+        Tick(("Progressing", 0, 5), do=fire("FmRolloutErrorRate", "fp-r2", since=5.5, revision=2),
+             event="AlertIgnored"),
+        Tick(("Progressing", 1, 5)),
+        Tick(("RolledBack", 1, 0), do=fire("FmRolloutLatencyP99", "fp-r3", since=7.5, revision=3),
+             says="alert FmRolloutLatencyP99 (fingerprint fp-r3"),
+    ), all_of(history((1, "Promoted"), (2, "RolledBack"), (3, "RolledBack")), events("RolledBack", 2),
+              lambda w: _assert_ignored_because(w, "is about revision 2, not revision 3 in flight"))),
+        id="an-alert-labelled-with-another-revision-does-not-roll-this-one-back"),
     pytest.param(Scenario(BASE, (
         Tick(("Pending", None, 0), do=model("v2")),
         Tick(("Progressing", 0, 5), do=traffic("stuck")),
@@ -641,3 +655,8 @@ def test_model_identity_ignores_adapter_order() -> None:
     doc["model"]["adapters"] = [{"name": "b"}, {"name": "a", "version": "v2"}]
     ref = ModelRef.of(RolloutSpec.model_validate(doc).model)
     assert ref.adapters == (("a", "v2"), ("b", None)) and ref.label() == "movielens:v1+a@v2+b"
+
+
+def _assert_ignored_because(w: World, text: str) -> None:
+    ignored = [e.message for e in w.events if e.reason == "AlertIgnored"]
+    assert any(text in m for m in ignored), ignored

@@ -17,7 +17,7 @@ from typing import Literal
 from fmop.api.common import Condition
 from fmop.api.rollout import HandledAlert, HistoryEntry, MeasurementResult, Metric, RolloutSpec, RolloutStatus, ServedRevision, Step
 from fmop.conditions import Cond, merge
-from fmop.rollout import checks, verdicts
+from fmop.rollout import checks, naming, verdicts
 from fmop.rollout.clock import parse_duration, parse_ts, ts, utc
 from fmop.rollout.types import (
     ABORT_ANNOTATION,
@@ -180,11 +180,17 @@ def _reconcile_alerts(t: _Tick) -> _Outcome:
     if rolling is None:
         return None
     started = parse_ts(rolling.startedAt) if rolling.startedAt else None
-    relevant = [a for a in new if started is None or a.starts_at >= started]
+    relevant = []
     for a in new:
-        if a not in relevant:
+        other = _other_revision(a, rolling.revision)
+        if other is not None:
+            t.event("Normal", "AlertIgnored", f"alert {a.name} (fingerprint {a.fingerprint}) is about revision {other}, "
+                                              f"not revision {rolling.revision} in flight")
+        elif started is not None and a.starts_at < started:
             t.event("Normal", "AlertIgnored", f"alert {a.name} (fingerprint {a.fingerprint}) has been firing since {ts(a.starts_at)}, "
                                               f"before revision {rolling.revision} started at {rolling.startedAt}: it is not about this revision")
+        else:
+            relevant.append(a)
     if not relevant:
         return None
     first = relevant[0]
@@ -648,6 +654,16 @@ def _due_measurements(t: _Tick) -> Measure | None:
     if not due:
         return None
     return Measure(tuple(due), s.stable.revision if s.stable else None, s.canary.revision, _where(t, s.currentStepIndex))
+
+
+def _other_revision(alert: Alert, revision: int) -> str | None:
+    """The revision an alert names through its `revision` label (the chart's rules keep it), when that
+    is not `revision`; None when it names this revision or none at all (then it is about the Rollout).
+
+    An alert on a rolled-back canary can start firing after the next revision started (a rule's `for`
+    outlasts a fast analysis rollback); it must not roll the next revision back."""
+    value = dict(alert.labels).get(naming.PROM_REVISION_LABEL, "")
+    return value if value and value != str(revision) else None
 
 
 def _alert_handled(s: RolloutStatus, alert: Alert) -> bool:

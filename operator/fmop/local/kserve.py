@@ -89,6 +89,12 @@ def models_volume(cluster: LocalCluster, namespace: str) -> None:
     pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": MODELS_CLAIM, "namespace": namespace},
            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "fmop-local-models", "volumeName": f"fmop-models-{namespace}",
                     "resources": {"requests": {"storage": "100Gi"}}}}
+    # A namespace deleted and made again leaves its PersistentVolume Released, bound to the old claim's
+    # uid, and a new claim never binds to it: make it anew (Retain: the files on the host stay).
+    pv_name = f"fmop-models-{namespace}"
+    found = cluster.kubectl("get", "pv", pv_name, "-o", "jsonpath={.status.phase}", check=False)
+    if found.returncode == 0 and found.stdout.strip() == "Released":
+        cluster.kubectl("delete", "pv", pv_name, "--wait=true")
     cluster.apply([pv, pvc], f"models volume for namespace {namespace}")
 
 

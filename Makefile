@@ -5,7 +5,7 @@ CACHE ?= $(or $(FMOP_CACHE),$(HOME)/.cache/fm-operator)
 KUBECONFIG_LOCAL := $(CACHE)/cluster/kubeconfig
 export PATH := $(CACHE)/bin:$(PATH)
 
-.PHONY: help setup lint test bench bench-rollouts test-e2e train-fm finetune cold export serve-bench consolidation-bench test-unit test-integration crds check-crds cluster-up cluster-down cluster-status run examples operator-image clean
+.PHONY: help setup lint test bench bench-rollouts bench-webhook demo test-e2e train-fm finetune cold export serve-bench consolidation-bench test-unit test-integration crds check-crds cluster-up cluster-down cluster-status run examples operator-image clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -50,6 +50,13 @@ examples: ## apply the examples to the local control plane and show them
 
 bench-rollouts: ## 500 Rollouts on the local control plane: operator CPU/RSS, reconcile p50/p99, API requests/s (~5 min)
 	$(PY) -m fmop.bench_rollouts --rollouts 500 --steady 60
+
+bench-webhook: ## Alertmanager webhook -> traffic patched, 20 trials on the local control plane (p50/p99; ~2 min)
+	$(PY) -m fmop.bench_webhook --trials 20
+
+demo: ## the whole product on the local node: train through Argo, fine-tune, serve, shadow + canary, alert rollback (~20 min; root)
+	$(PY) -m fmop.local up
+	$(PY) -m fmop.local demo
 
 test-e2e: ## the rollout scenarios end to end on the real node (Traefik, Prometheus, Alertmanager)
 	$(PY) -m pytest tests/integration/test_rollouts_e2e.py

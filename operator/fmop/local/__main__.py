@@ -5,6 +5,7 @@
     down     stop everything and remove every container, network namespace, bridge and mount
     status   what runs and where
     models-volume NAMESPACE   the fmop-models claim in NAMESPACE (`default` has one after `up`)
+    demo     the whole product on the running cluster (make demo; see fmop/local/demo.py)
 """
 
 from __future__ import annotations
@@ -193,6 +194,12 @@ def _load(args: argparse.Namespace) -> int:
         return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from fmop.local import demo
+
+    return demo.main(args.rest, workdir=args.dir)
+
+
 def _status(args: argparse.Namespace) -> int:
     state = args.dir / "state.json"
     if not state.exists():
@@ -244,10 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     ld.add_argument("--url", default=None, help="the gateway (default: the local Traefik)")
     ld.set_defaults(func=_load)
     sub.add_parser("status", help="show processes and endpoints").set_defaults(func=_status)
+    sub.add_parser("demo", help="the whole story on the running local cluster: train through Argo, fine-tune, serve, canary, "
+                                "alert rollback (fmop.local.demo)", add_help=False).set_defaults(func=_demo)
     mv = sub.add_parser("models-volume", help="create the fmop-models claim (pvc://fmop-models/...) in a namespace")
     mv.add_argument("namespace")
     mv.set_defaults(func=_models_volume)
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.cmd != "demo":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     args.dir = args.dir.resolve()
     return int(args.func(args))
 

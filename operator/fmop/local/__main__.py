@@ -167,11 +167,9 @@ def _load(args: argparse.Namespace) -> int:
     if not url:
         print("no gateway: make cluster-up first, or give --url", file=sys.stderr)
         return 1
-    body = json.dumps({"inputs": [
-        {"name": "ITEMS", "datatype": "BYTES", "shape": [1, 3], "data": ["50", "172", "133"]},
-        {"name": "TIMESTAMPS", "datatype": "INT64", "shape": [1, 3], "data": [881250949, 881251000, 881251200]},
-        {"name": "ACTIONS", "datatype": "BYTES", "shape": [1, 3], "data": ["5", "4", "3"]},
-        {"name": "K", "datatype": "INT32", "shape": [1, 1], "data": [5]}]}).encode()
+    from fmop.local.common import INFER_REQUEST
+
+    body = json.dumps(INFER_REQUEST).encode()
     counts: Counter[str] = Counter()
     tick = time.monotonic()
     try:

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,3 +165,11 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+# One user's v2 request in the served model's raw-ID contract: what `fmop.local load` and the demo send.
+INFER_REQUEST: dict[str, Any] = {"inputs": [
+    {"name": "ITEMS", "datatype": "BYTES", "shape": [1, 3], "data": ["50", "172", "133"]},
+    {"name": "TIMESTAMPS", "datatype": "INT64", "shape": [1, 3], "data": [881250949, 881251000, 881251200]},
+    {"name": "ACTIONS", "datatype": "BYTES", "shape": [1, 3], "data": ["5", "4", "3"]},
+    {"name": "K", "datatype": "INT32", "shape": [1, 1], "data": [5]}]}

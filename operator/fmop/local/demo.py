@@ -39,17 +39,12 @@ from typing import Any
 
 import yaml
 
-from fmop.local.common import ClusterError, alive, free_port
+from fmop.local.common import INFER_REQUEST, ClusterError, alive, free_port
 
 GROUP, VERSION = "fmops.dev", "v1alpha1"
 REPO = Path(__file__).resolve().parents[3]
 ROLLOUT_HOST = "recommender.local"  # examples/local/rollout.yaml routes this Host
 WEBHOOK_PORT, METRICS_PORT = 8081, 9090  # where `make cluster-up`'s Alertmanager posts and Prometheus scrapes the operator
-REQUEST = {"inputs": [
-    {"name": "ITEMS", "datatype": "BYTES", "shape": [1, 3], "data": ["50", "172", "133"]},
-    {"name": "TIMESTAMPS", "datatype": "INT64", "shape": [1, 3], "data": [881250949, 881251000, 881251200]},
-    {"name": "ACTIONS", "datatype": "BYTES", "shape": [1, 3], "data": ["5", "4", "3"]},
-    {"name": "K", "datatype": "INT32", "shape": [1, 1], "data": [5]}]}
 
 
 class DemoError(RuntimeError):
@@ -114,7 +109,7 @@ class Load:
         self._thread.join(timeout=15)
 
     def _run(self) -> None:
-        body = json.dumps(REQUEST).encode()
+        body = json.dumps(INFER_REQUEST).encode()
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         while not self._stop.is_set():
             start = time.monotonic()

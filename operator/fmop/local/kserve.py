@@ -82,16 +82,16 @@ def models_volume(cluster: LocalCluster, namespace: str) -> None:
     """A PersistentVolumeClaim `fmop-models` in namespace, pre-bound to a hostPath volume onto the
     cluster's models directory. `pvc://fmop-models/<path>` then names <models dir>/<path>."""
     models = models_dir(cluster)
-    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"fmop-models-{namespace}", "labels": {"fmops.dev/models": "local"}},
+    pv_name = f"fmop-models-{namespace}"
+    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name, "labels": {"fmops.dev/models": "local"}},
           "spec": {"capacity": {"storage": "100Gi"}, "accessModes": ["ReadWriteMany"], "persistentVolumeReclaimPolicy": "Retain",
                    "storageClassName": "fmop-local-models", "hostPath": {"path": str(models), "type": "Directory"},
                    "claimRef": {"namespace": namespace, "name": MODELS_CLAIM}}}
     pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": MODELS_CLAIM, "namespace": namespace},
-           "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "fmop-local-models", "volumeName": f"fmop-models-{namespace}",
+           "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "fmop-local-models", "volumeName": pv_name,
                     "resources": {"requests": {"storage": "100Gi"}}}}
     # A namespace deleted and made again leaves its PersistentVolume Released, bound to the old claim's
     # uid, and a new claim never binds to it: make it anew (Retain: the files on the host stay).
-    pv_name = f"fmop-models-{namespace}"
     found = cluster.kubectl("get", "pv", pv_name, "-o", "jsonpath={.status.phase}", check=False)
     if found.returncode == 0 and found.stdout.strip() == "Released":
         cluster.kubectl("delete", "pv", pv_name, "--wait=true")

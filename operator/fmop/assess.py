@@ -56,6 +56,11 @@ def _versions(fm: dict[str, Any] | None) -> list[str]:
     return [v.get("version", "") for v in ((fm or {}).get("status") or {}).get("versions", [])]
 
 
+def _gate(fm: dict[str, Any] | None, version: str) -> str | None:
+    entry: dict[str, Any] = next((v for v in ((fm or {}).get("status") or {}).get("versions", []) if v.get("version") == version), {})
+    return entry.get("gate")
+
+
 def assess_foundation_model(obj: dict[str, Any]) -> Verdict:
     try:
         fm = FoundationModel.model_validate(_essence(obj))
@@ -139,6 +144,11 @@ def assess_rollout(obj: dict[str, Any], fm: dict[str, Any] | None, adapters: dic
     elif target.version not in (known := _versions(fm)):
         missing.append(("VersionNotFound", f"spec.model.foundationModel.version: FoundationModel {ns}/{target.name} has no version {target.version} "
                                             f"(known: {', '.join(known) or 'none yet'}); pick a listed version or wait for training"))
+    elif _gate(fm, target.version) == "HeldBack" and not target.allowHeldBack:
+        passed = [v for v in known if _gate(fm, v) != "HeldBack"]
+        missing.append(("VersionHeldBack", f"spec.model.foundationModel.version: version {target.version} of FoundationModel {ns}/{target.name} "
+                                            f"was held back by its quality gate (see its QualityGate condition); serve a version that passed "
+                                            f"({', '.join(passed) or 'none yet'}) or set spec.model.foundationModel.allowHeldBack: true"))
     for i, a in enumerate(ro.spec.model.adapters):
         body = adapters.get(a.name)
         if body is None:

@@ -88,6 +88,7 @@ class World:
     promote: str | None = None
     retry: str | None = None
     abort: str | None = None
+    hold: str | None = None  # the controller's reference check: why spec.model cannot be served yet
     events: list[EmitEvent] = field(default_factory=list)
     records: list[RecordHistory] = field(default_factory=list)
     removed: list[int] = field(default_factory=list)
@@ -105,6 +106,7 @@ class World:
             retry_request=self.retry,
             abort_request=self.abort,
             generation=1,
+            hold=self.hold,
         )
 
     def tick(self, minutes: float = 1.0, *, act: bool = True) -> Decision:

@@ -106,3 +106,32 @@ def test_rollout_adapter_of_other_model_is_invalid() -> None:
     other["spec"]["foundationModel"]["name"] = "other"
     v = assess_rollout(_ns(load_example("rollout.yaml")), fm(("v1",)), {"west-coast": other})
     assert v.phase == "Failed" and conds(v)["Accepted"] == ("False", "InvalidSpec")
+
+
+def _held_back(versions: tuple[str, ...], held: str) -> dict[str, Any]:
+    obj = fm(versions)
+    for v in obj["status"]["versions"]:
+        v["gate"] = "HeldBack" if v["version"] == held else "Passed"
+    return obj
+
+
+def test_rollout_refuses_a_version_the_quality_gate_held_back() -> None:
+    ro = _ns(load_example("rollout.yaml"))
+    ro["spec"]["model"]["foundationModel"]["version"] = "v2"
+    v = assess_rollout(ro, _held_back(("v1", "v2"), "v2"), {"west-coast": ta((("v1", "v2"),))})
+    assert conds(v)["ResolvedRefs"] == ("False", "VersionHeldBack")
+    assert "version v2 of FoundationModel ns/movielens was held back" in v.message
+    assert "(v1)" in v.message and "allowHeldBack: true" in v.message
+
+
+def test_rollout_may_opt_in_to_a_held_back_version() -> None:
+    ro = _ns(load_example("rollout.yaml"))
+    ro["spec"]["model"]["foundationModel"].update(version="v2", allowHeldBack=True)
+    v = assess_rollout(ro, _held_back(("v1", "v2"), "v2"), {"west-coast": ta((("v1", "v2"),))})
+    assert conds(v)["ResolvedRefs"] == ("True", "Resolved")
+
+
+def test_rollout_serves_a_version_recorded_without_a_gate() -> None:
+    ro = _ns(load_example("rollout.yaml"))
+    v = assess_rollout(ro, fm(("v1",)), {"west-coast": ta((("v1", "v1"),))})  # no gate field: recorded by hand
+    assert conds(v)["ResolvedRefs"] == ("True", "Resolved")

@@ -36,6 +36,9 @@ _BUILTIN_DOC = (" Built-in checks need no definition: error-rate (canary failed/
 class FoundationModelTarget(ApiModel):
     name: Name
     version: ModelVersion = Field(description="A version listed in the FoundationModel's status.versions.")
+    allowHeldBack: bool = Field(False, description="Serve the version even if its quality gate held it back "
+                                                   "(status.versions[].gate HeldBack). Off: only versions that passed the gate, "
+                                                   "or were recorded without one, are served.")
 
 
 class AdapterTarget(ApiModel):

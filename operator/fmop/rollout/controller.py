@@ -228,6 +228,7 @@ class Controller:
             retry_request=annotations.get(RETRY_ANNOTATION),
             abort_request=annotations.get(ABORT_ANNOTATION),
             generation=meta.get("generation"),
+            hold=None if refs_ok else verdict.message,
         )
         now = self.clock()
         first = decide(spec, status, obs, now)

@@ -88,6 +88,7 @@ class _Tick:
     promote_used: bool = False
     retry_used: bool = False
     abort_used: bool = False
+    held: bool = False  # spec.model changed but cannot be served yet (observations.hold): nothing new started
 
     def event(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
         self.notes.append(EmitEvent(type_, reason, _clip(message)))
@@ -108,6 +109,9 @@ def decide(spec: RolloutSpec, status: RolloutStatus, observations: Observations,
         any active phase --waiting on the outside longer than spec.progressDeadline--> Failed (naming the step)
         spec.model changes --> the revision in flight is Superseded; a new revision starts at Pending
         RolledBack / Failed --retry request or a new spec.model--> a new revision at Pending
+        a new spec.model whose references do not resolve yet (observations.hold: an adapter without a version
+          for the new FM version, a version the quality gate held back) starts nothing: what is served keeps
+          serving, as one bundle, until the whole new model can be served
 
     The first revision has nothing to compare against: it becomes the stable and is Promoted once Ready.
 
@@ -147,7 +151,9 @@ def _reconcile_revision(t: _Tick) -> _Outcome:
     s = t.status
     wanted = ModelRef.of(t.spec.model)
     current = s.canary or s.stable
-    if current is None:
+    if t.obs.hold is not None and (current is None or ModelRef.of(current.model) != wanted):
+        t.held = True  # no new revision (and no Superseded canary) until the new model resolves
+    elif current is None:
         _start_revision(t, "the first revision of this Rollout")
     elif ModelRef.of(current.model) != wanted:
         _model_changed(t, wanted)
@@ -302,11 +308,11 @@ def _reconcile_step(t: _Tick) -> _Outcome:
 
 
 _RECONCILERS = (
+    _reconcile_keep_warm,  # first: it depends only on the clock, so a call that an alert or abort settles must not skip it
     _reconcile_requests,
     _reconcile_revision,
     _reconcile_alerts,
     _reconcile_abort,  # after the alerts, so new alerts are remembered on the call an abort settles
-    _reconcile_keep_warm,
     _reconcile_finished,
     _reconcile_analysis,
     _reconcile_spec_paused,
@@ -364,6 +370,8 @@ def _summarise(t: _Tick, outcome: _Outcome) -> None:
     merged, _ = merge(current, wanted, t.obs.generation, ts(t.now))
     s.conditions = [Condition.model_validate(c) for c in merged]
     s.message = _clip(progressing.message)
+    if t.held:
+        s.message = _clip(f"{ModelRef.of(t.spec.model).label()} is not served yet: {t.obs.hold}. Until then: {progressing.message}")
     s.stableVersion, s.canaryVersion = _label(s.stable), _label(s.canary)
     if t.obs.generation is not None:
         s.observedGeneration = t.obs.generation

@@ -112,6 +112,7 @@ class Observations:
     retry_request: str | None = None  # value of the fmops.dev/retry annotation
     abort_request: str | None = None  # value of the fmops.dev/abort annotation
     generation: int | None = None  # metadata.generation, copied to status and conditions
+    hold: str | None = None  # why spec.model cannot be served yet (its references do not resolve); None: it can
 
 
 # ---------------------------------------------------------------- actions

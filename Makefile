@@ -5,7 +5,7 @@ CACHE ?= $(or $(FMOP_CACHE),$(HOME)/.cache/fm-operator)
 KUBECONFIG_LOCAL := $(CACHE)/cluster/kubeconfig
 export PATH := $(CACHE)/bin:$(PATH)
 
-.PHONY: help setup lint test bench bench-rollouts bench-webhook demo test-e2e train-fm finetune cold export serve-bench consolidation-bench test-unit test-integration crds check-crds cluster-up cluster-down cluster-status run examples operator-image clean
+.PHONY: help setup lint test bench tune bench-report bench-rollouts bench-webhook demo test-e2e train-fm finetune cold export serve-bench consolidation-bench test-unit test-integration crds check-crds cluster-up cluster-down cluster-status run examples operator-image clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -61,8 +61,14 @@ demo: ## the whole product on the local node: train through Argo, fine-tune, ser
 test-e2e: ## the rollout scenarios end to end on the real node (Traefik, Prometheus, Alertmanager)
 	$(PY) -m pytest tests/integration/test_rollouts_e2e.py
 
-bench: ## our FM vs RecTools SASRec and HSTU on ML-100K, same split and evaluator (~8 min on 2 cores)
-	$(PY) -m fmrec bench --threads 2
+bench: ## the tuned configurations (benchmarks/tuning.json) of our FM and RecTools SASRec/BERT4Rec/HSTU, 3 seeds: table + bootstrap interval (hours on 2 cores; resumes)
+	$(PY) -m fmrec bench
+
+tune: ## the grid behind benchmarks/tuning.json, chosen on validation (hours on 2 cores; resumes from the file)
+	$(PY) -m fmrec tune
+
+bench-report: ## print the benchmark table from benchmarks/results.json without training
+	$(PY) -m fmrec report
 
 train-fm: ## train the FM on ML-100K on CPU into runs/fm (~2.5 min on 2 cores)
 	$(PY) -m fmrec train --data movielens100k --out runs/fm --threads 2

@@ -2,7 +2,8 @@
 
     python -m fmrec train --data movielens100k --out runs/fm
     python -m fmrec evaluate --model runs/fm
-    python -m fmrec bench                      # our FM vs RecTools SASRec (and HSTU) on ML-100K
+    python -m fmrec tune                       # grid for the FM and RecTools SASRec/BERT4Rec/HSTU, chosen on validation
+    python -m fmrec bench                      # the chosen configurations, 3 seeds: table and bootstrap interval
 """
 
 from __future__ import annotations
@@ -283,29 +284,46 @@ def cmd_consolidation_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from fmrec.baselines import run_rectools
+def _protocol(args: argparse.Namespace) -> Any:
+    from fmrec.benchmark import Protocol
+    return Protocol(every=args.every, patience=args.patience, max_epochs=args.max_epochs)
 
+
+def _models(args: argparse.Namespace) -> list[str]:
+    from fmrec.benchmark import BASELINES
+    models = [m for m in args.models.split(",") if m]
+    unknown = [m for m in models if m not in ("fm", *BASELINES)]
+    if unknown:
+        raise SystemExit(f"--models: unknown {unknown}; choose from fm,{','.join(BASELINES)}")
+    return models
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from fmrec.benchmark import log_err, tune
     torch.set_num_threads(args.threads) if args.threads else None
-    log = load_data("movielens100k")
-    split = leave_one_out(log)
-    rows: list[tuple[str, dict[str, float]]] = []
-    model = build_model(log, **_arch(args))
-    t0 = time.perf_counter()
-    train(model, split, _settings(args))
-    fm = evaluate(model, split)
-    fm["train_s"] = time.perf_counter() - t0
-    rows.append((f"fmrec FM ({model.num_params():,} params)", fm))
-    for kind in args.baselines.split(",") if args.baselines else []:
-        print(f"[bench] RecTools {kind} ...", file=sys.stderr, flush=True)
-        rows.append((f"RecTools {kind} (2x64, len 50, softmax, {args.baseline_epochs} ep)",
-                     run_rectools(split, kind, epochs=args.baseline_epochs)))
-    print(f"\nML-100K, leave-one-out, full ranking over {log.n_items} items, seen items filtered, {len(split.test_users)} users")
-    print(f"{'model':48} {'HR@10':>7} {'NDCG@10':>8} {'NDCG@20':>8} {'train s':>8}")
-    for name, m in rows:
-        print(f"{name:48} {m['HR@10']:7.4f} {m['NDCG@10']:8.4f} {m['NDCG@20']:8.4f} {m['train_s']:8.1f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps([{"model": n, **m} for n, m in rows], indent=2))
+    split = leave_one_out(load_data("movielens100k"))
+    doc = tune(split, Path(args.tuning), _models(args), _protocol(args), seed=args.seed, log=log_err)
+    for kind, pick in doc["chosen"].items():
+        print(f"{kind:9} chosen on validation: NDCG@10 {pick['val_NDCG@10']:.4f} at epoch {pick['best_epoch']}  {pick['config']}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from fmrec.benchmark import bench, log_err, summarise, table
+    torch.set_num_threads(args.threads) if args.threads else None
+    split = leave_one_out(load_data("movielens100k"))
+    seeds = [int(x) for x in args.seeds.split(",")]
+    doc = bench(split, Path(args.tuning), Path(args.results), _models(args), seeds, _protocol(args), log=log_err)
+    print(table(summarise(doc, split)))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fmrec.benchmark import summarise, table
+    path = Path(args.results)
+    if not path.exists():
+        raise SystemExit(f"{path} does not exist: run `make bench` (python -m fmrec bench) first")
+    print(table(summarise(json.loads(path.read_text()), leave_one_out(load_data("movielens100k")))))
     return 0
 
 
@@ -418,13 +436,28 @@ def parser() -> argparse.ArgumentParser:
     cb.add_argument("--json")
     cb.set_defaults(func=cmd_consolidation_bench)
 
-    b = sub.add_parser("bench", help="side-by-side table: our FM vs RecTools baselines on ML-100K")
-    b.add_argument("--baselines", default="sasrec,hstu", help="comma-separated RecTools models ('' for none)")
-    b.add_argument("--baseline-epochs", type=int, default=50)
-    b.add_argument("--json", help="also write the table as JSON here")
-    common(b)
-    training(b)
+    def protocol(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--models", default="fm,sasrec,bert4rec,hstu", help="comma-separated: fm, sasrec, bert4rec, hstu")
+        sp.add_argument("--tuning", default="benchmarks/tuning.json", help="grid results, one seed (default %(default)s)")
+        sp.add_argument("--every", type=int, default=5, help="epochs between validation checks (default %(default)s)")
+        sp.add_argument("--patience", type=int, default=3, help="checks without a validation gain before stopping (default %(default)s)")
+        sp.add_argument("--max-epochs", type=int, default=100)
+        sp.add_argument("--threads", type=int, default=2, help="torch CPU threads (default %(default)s)")
+
+    t = sub.add_parser("tune", help="grid for the FM and RecTools baselines, chosen on validation; resumes from --tuning")
+    protocol(t)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_tune)
+
+    b = sub.add_parser("bench", help="rerun every model's tuned configuration with several seeds: table, paired bootstrap interval")
+    protocol(b)
+    b.add_argument("--seeds", default="0,1,2")
+    b.add_argument("--results", default="benchmarks/results.json", help="every run, per-user ranks included; resumes from it")
     b.set_defaults(func=cmd_bench)
+
+    r = sub.add_parser("report", help="print the benchmark table from --results without training")
+    r.add_argument("--results", default="benchmarks/results.json")
+    r.set_defaults(func=cmd_report)
     return p
 
 

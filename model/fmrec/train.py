@@ -124,12 +124,15 @@ def _world() -> tuple[int, int]:
 
 def train(model: FoundationModel, split: LeaveOneOut, s: TrainSettings, stage: str = "test",
           log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
-          withheld_items: IntArray | None = None, state_path: Path | None = None) -> list[dict[str, float]]:
+          withheld_items: IntArray | None = None, state_path: Path | None = None,
+          on_epoch: Callable[[int, dict[str, float]], bool] | None = None) -> list[dict[str, float]]:
     """Train on every event before the held-out ones of `stage`; returns one record per epoch.
 
     withheld_items: items whose events are removed from training entirely (cold-start evaluation).
     state_path: after every epoch the full training state (weights, optimiser, schedule, RNGs) is
     written there; if it exists when training starts, training resumes after its last epoch.
+    on_epoch(epoch, record): called after every epoch (it may evaluate); returning True stops
+    training there (early stopping). The model is put back in training mode after it.
     Under torchrun (torch.distributed initialised) every rank trains on its share of each epoch's
     batches and DistributedDataParallel averages the gradients; rank 0 logs and saves."""
     rank, world = _world()
@@ -194,6 +197,11 @@ def train(model: FoundationModel, split: LeaveOneOut, s: TrainSettings, stage: s
                             "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "history": history,
                             "epoch": epoch}, tmp)
                 tmp.replace(state_path)  # atomic: a crash mid-write leaves the previous state
+        if on_epoch is not None:
+            stop = on_epoch(epoch, rec)
+            model.train()
+            if stop:
+                break
     model.eval()
     return history
 

@@ -1,0 +1,352 @@
+"""The tuned benchmark: our FM against RecTools SASRec, BERT4Rec and HSTU on ML-100K, one protocol for all.
+
+Protocol, applied to every model alike (the README states it):
+- split: per user the last event is test, the second-to-last validation (ties broken by file row);
+- training: every event before the validation event;
+- selection: validation NDCG@10 is checked every `every` epochs; the checkpoint with the best one
+  is the run's model (training stops after `patience` checks without a gain, or at `max_epochs`);
+  the grid point is chosen by the same number. Nothing is ever chosen on test;
+- scoring: the selected checkpoint ranks all items for the test event, with the validation event
+  in the history; seen items filtered; HR@k and NDCG@k.
+
+`tune` runs a grid with one seed and appends each finished point to a JSON file (so it resumes);
+`bench` reruns the chosen point of every model with several seeds, prints mean and spread, train
+time, and a paired bootstrap 95% interval of the FM's NDCG@10 difference to the best baseline
+(chosen on validation) over test users, and writes every run's per-user ranks to JSON so the table
+can be printed again without training (`report`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import torch
+
+from fmrec.data.split import LeaveOneOut
+from fmrec.train import TrainSettings, build_model, evaluate, ranked_scores, rank_of, ranking_metrics, train
+
+KS = (10, 20, 50)
+BASELINES = ("sasrec", "bert4rec", "hstu")
+FM_DEFAULTS: dict[str, Any] = {
+    "d_model": 64, "n_layers": 2, "n_heads": 2, "context_len": 200, "dropout": 0.2, "item_id_dropout": 0.1,
+    "event_fields": ["item", "action", "timeGap"], "objectives": {"nextItem": 1.0},
+    "epochs": 40, "lr": 3e-3, "batch_size": 128,
+}
+
+
+def default_grid() -> dict[str, list[dict[str, Any]]]:
+    """The issue's grid for the baselines (length 50/200 x 64/128 dims, 2 blocks, softmax loss; HSTU
+    with RecTools' logit temperature 0.05) and the same shapes for the FM."""
+    shapes = [(50, 64), (200, 128), (50, 128), (200, 64)]  # the issue's tuned point (200, 128) early
+    grid: dict[str, list[dict[str, Any]]] = {}
+    for kind in BASELINES:
+        extra = {"logits_t": 0.05} if kind == "hstu" else {}
+        grid[kind] = [{"session_max_len": L, "n_factors": d, "n_blocks": 2, **extra} for L, d in shapes]
+    grid["fm"] = [{**FM_DEFAULTS, "context_len": L, "d_model": d} for L, d in shapes]
+    return grid
+
+
+@dataclass(frozen=True)
+class Protocol:
+    every: int = 5  # epochs between validation checks
+    patience: int = 3  # checks without a validation gain before stopping
+    max_epochs: int = 100
+
+
+def ndcg_at(ranks: npt.NDArray[np.int64], k: int = 10) -> npt.NDArray[np.float64]:
+    """Per-user NDCG@k of 0-based ranks (a miss is 0)."""
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
+class Selector:
+    """Early stopping on validation NDCG@10: remembers the best check and says when to stop."""
+
+    def __init__(self, protocol: Protocol) -> None:
+        self.p = protocol
+        self.best = -1.0
+        self.best_epoch = 0
+        self.bad = 0
+        self.curve: list[dict[str, float]] = []
+
+    def check(self, epoch: int, val_ndcg: float) -> tuple[bool, bool]:
+        """Record a check; returns (is the new best, stop now)."""
+        self.curve.append({"epoch": epoch, "val_NDCG@10": round(val_ndcg, 5)})
+        improved = val_ndcg > self.best
+        if improved:
+            self.best, self.best_epoch, self.bad = val_ndcg, epoch, 0
+        else:
+            self.bad += 1
+        return improved, self.bad >= self.p.patience or epoch >= self.p.max_epochs
+
+
+# ---------------------------------------------------------------- our FM
+
+def fm_ranks(model: torch.nn.Module, split: LeaveOneOut, stage: str, users: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    out = []
+    for chunk, scores in ranked_scores(model, split, users, stage):  # type: ignore[arg-type]
+        target = torch.tensor([split.log.item[split.target(int(u), stage)] for u in chunk])
+        out.append(rank_of(scores, target).cpu().numpy())
+    return np.concatenate(out)
+
+
+def run_fm(split: LeaveOneOut, config: dict[str, Any], seed: int, protocol: Protocol,
+           log: Callable[[str], None]) -> dict[str, Any]:
+    cfg = dict(config)
+    epochs, lr, batch = int(cfg.pop("epochs")), float(cfg.pop("lr")), int(cfg.pop("batch_size"))
+    cfg["event_fields"] = tuple(cfg["event_fields"])
+    torch.manual_seed(seed)
+    model = build_model(split.log, **cfg)
+    settings = TrainSettings(epochs=min(epochs, protocol.max_epochs), batch_size=batch, lr=lr, seed=seed,
+                             stride=cfg["context_len"], device="cpu")
+    sel = Selector(protocol)
+    state: dict[str, Any] = {"fit_s": 0.0, "best_fit_s": 0.0, "test": np.zeros(0, dtype=np.int64), "t0": time.perf_counter()}
+
+    def on_epoch(epoch: int, rec: dict[str, float]) -> bool:
+        state["fit_s"] += time.perf_counter() - state["t0"]
+        stop = False
+        if epoch % protocol.every == 0 or epoch == settings.epochs:
+            val = float(ndcg_at(fm_ranks(model, split, "val", split.val_users)).mean())
+            best, stop = sel.check(epoch, val)
+            if best:
+                state["test"], state["best_fit_s"] = fm_ranks(model, split, "test", split.test_users), state["fit_s"]
+            log(f"  fm epoch {epoch}: val NDCG@10 {val:.4f}{' *' if best else ''}")
+        state["t0"] = time.perf_counter()
+        return stop
+
+    train(model, split, settings, stage="val", on_epoch=on_epoch, log=lambda m: None)
+    return _result("fm", config, seed, sel, state, n_params=model.num_params())
+
+
+# ---------------------------------------------------------------- RecTools
+
+def rectools_frame(split: LeaveOneOut, stage: str = "test") -> pd.DataFrame:
+    """Training interactions for RecTools, ordered exactly as ours.
+
+    Ties on timestamp are broken with microseconds in our (user, timestamp, item) order, so
+    RecTools sees the same sequences (and HSTU's relative-time attention the real times)."""
+    log = split.log
+    keep = split.train_mask(stage)
+    frame = pd.DataFrame({"user_id": log.user[keep], "item_id": log.item[keep], "ts": log.timestamp[keep]})
+    tie = frame.groupby(["user_id", "ts"]).cumcount().to_numpy()
+    frame["datetime"] = pd.to_datetime(frame["ts"], unit="s") + pd.to_timedelta(tie, unit="us")
+    frame["weight"] = 1.0
+    return frame.drop(columns="ts")
+
+
+def rectools_dataset(split: LeaveOneOut, stage: str) -> Any:
+    from rectools import Columns
+    from rectools.dataset import Dataset
+
+    frame = rectools_frame(split, stage).rename(columns={"user_id": Columns.User, "item_id": Columns.Item,
+                                                         "datetime": Columns.Datetime, "weight": Columns.Weight})
+    return Dataset.construct(frame)
+
+
+def rectools_ranks(model: Any, dataset: Any, split: LeaveOneOut, stage: str, users: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """0-based rank of each user's `stage` target in the model's top-50 (50 = not in it), seen items
+    filtered by RecTools from `dataset` (the history before the target)."""
+    from rectools import Columns
+    k = max(KS)
+    targets = split.log.item[[split.target(int(u), stage) for u in users]]
+    context = None
+    if model.require_recommend_context:  # HSTU attends over relative time: it is told when the request happens
+        when = split.log.timestamp[[split.target(int(u), stage) for u in users]]
+        context = pd.DataFrame({Columns.User: users, Columns.Datetime: pd.to_datetime(when, unit="s") + pd.Timedelta(seconds=1),
+                                Columns.Weight: 1.0})
+    reco = model.recommend(users=users, dataset=dataset, k=k, filter_viewed=True, context=context, on_unsupported_targets="ignore")
+    target = pd.Series(targets, index=users)
+    hit = reco[reco[Columns.Item].to_numpy() == target.reindex(reco[Columns.User]).to_numpy()]
+    rank = pd.Series(k, index=users, dtype=np.int64)
+    rank.loc[hit[Columns.User].to_numpy()] = hit[Columns.Rank].to_numpy() - 1
+    out: npt.NDArray[np.int64] = rank.to_numpy()
+    return out
+
+
+def run_rectools(split: LeaveOneOut, kind: str, config: dict[str, Any], seed: int, protocol: Protocol,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+    from pytorch_lightning import seed_everything
+    from rectools.models import BERT4RecModel, HSTUModel, SASRecModel
+
+    seed_everything(seed, workers=True, verbose=False)
+    cfg = dict(config)
+    kwargs: dict[str, Any] = {}
+    if "logits_t" in cfg:
+        kwargs["lightning_module_kwargs"] = {"logits_t": cfg.pop("logits_t")}
+    cls = {"sasrec": SASRecModel, "bert4rec": BERT4RecModel, "hstu": HSTUModel}[kind]
+    model = cls(loss="softmax", epochs=protocol.every, deterministic=True, verbose=0, **cfg, **kwargs)
+    train_ds, test_ds = rectools_dataset(split, "val"), rectools_dataset(split, "test")
+    sel = Selector(protocol)
+    state: dict[str, Any] = {"fit_s": 0.0, "best_fit_s": 0.0, "test": np.zeros(0, dtype=np.int64)}
+    epoch = 0
+    while True:
+        t0 = time.perf_counter()
+        model.fit_partial(train_ds, min_epochs=protocol.every, max_epochs=protocol.every)
+        state["fit_s"] += time.perf_counter() - t0
+        epoch += protocol.every
+        val = float(ndcg_at(rectools_ranks(model, train_ds, split, "val", split.val_users)).mean())
+        best, stop = sel.check(epoch, val)
+        if best:
+            state["test"], state["best_fit_s"] = rectools_ranks(model, test_ds, split, "test", split.test_users), state["fit_s"]
+        log(f"  {kind} epoch {epoch}: val NDCG@10 {val:.4f}{' *' if best else ''}")
+        if stop:
+            break
+    n_params = sum(p.numel() for p in model.torch_model.parameters())
+    return _result(kind, config, seed, sel, state, n_params=n_params)
+
+
+def _result(kind: str, config: dict[str, Any], seed: int, sel: Selector, state: dict[str, Any], n_params: int) -> dict[str, Any]:
+    ranks = state["test"]
+    return {"model": kind, "config": config, "seed": seed, "params": int(n_params), "best_epoch": sel.best_epoch,
+            "val_NDCG@10": round(sel.best, 5), "test": {k: round(v, 5) for k, v in ranking_metrics(ranks, KS).items()},
+            "train_s_to_best": round(state["best_fit_s"], 1), "train_s_total": round(state["fit_s"], 1),
+            "curve": sel.curve, "test_ranks": ranks.tolist()}
+
+
+def run_one(split: LeaveOneOut, kind: str, config: dict[str, Any], seed: int, protocol: Protocol,
+            log: Callable[[str], None]) -> dict[str, Any]:
+    if kind == "fm":
+        return run_fm(split, config, seed, protocol, log)
+    return run_rectools(split, kind, config, seed, protocol, log)
+
+
+# ---------------------------------------------------------------- grid and seeds
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _save(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def tune(split: LeaveOneOut, path: Path, models: list[str], protocol: Protocol, seed: int = 0,
+         grid: dict[str, list[dict[str, Any]]] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every grid point not yet in `path` (one seed) and record it there; the chosen point of
+    each model is the one with the best validation NDCG@10."""
+    grid = grid or default_grid()
+    doc = _load(path) or {"protocol": asdict(protocol), "seed": seed, "points": []}
+    if doc["protocol"] != asdict(protocol):
+        raise SystemExit(f"{path} was tuned with protocol {doc['protocol']}, not {asdict(protocol)}: use another --tuning file")
+    for i in range(max(len(v) for v in grid.values())):  # cheap points of every model before dear ones
+        for kind in models:
+            if i >= len(grid[kind]):
+                continue
+            config = grid[kind][i]
+            if any(p["model"] == kind and _same(p["config"], config) for p in doc["points"]):
+                continue
+            log(f"[tune] {kind} {config}")
+            r = run_one(split, kind, config, seed, protocol, log)
+            r.pop("test_ranks")  # the grid is judged on validation; test ranks are kept only by `bench`
+            doc["points"].append(r)
+            _save(path, doc)
+            log(f"[tune] {kind}: val NDCG@10 {r['val_NDCG@10']:.4f} at epoch {r['best_epoch']} ({r['train_s_total']:.0f} s)")
+    doc["chosen"] = chosen(doc)
+    _save(path, doc)
+    return doc
+
+
+def chosen(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    best: dict[str, dict[str, Any]] = {}
+    for p in doc["points"]:
+        if p["model"] not in best or p["val_NDCG@10"] > best[p["model"]]["val_NDCG@10"]:
+            best[p["model"]] = p
+    return {k: {"config": v["config"], "val_NDCG@10": v["val_NDCG@10"], "best_epoch": v["best_epoch"]} for k, v in best.items()}
+
+
+def bench(split: LeaveOneOut, tuning: Path, out: Path, models: list[str], seeds: list[int], protocol: Protocol,
+          log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Rerun each model's chosen configuration with every seed (resuming from `out`)."""
+    picks = chosen(_load(tuning))
+    missing = [m for m in models if m not in picks]
+    if missing:
+        raise SystemExit(f"{tuning} has no tuned configuration for {missing}: run `python -m fmrec tune --models {','.join(missing)}` first")
+    doc = _load(out) or {"protocol": asdict(protocol), "tuning": str(tuning), "runs": []}
+    for kind in models:
+        for seed in seeds:
+            if any(r["model"] == kind and r["seed"] == seed and _same(r["config"], picks[kind]["config"]) for r in doc["runs"]):
+                continue
+            log(f"[bench] {kind} seed {seed} {picks[kind]['config']}")
+            doc["runs"].append(run_one(split, kind, picks[kind]["config"], seed, protocol, log))
+            _save(out, doc)
+    return doc
+
+
+def paired_bootstrap(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64], n: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of a - b over users and its 95% percentile interval from resampling users."""
+    d = a - b
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(n, len(d)))].mean(axis=1)
+    return float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def summarise(doc: dict[str, Any], split: LeaveOneOut) -> dict[str, Any]:
+    """Per model: mean and standard deviation over seeds; the best baseline by validation; the
+    FM's paired bootstrap interval against it (per-user NDCG@10 averaged over seeds)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for r in doc["runs"]:
+        rows.setdefault(r["model"], {"runs": []})["runs"].append(r)
+    for kind, row in rows.items():
+        runs = row["runs"]
+        row["seeds"] = len(runs)
+        row["config"] = runs[0]["config"]
+        row["params"] = runs[0]["params"]
+        for key in ("HR@10", "NDCG@10", "NDCG@20", "HR@50"):
+            v = np.array([r["test"][key] for r in runs])
+            row[key] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0)
+        row["val_NDCG@10"] = float(np.mean([r["val_NDCG@10"] for r in runs]))
+        row["best_epoch"] = [r["best_epoch"] for r in runs]
+        row["train_s"] = float(np.mean([r["train_s_to_best"] for r in runs]))
+        row["user_ndcg"] = np.mean([ndcg_at(np.array(r["test_ranks"])) for r in runs], axis=0)
+    base = [k for k in rows if k != "fm"]
+    out: dict[str, Any] = {"rows": rows, "users": len(split.test_users)}
+    if "fm" in rows and base:
+        best = max(base, key=lambda k: rows[k]["val_NDCG@10"])
+        mean, lo, hi = paired_bootstrap(rows["fm"]["user_ndcg"], rows[best]["user_ndcg"])
+        out.update(best=best, diff=mean, lo=lo, hi=hi, ratio=rows["fm"]["NDCG@10"][0] / rows[best]["NDCG@10"][0])
+    return out
+
+
+NAMES = {"fm": "fmrec FM", "sasrec": "RecTools SASRec", "bert4rec": "RecTools BERT4Rec", "hstu": "RecTools HSTU"}
+
+
+def describe(kind: str, config: dict[str, Any]) -> str:
+    if kind == "fm":
+        return f"{config['n_layers']}x{config['d_model']}, context {config['context_len']}, lr {config['lr']}, {config['epochs']}-epoch schedule"
+    t = f", logits_t {config['logits_t']}" if "logits_t" in config else ""
+    return f"{config['n_blocks']}x{config['n_factors']}, length {config['session_max_len']}{t}"
+
+
+def table(summary: dict[str, Any]) -> str:
+    lines = [f"ML-100K leave-one-out, {summary['users']} test users, full ranking, seen items filtered; "
+             "mean ± sd over seeds, each run's epoch chosen on validation",
+             f"{'model':18} {'config':52} {'seeds':>5} {'val N@10':>8} {'HR@10':>15} {'NDCG@10':>15} {'NDCG@20':>15} "
+             f"{'epochs':>12} {'train s':>7}"]
+    for kind in sorted(summary["rows"], key=lambda k: -summary["rows"][k]["NDCG@10"][0]):
+        r = summary["rows"][kind]
+        cells = " ".join(f"{r[k][0]:.4f} ± {r[k][1]:.4f}" for k in ("HR@10", "NDCG@10", "NDCG@20"))
+        lines.append(f"{NAMES[kind]:18} {describe(kind, r['config']):52} {r['seeds']:5d} {r['val_NDCG@10']:8.4f} {cells} "
+                     f"{','.join(map(str, r['best_epoch'])):>12} {r['train_s']:7.0f}")
+    if "best" in summary:
+        lines.append(f"FM - {NAMES[summary['best']]} (the best baseline on validation), test NDCG@10: {summary['diff']:+.4f} "
+                     f"(paired bootstrap 95% interval over users {summary['lo']:+.4f} .. {summary['hi']:+.4f}); "
+                     f"ratio {summary['ratio']:.3f}x (target 1.15x)")
+    return "\n".join(lines)
+
+
+def log_err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

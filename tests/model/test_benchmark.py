@@ -1,0 +1,95 @@
+"""The tuned benchmark's selection rule, interval and bookkeeping (the training itself is what `make bench` runs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fmrec import benchmark
+from fmrec.benchmark import Protocol, Selector, chosen, ndcg_at, paired_bootstrap
+
+
+def test_selector_keeps_the_best_validation_check_and_stops_after_patience() -> None:
+    sel = Selector(Protocol(every=5, patience=2, max_epochs=100))
+    assert sel.check(5, 0.10) == (True, False)
+    assert sel.check(10, 0.12) == (True, False)
+    assert sel.check(15, 0.11) == (False, False)
+    assert sel.check(20, 0.12) == (False, True)  # a tie is no gain: the earlier epoch stays chosen
+    assert (sel.best, sel.best_epoch) == (0.12, 10)
+
+
+def test_selector_stops_at_max_epochs() -> None:
+    sel = Selector(Protocol(every=5, patience=10, max_epochs=10))
+    assert sel.check(5, 0.1) == (True, False)
+    assert sel.check(10, 0.2) == (True, True)
+
+
+def test_ndcg_per_user() -> None:
+    got = ndcg_at(np.array([0, 1, 9, 10, 50]))
+    assert got == pytest.approx([1.0, 1 / np.log2(3), 1 / np.log2(11), 0.0, 0.0])
+
+
+def test_paired_bootstrap_interval_covers_a_known_shift_and_excludes_zero() -> None:
+    rng = np.random.default_rng(1)
+    b = rng.random(900)
+    a = b + 0.05 + rng.normal(0, 0.05, 900)
+    mean, lo, hi = paired_bootstrap(a, b)
+    assert lo < 0.05 < hi and lo > 0
+    assert mean == pytest.approx(float((a - b).mean()))
+    _, lo0, hi0 = paired_bootstrap(b, b.copy())
+    assert lo0 == hi0 == 0.0
+
+
+def _point(model: str, val: float, L: int) -> dict:
+    return {"model": model, "config": {"session_max_len": L}, "val_NDCG@10": val, "best_epoch": 5}
+
+
+def test_chosen_is_by_validation_only() -> None:
+    doc = {"points": [_point("sasrec", 0.10, 50), _point("sasrec", 0.12, 200), _point("hstu", 0.09, 50)]}
+    doc["points"][0]["test"] = {"NDCG@10": 0.5}  # a better test score must not matter
+    picks = chosen(doc)
+    assert picks["sasrec"]["config"] == {"session_max_len": 200}
+    assert picks["hstu"]["val_NDCG@10"] == 0.09
+
+
+def test_tune_resumes_and_refuses_another_protocol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, dict]] = []
+
+    def fake_run(split, kind, config, seed, protocol, log):  # type: ignore[no-untyped-def]
+        calls.append((kind, config))
+        return {**_point(kind, 0.1 + config["session_max_len"] / 1e4, config["session_max_len"]), "config": config,
+                "test_ranks": [0], "train_s_total": 1.0}
+
+    monkeypatch.setattr(benchmark, "run_one", fake_run)
+    grid = {"sasrec": [{"session_max_len": 50}, {"session_max_len": 200}]}
+    path = tmp_path / "t.json"
+    benchmark.tune(None, path, ["sasrec"], Protocol(), grid=grid, log=lambda m: None)  # type: ignore[arg-type]
+    assert len(calls) == 2
+    doc = benchmark.tune(None, path, ["sasrec"], Protocol(), grid=grid, log=lambda m: None)  # type: ignore[arg-type]
+    assert len(calls) == 2, "finished grid points are not run again"
+    assert doc["chosen"]["sasrec"]["config"] == {"session_max_len": 200}
+    assert "test_ranks" not in json.loads(path.read_text())["points"][0]
+    with pytest.raises(SystemExit, match="protocol"):
+        benchmark.tune(None, path, ["sasrec"], Protocol(every=1), grid=grid, log=lambda m: None)  # type: ignore[arg-type]
+
+
+def test_summary_picks_the_best_baseline_on_validation_and_compares_per_user() -> None:
+    class Split:
+        test_users = np.arange(4)
+
+    def run(model: str, seed: int, ranks: list[int], val: float) -> dict:
+        config = dict(benchmark.FM_DEFAULTS) if model == "fm" else {"n_blocks": 2, "n_factors": 64, "session_max_len": 50}
+        return {"model": model, "seed": seed, "config": config, "params": 1,
+                "test": {"HR@10": 0.0, "NDCG@10": float(ndcg_at(np.array(ranks)).mean()), "NDCG@20": 0.0, "HR@50": 0.0},
+                "val_NDCG@10": val, "best_epoch": 5, "train_s_to_best": 1.0, "test_ranks": ranks}
+
+    doc = {"runs": [run("fm", 0, [0, 0, 50, 50], 0.2), run("fm", 1, [0, 0, 50, 50], 0.2),
+                    run("sasrec", 0, [50, 0, 50, 50], 0.15), run("hstu", 0, [0, 0, 0, 50], 0.1)]}
+    s = benchmark.summarise(doc, Split())  # type: ignore[arg-type]
+    assert s["best"] == "sasrec", "hstu scores better on test but worse on validation"
+    assert s["diff"] == pytest.approx(0.25)
+    assert s["ratio"] == pytest.approx(2.0)
+    assert "FM - RecTools SASRec" in benchmark.table(s)

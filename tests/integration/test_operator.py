@@ -171,3 +171,61 @@ def test_kubectl_get_short_names_show_the_columns(api: Any, namespace: str, clus
     assert sorted(everything) == ["foundationmodel.fmops.dev/movielens", "rollout.fmops.dev/recommender", "taskadapter.fmops.dev/west-coast"]
     wide = cluster.kubectl("get", "fmro", "-n", namespace, "-o", "wide").stdout
     assert "PROVIDER" in wide and "gatewayAPI" in wide
+
+
+def _ro_status(api: Any, namespace: str) -> dict[str, Any]:
+    return dict(get(api, "rollouts", namespace, "recommender").get("status") or {})
+
+
+def test_a_rollout_moves_fm_and_adapters_as_one_bundle_and_only_to_gated_versions(
+        api: Any, namespace: str, operator: OperatorProcess) -> None:
+    """Issue #8: a Rollout serving FM + adapters moves to a new FM version only once every adapter has
+    a version for it, and never to a version the quality gate held back (unless it opts in)."""
+    fm_v1 = {"version": "v1", "artifactUri": "s3://models/foundation/movielens/v1/", "gate": "Passed", "metrics": {"ndcg@10": 0.1}}
+    ta_v1 = {"version": "v1", "foundationModelVersion": "v1", "artifactUri": "s3://models/adapters/west-coast/v1/"}
+    ta = load_example("taskadapter.yaml")
+    ta["spec"]["foundationModel"].update(versionPolicy="Pinned", version="v1")  # no fine-tuning Workflow: versions by hand
+    for obj in (load_example("foundationmodel.yaml"), ta, load_example("rollout.yaml")):
+        apply(api, namespace, obj)
+    patch_status(api, "foundationmodels", namespace, "movielens", {"latestVersion": "v1", "versions": [fm_v1]})
+    patch_status(api, "taskadapters", namespace, "west-coast", {"latestVersion": "v1", "versions": [ta_v1]})
+    wait_condition(api, "rollouts", namespace, "recommender", "ResolvedRefs", "True", "Resolved")
+    wait_for(lambda: _ro_status(api, namespace).get("revision") == 1, 30, "revision 1")
+
+    # v2 passed the gate, but the adapter has no version for it: revision 1 keeps serving, nothing starts.
+    fm_v2 = {**fm_v1, "version": "v2", "artifactUri": "s3://models/foundation/movielens/v2/"}
+    patch_status(api, "foundationmodels", namespace, "movielens", {"latestVersion": "v2", "versions": [fm_v1, fm_v2]})
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(GROUP, VERSION, namespace, "rollouts", "recommender",
+                                                                 {"spec": {"model": {"foundationModel": {"version": "v2"}}}})
+    c = wait_condition(api, "rollouts", namespace, "recommender", "ResolvedRefs", "False", "AdapterVersionNotFound")
+    assert "TaskAdapter " + namespace + "/west-coast has no version trained on movielens v2" in c["message"]
+    def held() -> str | None:
+        m = str(_ro_status(api, namespace).get("message", ""))
+        return m if "is not served yet" in m else None
+
+    msg = wait_for(held, 30, "hold message")
+    assert msg.startswith("movielens:v2+west-coast is not served yet"), msg
+    time.sleep(3 * operator.resync)
+    assert _ro_status(api, namespace)["revision"] == 1
+
+    # The adapter gets its v2 version: the whole bundle moves as one new revision.
+    ta_v2 = {**ta_v1, "version": "v2", "foundationModelVersion": "v2", "artifactUri": "s3://models/adapters/west-coast/v2/"}
+    patch_status(api, "taskadapters", namespace, "west-coast", {"versions": [ta_v1, ta_v2]})
+    wait_for(lambda: _ro_status(api, namespace).get("revision") == 2, 60, "revision 2 for movielens v2 + west-coast v2")
+
+    # v3 was held back by the gate: refused with the fix named, and revision 2 stays.
+    fm_v3 = {**fm_v1, "version": "v3", "artifactUri": "s3://models/foundation/movielens/v3/", "gate": "HeldBack"}
+    ta_v3 = {**ta_v1, "version": "v3", "foundationModelVersion": "v3", "artifactUri": "s3://models/adapters/west-coast/v3/"}
+    patch_status(api, "foundationmodels", namespace, "movielens", {"versions": [fm_v1, fm_v2, fm_v3]})
+    patch_status(api, "taskadapters", namespace, "west-coast", {"versions": [ta_v1, ta_v2, ta_v3]})
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(GROUP, VERSION, namespace, "rollouts", "recommender",
+                                                                 {"spec": {"model": {"foundationModel": {"version": "v3"}}}})
+    c = wait_condition(api, "rollouts", namespace, "recommender", "ResolvedRefs", "False", "VersionHeldBack")
+    assert "held back by its quality gate" in c["message"] and "allowHeldBack: true" in c["message"]
+    time.sleep(3 * operator.resync)
+    assert _ro_status(api, namespace)["revision"] == 2
+
+    # Opting in serves it.
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(GROUP, VERSION, namespace, "rollouts", "recommender",
+                                                                 {"spec": {"model": {"foundationModel": {"allowHeldBack": True}}}})
+    wait_for(lambda: _ro_status(api, namespace).get("revision") == 3, 60, "revision 3 after allowHeldBack")

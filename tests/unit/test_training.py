@@ -237,6 +237,44 @@ def test_spec_edit_supersedes_the_running_workflow() -> None:
     assert plan.delete == ("movielens-v1-g1",)
 
 
+def _annotated(obj: dict[str, Any], revision: str) -> dict[str, Any]:
+    obj["metadata"]["annotations"] = {"fmops.dev/data-revision": revision}
+    return obj
+
+
+def test_new_data_revision_trains_a_new_version_of_the_same_spec() -> None:
+    wf1 = plan_foundation_model(fm_obj(), [], IMAGE, NOW).create
+    assert wf1 is not None and "fmops.dev/data-revision" not in wf1["metadata"]["labels"]
+    done1 = finished(wf1, "Succeeded", {"NDCG@10": 0.1})
+    v1 = plan_foundation_model(fm_obj(), [done1], IMAGE, NOW).verdict.extra["versions"]
+    assert "dataRevision" not in v1[0]
+    stored = fm_obj(status={"latestVersion": "v1", "versions": v1})
+    assert plan_foundation_model(stored, [done1], IMAGE, NOW).create is None  # nothing new: nothing trains
+
+    # The data pipeline lands a new day and says so: the same spec generation trains v2 on it.
+    new = _annotated(fm_obj(status={"latestVersion": "v1", "versions": v1}), "2026-12-03")
+    plan = plan_foundation_model(new, [done1], IMAGE, NOW)
+    assert plan.create is not None and re.fullmatch(r"movielens-v2-g1-d[0-9a-f]{6}", plan.create["metadata"]["name"])
+    assert plan.create["metadata"]["labels"]["fmops.dev/data-revision"] == "2026-12-03"
+    assert "data revision 2026-12-03" in plan.verdict.message
+    done2 = finished(plan.create, "Succeeded", {"NDCG@10": 0.1})
+    versions = plan_foundation_model(new, [done1, done2], IMAGE, NOW).verdict.extra["versions"]
+    assert [(v["version"], v.get("dataRevision")) for v in versions] == [("v1", None), ("v2", "2026-12-03")]
+    again = plan_foundation_model(_annotated(fm_obj(status={"latestVersion": "v2", "versions": versions}), "2026-12-03"),
+                                  [done1, done2], IMAGE, NOW)
+    assert again.create is None, "the same data revision trains once"
+
+
+def test_a_data_revision_that_is_no_label_value_is_hashed_and_supersedes_the_running_workflow() -> None:
+    wf1 = plan_foundation_model(fm_obj(), [], IMAGE, NOW).create
+    assert wf1 is not None
+    plan = plan_foundation_model(_annotated(fm_obj(), "s3://events/dt=2026-12-03/"), [finished(wf1, "Running")], IMAGE, NOW)
+    assert plan.create is not None and plan.delete == ("movielens-v1-g1",)
+    assert plan.create["metadata"]["name"] != "movielens-v1-g1", "the new Workflow must not collide with the one being deleted"
+    label = plan.create["metadata"]["labels"]["fmops.dev/data-revision"]
+    assert label.startswith("h-") and len(label) == 18
+
+
 def _trained_v1(ndcg: float) -> dict[str, Any]:
     return {"latestVersion": "v1", "versions": [{"version": "v1", "artifactUri": "pvc://fmop-models/x", "specGeneration": 1,
                                                  "workflow": "movielens-v1-g1", "metrics": {"NDCG@10": ndcg}}]}

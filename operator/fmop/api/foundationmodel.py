@@ -210,6 +210,7 @@ class FoundationModelVersion(ApiModel):
     gate: Literal["Passed", "HeldBack"] | None = Field(None, description="HeldBack: NDCG@10 regressed beyond spec.qualityGate.")
     dataFingerprint: ShortText = ""
     featureFingerprint: ShortText = ""
+    dataRevision: ShortText = Field("", description="The fmops.dev/data-revision annotation it was trained on (empty: none set).")
     metrics: Annotated[dict[str, float], Field(max_length=64)] = Field(default_factory=dict)
     workflow: ShortText = ""
     specGeneration: Annotated[int, Field(ge=0)] | None = None

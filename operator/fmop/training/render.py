@@ -10,7 +10,9 @@ an InferenceService serves.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +42,9 @@ LABEL_OWNER = f"{GROUP}/owner"
 LABEL_VERSION = f"{GROUP}/version"
 LABEL_GENERATION = f"{GROUP}/spec-generation"
 LABEL_BASE = f"{GROUP}/base-version"
+LABEL_DATA_REVISION = f"{GROUP}/data-revision"
+# Set by whatever lands new data (an ETL job, a person): a new value trains a new version of the same spec.
+DATA_REVISION_ANNOTATION = f"{GROUP}/data-revision"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "fm-operator", "app.kubernetes.io/part-of": "fm-operator"}
 
 
@@ -56,11 +61,20 @@ class Target:
     uid: str
     generation: int
     version: str
+    data_revision: str = ""  # the fmops.dev/data-revision annotation this version trains on ("" when unset)
 
 
-def workflow_name(name: str, version: str, generation: int) -> str:
-    """`<name>-<version>-g<generation>`, short enough for Argo's pod names and label values (63)."""
-    suffix = f"-{version}-g{generation}"
+def data_revision_label(value: str) -> str:
+    """The annotation's value as a label value: itself when it is one (a date, a partition id), else a hash."""
+    if re.fullmatch(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?", value):
+        return value
+    return "h-" + hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+def workflow_name(name: str, version: str, generation: int, data_revision: str = "") -> str:
+    """`<name>-<version>-g<generation>` (plus `-d<hash>` for a data revision), short enough for Argo's
+    pod names and label values (63)."""
+    suffix = f"-{version}-g{generation}" + (f"-d{hashlib.sha256(data_revision.encode()).hexdigest()[:6]}" if data_revision else "")
     return f"{name[:63 - len(suffix)].rstrip('-')}{suffix}"
 
 
@@ -110,11 +124,13 @@ def _workflow(kind: str, plural: str, t: Target, template: str, params: dict[str
               extra_labels: dict[str, str]) -> dict[str, Any]:
     labels = {**MANAGED_BY, LABEL_KIND: kind, LABEL_OWNER: t.name, LABEL_VERSION: t.version,
               LABEL_GENERATION: str(t.generation), **extra_labels}
+    if t.data_revision:
+        labels[LABEL_DATA_REVISION] = data_revision_label(t.data_revision)
     wf = Workflow(
         api_version=WORKFLOW_API,
         kind="Workflow",
         metadata=ObjectMeta(
-            name=workflow_name(t.name, t.version, t.generation),
+            name=workflow_name(t.name, t.version, t.generation, t.data_revision),
             namespace=t.namespace,
             labels=labels,
             owner_references=[OwnerReference(api_version=API_VERSION, kind=kind, name=t.name, uid=t.uid,

@@ -18,7 +18,9 @@ from fmop.api import FoundationModel, TaskAdapter
 from fmop.assess import ACCEPTED, READY, Verdict, assess_foundation_model, assess_task_adapter
 from fmop.conditions import Cond
 from fmop.training.render import (
+    DATA_REVISION_ANNOTATION,
     LABEL_BASE,
+    LABEL_DATA_REVISION,
     LABEL_GENERATION,
     LABEL_VERSION,
     RenderError,
@@ -26,6 +28,7 @@ from fmop.training.render import (
     fm_artifacts,
     render_foundation_model,
     render_task_adapter,
+    data_revision_label,
     ta_artifact,
 )
 
@@ -98,7 +101,7 @@ def next_version(versions: list[dict[str, Any]]) -> str:
 
 
 def _current(workflows: list[dict[str, Any]], match: dict[str, str]) -> dict[str, Any] | None:
-    mine = [w for w in workflows if all(_labels(w).get(k) == v for k, v in match.items())]
+    mine = [w for w in workflows if all(_labels(w).get(k, "") == v for k, v in match.items())]  # "": label absent
     mine.sort(key=lambda w: str(w.get("metadata", {}).get("creationTimestamp") or ""))
     return mine[-1] if mine else None
 
@@ -151,9 +154,12 @@ def _untrained(base: Verdict) -> Verdict:
     return Verdict(base.phase, [*base.conditions, Cond(TRAINING, "False", "NoTrainerImage", msg)], base.message, base.extra)
 
 
-def _trained(v: dict[str, Any], generation: int) -> bool:
-    """A version of this spec generation; one recorded by hand (no specGeneration) counts for any generation."""
-    return v.get("specGeneration") in (generation, None)
+def _trained(v: dict[str, Any], generation: int, data_revision: str = "") -> bool:
+    """A version of this spec generation and data revision; one recorded by hand (no specGeneration)
+    counts for any."""
+    if v.get("specGeneration") is None:
+        return True
+    return bool(v["specGeneration"] == generation and v.get("dataRevision", "") == data_revision)
 
 
 def _progress(wf: dict[str, Any]) -> str:
@@ -180,7 +186,10 @@ def plan_foundation_model(obj: dict[str, Any], workflows: list[dict[str, Any]], 
     versions: list[dict[str, Any]] = list(status.get("versions") or [])
     latest: str | None = status.get("latestVersion")
     accepted = next(c for c in base.conditions if c.type == ACCEPTED)
-    current = _current(workflows, {LABEL_GENERATION: str(generation)})
+    data_revision = str((meta.get("annotations") or {}).get(DATA_REVISION_ANNOTATION) or "")
+    current = _current(workflows, {LABEL_GENERATION: str(generation),
+                                   LABEL_DATA_REVISION: data_revision_label(data_revision) if data_revision else ""})
+    on_data = f", data revision {data_revision}" if data_revision else ""
 
     def ready(extra_conds: list[Cond]) -> list[Cond]:
         if latest:
@@ -192,18 +201,19 @@ def plan_foundation_model(obj: dict[str, Any], workflows: list[dict[str, Any]], 
         return {str(v["version"]) for v in versions}
 
     if current is None:
-        if any(_trained(v, generation) for v in versions):  # trained; nothing running
+        if any(_trained(v, generation, data_revision) for v in versions):  # trained; nothing running
             return Plan(Verdict("Ready" if latest else "Failed", ready([]), f"latest version {latest}" if latest else "",
                                 {"workflowName": status.get("workflowName"), "progress": status.get("progress")}),
                         delete=_to_delete(workflows, None, keep()))
         version = next_version(versions)
-        target = Target(str(meta.get("namespace", "")), str(meta.get("name", "")), str(meta.get("uid", "")), generation, version)
+        target = Target(str(meta.get("namespace", "")), str(meta.get("name", "")), str(meta.get("uid", "")), generation, version,
+                        data_revision)
         try:
             wf = render_foundation_model(fm, target, image)
         except RenderError as err:
             return Plan(Verdict("Failed", ready([Cond(TRAINING, "False", "CannotRender", str(err))]), str(err)))
         name = _name(wf)
-        msg = f"training {version} (spec generation {generation}) in Workflow {name}"
+        msg = f"training {version} (spec generation {generation}{on_data}) in Workflow {name}"
         return Plan(Verdict("Training", ready([Cond(TRAINING, "True", "WorkflowSubmitted", msg)]), msg,
                             {"workflowName": name, "progress": "0/0"}), create=wf, delete=_to_delete(workflows, None, keep()))
 
@@ -236,7 +246,8 @@ def plan_foundation_model(obj: dict[str, Any], workflows: list[dict[str, Any]], 
         versions.append({"version": version, "artifactUri": artifact, "checkpointUri": checkpoint,
                          "gate": "Passed" if passes else "HeldBack",
                          "dataFingerprint": str(data.get("dataFingerprint", "")), "featureFingerprint": str(data.get("featureFingerprint", "")),
-                         "metrics": {**metrics, **settings}, "workflow": name, "specGeneration": generation, "createdAt": now})
+                         "metrics": {**metrics, **settings}, "workflow": name, "specGeneration": generation, "createdAt": now,
+                         **({"dataRevision": data_revision} if data_revision else {})})
         if passes:
             latest = version
             extra_conds.append(Cond(QUALITY_GATE, "True", "Passed", f"{version} passed the quality gate: {comparison}"))

@@ -6,7 +6,7 @@ result once. That keeps every verdict testable without a cluster.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -118,6 +118,41 @@ def assess_task_adapter(obj: dict[str, Any], fm: dict[str, Any] | None) -> Verdi
     return Verdict("Pending", [accepted, resolved, Cond(READY, "False", "NoVersion", msg)], msg, {"baseVersion": base})
 
 
+def follow_latest(obj: dict[str, Any], fm: dict[str, Any] | None, adapters: dict[str, dict[str, Any] | None]) -> tuple[str | None, str]:
+    """For a Rollout with model.foundationModel.versionPolicy FollowLatest: (the version to serve, a note).
+
+    The version is the newest one the quality gate did not hold back (unless allowHeldBack) for which
+    every adapter in model.adapters has a version (its pinned one, when it names one): the bundle is
+    served whole or not at all. The note names what newer versions wait for ("" when nothing waits);
+    None when no version has a complete bundle yet."""
+    model = (obj.get("spec") or {}).get("model") or {}
+    target = model.get("foundationModel") or {}
+    wanted = model.get("adapters") or []
+    waiting: list[str] = []
+    for entry in reversed(((fm or {}).get("status") or {}).get("versions") or []):
+        version = str(entry.get("version", ""))
+        if entry.get("gate") == "HeldBack" and not target.get("allowHeldBack"):
+            continue
+        missing = []
+        for a in wanted:
+            have = [v for v in (((adapters.get(a.get("name", "")) or {}).get("status") or {}).get("versions") or [])
+                    if v.get("foundationModelVersion") == version and (not a.get("version") or v.get("version") == a["version"])]
+            if not have:
+                missing.append(str(a.get("name")))
+        if not missing:
+            return version, "; ".join(waiting)
+        waiting.append(f"{version} waits for adapter(s) {', '.join(missing)} to train on it")
+    return None, "; ".join(waiting) or f"FoundationModel {target.get('name')} has no version that passed its quality gate yet"
+
+
+def with_version(obj: dict[str, Any], version: str) -> dict[str, Any]:
+    """The Rollout as if its spec named `version` (what FollowLatest resolved to), for checks and the engine."""
+    spec = dict(obj.get("spec") or {})
+    model = dict(spec.get("model") or {})
+    model["foundationModel"] = {**(model.get("foundationModel") or {}), "version": version}
+    return {**obj, "spec": {**spec, "model": model}}
+
+
 def assess_rollout(obj: dict[str, Any], fm: dict[str, Any] | None, adapters: dict[str, dict[str, Any] | None]) -> Verdict:
     try:
         ro = Rollout.model_validate(_essence(obj))
@@ -137,6 +172,14 @@ def assess_rollout(obj: dict[str, Any], fm: dict[str, Any] | None, adapters: dic
         msg = "; ".join(wrong_base)
         return _rejected(msg)
     accepted = Cond(ACCEPTED, "True", "SpecValid", "spec is valid")
+
+    if target.versionPolicy == "FollowLatest" and target.version is None and fm is not None:
+        version, note = follow_latest(obj, fm, adapters)
+        if version is None:
+            return _blocked(accepted, RESOLVED, "NoCompleteBundle",
+                            f"spec.model.foundationModel (versionPolicy FollowLatest): no version of FoundationModel {ns}/{target.name} "
+                            f"can be served with all of model.adapters yet: {note}")
+        return _following(assess_rollout(with_version(obj, version), fm, adapters), version, note)
 
     missing: list[tuple[str, str]] = []
     if fm is None:
@@ -168,6 +211,13 @@ def assess_rollout(obj: dict[str, Any], fm: dict[str, Any] | None, adapters: dic
     resolved = Cond(RESOLVED, "True", "Resolved", f"serving {target.name} {target.version} with {len(ro.spec.model.adapters)} adapter(s)")
     msg = "references resolved; waiting for the rollout engine to create the InferenceServices"
     return Verdict("Pending", [accepted, resolved, Cond(READY, "False", "NotServing", msg)], msg)
+
+
+def _following(v: Verdict, version: str, note: str) -> Verdict:
+    """A FollowLatest Rollout's verdict on the version it resolved to, saying so (and what newer versions wait for)."""
+    said = f"following the latest version: {version}" + (f" ({note})" if note else "")
+    conds = [replace(c, message=f"{c.message}; {said}") if c.type == RESOLVED and c.status == "True" else c for c in v.conditions]
+    return replace(v, conditions=conds)
 
 
 def _essence(obj: dict[str, Any]) -> dict[str, Any]:

@@ -229,3 +229,32 @@ def test_a_rollout_moves_fm_and_adapters_as_one_bundle_and_only_to_gated_version
     client.CustomObjectsApi(api).patch_namespaced_custom_object(GROUP, VERSION, namespace, "rollouts", "recommender",
                                                                  {"spec": {"model": {"foundationModel": {"allowHeldBack": True}}}})
     wait_for(lambda: _ro_status(api, namespace).get("revision") == 3, 60, "revision 3 after allowHeldBack")
+
+
+def test_a_follow_latest_rollout_moves_by_itself_once_the_bundle_is_complete(
+        api: Any, namespace: str, operator: OperatorProcess) -> None:
+    fm_v1 = {"version": "v1", "artifactUri": "s3://models/foundation/movielens/v1/", "gate": "Passed", "metrics": {"ndcg@10": 0.1}}
+    ta_v1 = {"version": "v1", "foundationModelVersion": "v1", "artifactUri": "s3://models/adapters/west-coast/v1/"}
+    ta = load_example("taskadapter.yaml")
+    ta["spec"]["foundationModel"].update(versionPolicy="Pinned", version="v1")  # no fine-tuning Workflow: versions by hand
+    ro = load_example("rollout.yaml")
+    ro["spec"]["model"]["foundationModel"] = {"name": "movielens", "versionPolicy": "FollowLatest"}
+    for obj in (load_example("foundationmodel.yaml"), ta, ro):
+        apply(api, namespace, obj)
+    c = wait_condition(api, "rollouts", namespace, "recommender", "ResolvedRefs", "False", "NoCompleteBundle")
+    assert "versionPolicy FollowLatest" in c["message"]
+    patch_status(api, "foundationmodels", namespace, "movielens", {"latestVersion": "v1", "versions": [fm_v1]})
+    patch_status(api, "taskadapters", namespace, "west-coast", {"latestVersion": "v1", "versions": [ta_v1]})
+    wait_for(lambda: _ro_status(api, namespace).get("revision") == 1, 30, "revision 1 on v1")
+    assert _ro_status(api, namespace)["stableVersion"] == "movielens:v1+west-coast"
+
+    # v2 trains; its adapter version comes later: until then revision 1 stays, and the condition says why.
+    fm_v2 = {**fm_v1, "version": "v2", "artifactUri": "s3://models/foundation/movielens/v2/"}
+    patch_status(api, "foundationmodels", namespace, "movielens", {"latestVersion": "v2", "versions": [fm_v1, fm_v2]})
+    c = wait_for(lambda: (x := condition(get(api, "rollouts", namespace, "recommender"), "ResolvedRefs")) and
+                 "v2 waits for adapter(s) west-coast" in x["message"] and x, 30, "the waiting note")
+    assert "following the latest version: v1" in c["message"]
+    assert _ro_status(api, namespace)["revision"] == 1
+    ta_v2 = {**ta_v1, "version": "v2", "foundationModelVersion": "v2", "artifactUri": "s3://models/adapters/west-coast/v2/"}
+    patch_status(api, "taskadapters", namespace, "west-coast", {"versions": [ta_v1, ta_v2]})
+    wait_for(lambda: _ro_status(api, namespace).get("revision") == 2, 60, "revision 2 for the v2 bundle, with no spec edit")

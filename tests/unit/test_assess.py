@@ -135,3 +135,41 @@ def test_rollout_serves_a_version_recorded_without_a_gate() -> None:
     ro = _ns(load_example("rollout.yaml"))
     v = assess_rollout(ro, fm(("v1",)), {"west-coast": ta((("v1", "v1"),))})  # no gate field: recorded by hand
     assert conds(v)["ResolvedRefs"] == ("True", "Resolved")
+
+
+def _following_rollout() -> dict[str, Any]:
+    ro = _ns(load_example("rollout.yaml"))
+    ro["spec"]["model"]["foundationModel"] = {"name": "movielens", "versionPolicy": "FollowLatest"}
+    return ro
+
+
+def test_follow_latest_serves_the_newest_version_every_adapter_has_trained_on() -> None:
+    from fmop.assess import follow_latest
+    ro = _following_rollout()
+    fms = _held_back(("v1", "v2", "v3", "v4"), "v4")  # v4 held back by the gate
+    adapter = ta((("v1", "v1"), ("v2", "v2")))  # the adapter has not trained on v3 yet
+    assert follow_latest(ro, fms, {"west-coast": adapter}) == ("v2", "v3 waits for adapter(s) west-coast to train on it")
+    v = assess_rollout(ro, fms, {"west-coast": adapter})
+    assert conds(v)["ResolvedRefs"] == ("True", "Resolved")
+    resolved = next(c for c in v.conditions if c.type == "ResolvedRefs")
+    assert "serving movielens v2" in resolved.message and "following the latest version: v2 (v3 waits for adapter(s) west-coast" in resolved.message
+    adapter = ta((("v1", "v1"), ("v2", "v2"), ("v3", "v3")))
+    assert follow_latest(ro, fms, {"west-coast": adapter}) == ("v3", "")
+    ro["spec"]["model"]["foundationModel"]["allowHeldBack"] = True
+    assert follow_latest(ro, fms, {"west-coast": ta((("v4", "v4"),))}) == ("v4", "")
+
+
+def test_follow_latest_without_a_complete_bundle_is_blocked_and_says_why() -> None:
+    v = assess_rollout(_following_rollout(), fm(("v1",)), {"west-coast": ta()})
+    assert conds(v)["ResolvedRefs"] == ("False", "NoCompleteBundle")
+    assert "v1 waits for adapter(s) west-coast to train on it" in v.message
+    v = assess_rollout(_following_rollout(), fm(), {"west-coast": ta()})
+    assert conds(v)["ResolvedRefs"] == ("False", "NoCompleteBundle") and "no version that passed its quality gate yet" in v.message
+
+
+def test_follow_latest_honours_a_pinned_adapter_version() -> None:
+    from fmop.assess import follow_latest
+    ro = _following_rollout()
+    ro["spec"]["model"]["adapters"][0]["version"] = "a1"
+    adapter = ta((("a1", "v1"), ("a2", "v2")))
+    assert follow_latest(ro, fm(("v1", "v2")), {"west-coast": adapter})[0] == "v1"

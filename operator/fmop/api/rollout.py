@@ -35,10 +35,33 @@ _BUILTIN_DOC = (" Built-in checks need no definition: error-rate (canary failed/
 
 class FoundationModelTarget(ApiModel):
     name: Name
-    version: ModelVersion = Field(description="A version listed in the FoundationModel's status.versions.")
+    version: ModelVersion | None = Field(None, description="A version listed in the FoundationModel's status.versions; "
+                                                          "required when versionPolicy is Pinned.")
+    versionPolicy: Literal["Pinned", "FollowLatest"] = Field(
+        "Pinned", description="Pinned serves `version`. FollowLatest serves the newest version that passed the quality gate "
+                              "and for which every adapter in model.adapters has a version: FoundationModel and adapters move "
+                              "together, as one canary through spec.strategy.")
     allowHeldBack: bool = Field(False, description="Serve the version even if its quality gate held it back "
                                                    "(status.versions[].gate HeldBack). Off: only versions that passed the gate, "
                                                    "or were recorded without one, are served.")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.versionPolicy != 'Pinned' || has(self.version)",
+                    "message": "model.foundationModel.version is required when versionPolicy is Pinned (the default): "
+                               "name a version or set versionPolicy: FollowLatest",
+                    "fieldPath": ".version",
+                },
+                {
+                    "rule": "self.versionPolicy != 'FollowLatest' || !has(self.version)",
+                    "message": "model.foundationModel.version conflicts with versionPolicy FollowLatest: remove it or use Pinned",
+                    "fieldPath": ".version",
+                },
+            ]
+        }
+    )
 
 
 class AdapterTarget(ApiModel):

@@ -483,7 +483,7 @@ def _record(t: _Tick, rev: ServedRevision, outcome: Literal["Promoted", "RolledB
     s = t.status
     entry = HistoryEntry(
         revision=rev.revision,
-        foundationModelVersion=rev.model.foundationModel.version,
+        foundationModelVersion=rev.model.foundationModel.version or "",
         adapters=[f"{name}@{version}" if version else name for name, version in ModelRef.of(rev.model).adapters],
         outcome=outcome,
         reason=_clip(reason),

@@ -36,7 +36,7 @@ class ModelRef:
     @classmethod
     def of(cls, target: ServeTarget) -> ModelRef:
         adapters = sorted((a.name, a.version) for a in target.adapters)  # order in spec.model.adapters does not matter
-        return cls(target.foundationModel.name, target.foundationModel.version, tuple(adapters))
+        return cls(target.foundationModel.name, target.foundationModel.version or "", tuple(adapters))  # FollowLatest: resolved first
 
     def label(self) -> str:
         """Short form for kubectl columns and messages: movielens:v2+region-jp@v1."""

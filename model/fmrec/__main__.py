@@ -319,7 +319,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from fmrec.benchmark import summarise, table
+    from fmrec.benchmark import grid_table, summarise, table
+    if args.tuning:
+        print(grid_table(json.loads(Path(args.tuning).read_text())))
+        return 0
     path = Path(args.results)
     if not path.exists():
         raise SystemExit(f"{path} does not exist: run `make bench` (python -m fmrec bench) first")
@@ -457,6 +460,7 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="print the benchmark table from --results without training")
     r.add_argument("--results", default="benchmarks/results.json")
+    r.add_argument("--tuning", help="print this tuning grid (e.g. benchmarks/tuning.json) as a Markdown table instead")
     r.set_defaults(func=cmd_report)
     return p
 

@@ -348,5 +348,20 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def grid_table(doc: dict[str, Any]) -> str:
+    """The tuning grid as a Markdown table: validation NDCG@10 of every point, the chosen one in bold
+    with its test metrics (one seed; `bench` reruns it with several)."""
+    picks = chosen(doc)
+    lines = ["| model | config | val NDCG@10 | selected epoch | train s (to it / all) | test NDCG@10 | test HR@10 |",
+             "|---|---|---|---|---|---|---|"]
+    for p in sorted(doc["points"], key=lambda p: (list(NAMES).index(p["model"]), -p["val_NDCG@10"])):
+        pick = _same(picks[p["model"]]["config"], p["config"])
+        b = "**" if pick else ""
+        test = (f"{b}{p['test']['NDCG@10']:.4f}{b}", f"{p['test']['HR@10']:.4f}") if pick else ("", "")
+        lines.append(f"| {NAMES[p['model']]} | {describe(p['model'], p['config'])} | {b}{p['val_NDCG@10']:.4f}{b} | {p['best_epoch']} | "
+                     f"{p['train_s_to_best']:.0f} / {p['train_s_total']:.0f} | {test[0]} | {test[1]} |")
+    return "\n".join(lines)
+
+
 def log_err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)

@@ -93,3 +93,13 @@ def test_summary_picks_the_best_baseline_on_validation_and_compares_per_user() -
     assert s["diff"] == pytest.approx(0.25)
     assert s["ratio"] == pytest.approx(2.0)
     assert "FM - RecTools SASRec" in benchmark.table(s)
+
+
+def test_grid_table_shows_test_numbers_only_for_the_point_chosen_on_validation() -> None:
+    def point(L: int, val: float, test: float) -> dict:
+        return {"model": "sasrec", "config": {"n_blocks": 2, "n_factors": 64, "session_max_len": L}, "val_NDCG@10": val,
+                "best_epoch": 10, "train_s_to_best": 1.0, "train_s_total": 2.0, "test": {"NDCG@10": test, "HR@10": 0.5}}
+
+    rows = benchmark.grid_table({"points": [point(50, 0.10, 0.30), point(200, 0.12, 0.08)]}).splitlines()[2:]
+    assert rows[0].startswith("| RecTools SASRec | 2x64, length 200 | **0.1200** |") and "**0.0800**" in rows[0]
+    assert "0.3000" not in rows[1], "a point not chosen shows no test score"

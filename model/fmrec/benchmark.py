@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from fmrec.data.split import LeaveOneOut
-from fmrec.train import TrainSettings, build_model, evaluate, ranked_scores, rank_of, ranking_metrics, train
+from fmrec.train import TrainSettings, build_model, ndcg_at, ranking_metrics, target_ranks, train
 
 KS = (10, 20, 50)
 BASELINES = ("sasrec", "bert4rec", "hstu")
@@ -61,11 +61,6 @@ class Protocol:
     max_epochs: int = 100
 
 
-def ndcg_at(ranks: npt.NDArray[np.int64], k: int = 10) -> npt.NDArray[np.float64]:
-    """Per-user NDCG@k of 0-based ranks (a miss is 0)."""
-    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
-
-
 class Selector:
     """Early stopping on validation NDCG@10: remembers the best check and says when to stop."""
 
@@ -89,14 +84,6 @@ class Selector:
 
 # ---------------------------------------------------------------- our FM
 
-def fm_ranks(model: torch.nn.Module, split: LeaveOneOut, stage: str, users: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    out = []
-    for chunk, scores in ranked_scores(model, split, users, stage):  # type: ignore[arg-type]
-        target = torch.tensor([split.log.item[split.target(int(u), stage)] for u in chunk])
-        out.append(rank_of(scores, target).cpu().numpy())
-    return np.concatenate(out)
-
-
 def run_fm(split: LeaveOneOut, config: dict[str, Any], seed: int, protocol: Protocol,
            log: Callable[[str], None]) -> dict[str, Any]:
     cfg = dict(config)
@@ -113,10 +100,10 @@ def run_fm(split: LeaveOneOut, config: dict[str, Any], seed: int, protocol: Prot
         state["fit_s"] += time.perf_counter() - state["t0"]
         stop = False
         if epoch % protocol.every == 0 or epoch == settings.epochs:
-            val = float(ndcg_at(fm_ranks(model, split, "val", split.val_users)).mean())
+            val = float(ndcg_at(target_ranks(model, split, "val", split.val_users)).mean())
             best, stop = sel.check(epoch, val)
             if best:
-                state["test"], state["best_fit_s"] = fm_ranks(model, split, "test", split.test_users), state["fit_s"]
+                state["test"], state["best_fit_s"] = target_ranks(model, split, "test", split.test_users), state["fit_s"]
             log(f"  fm epoch {epoch}: val NDCG@10 {val:.4f}{' *' if best else ''}")
         state["t0"] = time.perf_counter()
         return stop

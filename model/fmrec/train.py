@@ -231,12 +231,19 @@ def evaluate(model: FoundationModel | AdaptedModel, split: LeaveOneOut, stage: s
              batch_size: int = 256, users: IntArray | None = None, cold: torch.Tensor | None = None,
              candidates: torch.Tensor | None = None) -> dict[str, float]:
     """Full ranking over all items, items the user already saw filtered; HR@k and NDCG@k."""
+    return ranking_metrics(target_ranks(model, split, stage, users, batch_size, cold, candidates), ks)
+
+
+@torch.no_grad()
+def target_ranks(model: FoundationModel | AdaptedModel, split: LeaveOneOut, stage: str = "test", users: IntArray | None = None,
+                 batch_size: int = 256, cold: torch.Tensor | None = None, candidates: torch.Tensor | None = None) -> npt.NDArray[np.int64]:
+    """What evaluate() scores, per user: the 0-based rank of each user's `stage` target."""
     users = split.test_users if users is None else users
     ranks: list[npt.NDArray[np.int64]] = []
     for chunk, scores in ranked_scores(model, split, users, stage, batch_size, cold, candidates):
         target = torch.tensor([split.log.item[split.target(int(u), stage)] for u in chunk], device=scores.device)
         ranks.append(rank_of(scores, target).cpu().numpy())
-    return ranking_metrics(np.concatenate(ranks), ks)
+    return np.concatenate(ranks)
 
 
 @torch.no_grad()
@@ -272,12 +279,17 @@ def rank_targets(scores: torch.Tensor, target: torch.Tensor, seen: list[IntArray
     return rank_of(mask_seen(scores, seen, candidates), target)
 
 
+def ndcg_at(ranks: npt.NDArray[np.int64], k: int = 10) -> npt.NDArray[np.float64]:
+    """Per-user NDCG@k of 0-based ranks (a miss is 0)."""
+    out: npt.NDArray[np.float64] = np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+    return out
+
+
 def ranking_metrics(ranks: npt.NDArray[np.int64], ks: tuple[int, ...] = (10, 20, 50)) -> dict[str, float]:
     out: dict[str, float] = {"users": float(len(ranks))}
     for k in ks:
-        hit = ranks < k
-        out[f"HR@{k}"] = float(hit.mean())
-        out[f"NDCG@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2), 0.0).mean())
+        out[f"HR@{k}"] = float((ranks < k).mean())
+        out[f"NDCG@{k}"] = float(ndcg_at(ranks, k).mean())
     return out
 
 

@@ -214,10 +214,11 @@ def assess_rollout(obj: dict[str, Any], fm: dict[str, Any] | None, adapters: dic
 
 
 def _following(v: Verdict, version: str, note: str) -> Verdict:
-    """A FollowLatest Rollout's verdict on the version it resolved to, saying so (and what newer versions wait for)."""
+    """A FollowLatest Rollout's verdict on the version it resolved to, saying so (and what newer versions
+    wait for); extra["version"] is that version, for the controller to serve."""
     said = f"following the latest version: {version}" + (f" ({note})" if note else "")
     conds = [replace(c, message=f"{c.message}; {said}") if c.type == RESOLVED and c.status == "True" else c for c in v.conditions]
-    return replace(v, conditions=conds)
+    return replace(v, conditions=conds, extra={**v.extra, "version": version})
 
 
 def _essence(obj: dict[str, Any]) -> dict[str, Any]:

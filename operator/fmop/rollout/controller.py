@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from fmop import metrics
 from fmop.api import GROUP, VERSION
 from fmop.api.rollout import Rollout, RolloutSpec, RolloutStatus
-from fmop.assess import assess_rollout, follow_latest
+from fmop.assess import assess_rollout
 from fmop.conditions import Cond, Transition, merge
 from fmop.kube import KubeUnavailable
 from fmop.rollout import analysis, naming
@@ -199,12 +199,11 @@ class Controller:
         # References: the FoundationModel version and adapters must exist before anything is served.
         fm = self._get(GROUP, VERSION, namespace, FM, spec.model.foundationModel.name)
         adapters = {a.name: self._get(GROUP, VERSION, namespace, TA, a.name) for a in spec.model.adapters}
-        if spec.model.foundationModel.versionPolicy == "FollowLatest":  # serve the newest complete bundle, as if named
-            version, _ = follow_latest(body, fm, adapters)
-            if version is not None:  # a served revision is pinned to what it serves (status has the spec's schema rules too)
-                target = spec.model.foundationModel.model_copy(update={"version": version, "versionPolicy": "Pinned"})
-                spec = spec.model_copy(update={"model": spec.model.model_copy(update={"foundationModel": target})})
         verdict = assess_rollout(body, fm, adapters)
+        if "version" in verdict.extra:  # FollowLatest: serve the newest complete bundle assess_rollout resolved, as if named;
+            # a served revision is pinned to what it serves (status has the spec's schema rules too)
+            target = spec.model.foundationModel.model_copy(update={"version": verdict.extra["version"], "versionPolicy": "Pinned"})
+            spec = spec.model_copy(update={"model": spec.model.model_copy(update={"foundationModel": target})})
         refs_ok = verdict.phase != "Failed" and all(c.status == "True" for c in verdict.conditions if c.type in ("Accepted", "ResolvedRefs"))
         if not refs_ok and status.revision == 0:
             return self._blocked(body, ref, old_status, verdict.message, verdict)

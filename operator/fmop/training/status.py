@@ -25,10 +25,10 @@ from fmop.training.render import (
     LABEL_VERSION,
     RenderError,
     Target,
+    data_revision_label,
     fm_artifacts,
     render_foundation_model,
     render_task_adapter,
-    data_revision_label,
     ta_artifact,
 )
 
@@ -187,8 +187,7 @@ def plan_foundation_model(obj: dict[str, Any], workflows: list[dict[str, Any]], 
     latest: str | None = status.get("latestVersion")
     accepted = next(c for c in base.conditions if c.type == ACCEPTED)
     data_revision = str((meta.get("annotations") or {}).get(DATA_REVISION_ANNOTATION) or "")
-    current = _current(workflows, {LABEL_GENERATION: str(generation),
-                                   LABEL_DATA_REVISION: data_revision_label(data_revision) if data_revision else ""})
+    current = _current(workflows, {LABEL_GENERATION: str(generation), LABEL_DATA_REVISION: data_revision_label(data_revision)})
     on_data = f", data revision {data_revision}" if data_revision else ""
 
     def ready(extra_conds: list[Cond]) -> list[Cond]:

@@ -19,6 +19,7 @@ can be printed again without training (`report`).
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -214,10 +215,15 @@ def _load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+_NUMBERS = re.compile(r"\[\s*([-+\d.eE,\s]+?)\s*\]")
+
+
 def _save(path: Path, doc: dict[str, Any]) -> None:
+    """Indented JSON with every list of numbers (per-user ranks, curves) on one line."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    text = _NUMBERS.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", json.dumps(doc, indent=1))
+    tmp.write_text(text + "\n")
     tmp.replace(path)
 
 
@@ -237,9 +243,10 @@ def tune(split: LeaveOneOut, path: Path, models: list[str], protocol: Protocol, 
             if any(p["model"] == kind and _same(p["config"], config) for p in doc["points"]):
                 continue
             log(f"[tune] {kind} {config}")
-            r = run_one(split, kind, config, seed, protocol, log)
-            r.pop("test_ranks")  # the grid is judged on validation; test ranks are kept only by `bench`
-            doc["points"].append(r)
+            # the grid is judged on validation only; the test ranks are kept so that `bench` need
+            # not train the chosen point's tuning seed again
+            doc["points"].append(run_one(split, kind, config, seed, protocol, log))
+            r = doc["points"][-1]
             _save(path, doc)
             log(f"[tune] {kind}: val NDCG@10 {r['val_NDCG@10']:.4f} at epoch {r['best_epoch']} ({r['train_s_total']:.0f} s)")
     doc["chosen"] = chosen(doc)
@@ -257,8 +264,11 @@ def chosen(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def bench(split: LeaveOneOut, tuning: Path, out: Path, models: list[str], seeds: list[int], protocol: Protocol,
           log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Rerun each model's chosen configuration with every seed (resuming from `out`)."""
-    picks = chosen(_load(tuning))
+    """Run each model's chosen configuration with every seed (resuming from `out`). The tuning run
+    of the chosen point is that configuration's run for the tuning seed: it is reused where the
+    grid kept its per-user test ranks."""
+    grid = _load(tuning)
+    picks = chosen(grid)
     missing = [m for m in models if m not in picks]
     if missing:
         raise SystemExit(f"{tuning} has no tuned configuration for {missing}: run `python -m fmrec tune --models {','.join(missing)}` first")
@@ -267,8 +277,14 @@ def bench(split: LeaveOneOut, tuning: Path, out: Path, models: list[str], seeds:
         for seed in seeds:
             if any(r["model"] == kind and r["seed"] == seed and _same(r["config"], picks[kind]["config"]) for r in doc["runs"]):
                 continue
-            log(f"[bench] {kind} seed {seed} {picks[kind]['config']}")
-            doc["runs"].append(run_one(split, kind, picks[kind]["config"], seed, protocol, log))
+            tuned = [p for p in grid["points"] if p["model"] == kind and _same(p["config"], picks[kind]["config"])
+                     and "test_ranks" in p and grid.get("seed") == seed and grid.get("protocol") == asdict(protocol)]
+            if tuned:
+                log(f"[bench] {kind} seed {seed}: the tuning run of this configuration, from {tuning}")
+                doc["runs"].append(tuned[0])
+            else:
+                log(f"[bench] {kind} seed {seed} {picks[kind]['config']}")
+                doc["runs"].append(run_one(split, kind, picks[kind]["config"], seed, protocol, log))
             _save(out, doc)
     return doc
 

@@ -71,7 +71,8 @@ def test_tune_resumes_and_refuses_another_protocol(tmp_path: Path, monkeypatch: 
     doc = benchmark.tune(None, path, ["sasrec"], Protocol(), grid=grid, log=lambda m: None)  # type: ignore[arg-type]
     assert len(calls) == 2, "finished grid points are not run again"
     assert doc["chosen"]["sasrec"]["config"] == {"session_max_len": 200}
-    assert "test_ranks" not in json.loads(path.read_text())["points"][0]
+    text = path.read_text()
+    assert json.loads(text)["points"][0]["test_ranks"] == [0] and '"test_ranks": [0]' in text, "ranks kept, on one line"
     with pytest.raises(SystemExit, match="protocol"):
         benchmark.tune(None, path, ["sasrec"], Protocol(every=1), grid=grid, log=lambda m: None)  # type: ignore[arg-type]
 
@@ -103,3 +104,21 @@ def test_grid_table_shows_test_numbers_only_for_the_point_chosen_on_validation()
     rows = benchmark.grid_table({"points": [point(50, 0.10, 0.30), point(200, 0.12, 0.08)]}).splitlines()[2:]
     assert rows[0].startswith("| RecTools SASRec | 2x64, length 200 | **0.1200** |") and "**0.0800**" in rows[0]
     assert "0.3000" not in rows[1], "a point not chosen shows no test score"
+
+
+def test_bench_reuses_the_tuning_run_of_the_chosen_point_and_runs_the_other_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def fake_run(split, kind, config, seed, protocol, log):  # type: ignore[no-untyped-def]
+        calls.append(seed)
+        return {**_point(kind, 0.2, config["session_max_len"]), "seed": seed, "test_ranks": [seed, 1, 2], "train_s_total": 1.0}
+
+    monkeypatch.setattr(benchmark, "run_one", fake_run)
+    tuning = tmp_path / "t.json"
+    benchmark.tune(None, tuning, ["sasrec"], Protocol(), grid={"sasrec": [{"session_max_len": 50}]}, log=lambda m: None)  # type: ignore[arg-type]
+    assert calls == [0]
+    doc = benchmark.bench(None, tuning, tmp_path / "r.json", ["sasrec"], [0, 1, 2], Protocol(), log=lambda m: None)  # type: ignore[arg-type]
+    assert calls == [0, 1, 2], "seed 0 is the tuning run, not trained again"
+    assert [r["test_ranks"][0] for r in doc["runs"]] == [0, 1, 2]
+    doc = benchmark.bench(None, tuning, tmp_path / "r2.json", ["sasrec"], [0], Protocol(every=1), log=lambda m: None)  # type: ignore[arg-type]
+    assert calls == [0, 1, 2, 0], "a run under another protocol is not the tuning run"

@@ -5,7 +5,7 @@ CACHE ?= $(or $(FMOP_CACHE),$(HOME)/.cache/fm-operator)
 KUBECONFIG_LOCAL := $(CACHE)/cluster/kubeconfig
 export PATH := $(CACHE)/bin:$(PATH)
 
-.PHONY: help setup lint test bench tune bench-report bench-rollouts bench-webhook demo test-e2e train-fm finetune cold export serve-bench consolidation-bench test-unit test-integration crds check-crds cluster-up cluster-down cluster-status run examples operator-image clean
+.PHONY: help setup lint test bench tune bench-report bench-rollouts bench-webhook bench-alert demo test-e2e train-fm finetune cold export serve-bench consolidation-bench test-unit test-integration crds check-crds cluster-up cluster-down cluster-status run examples operator-image clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -53,6 +53,10 @@ bench-rollouts: ## 500 Rollouts on the local control plane: operator CPU/RSS, re
 
 bench-webhook: ## Alertmanager webhook -> traffic patched, 20 trials on the local control plane (p50/p99; ~2 min)
 	$(PY) -m fmop.bench_webhook --trials 20
+
+bench-alert: ## alert fired in Prometheus -> traffic restored, 20 trials on the local node (real KServe, Triton, Traefik, Alertmanager; ~9 min; root)
+	$(PY) -m fmop.local up
+	$(PY) -m fmop.local bench-alert --trials 20
 
 demo: ## the whole product on the local node: train through Argo, fine-tune, serve, shadow + canary, alert rollback (~20 min; root)
 	$(PY) -m fmop.local up

@@ -6,6 +6,7 @@
     status   what runs and where
     models-volume NAMESPACE   the fmop-models claim in NAMESPACE (`default` has one after `up`)
     demo     the whole product on the running cluster (make demo; see fmop/local/demo.py)
+    bench-alert [--trials N]   alert fired in Prometheus -> traffic restored, N trials (make bench-alert)
 """
 
 from __future__ import annotations
@@ -198,6 +199,12 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.main(args.rest, workdir=args.dir)
 
 
+def _bench_alert(args: argparse.Namespace) -> int:
+    from fmop.local import bench_alert
+
+    return bench_alert.main(args.rest, workdir=args.dir)
+
+
 def _status(args: argparse.Namespace) -> int:
     state = args.dir / "state.json"
     if not state.exists():
@@ -251,11 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="show processes and endpoints").set_defaults(func=_status)
     sub.add_parser("demo", help="the whole story on the running local cluster: train through Argo, fine-tune, serve, canary, "
                                 "alert rollback (fmop.local.demo)", add_help=False).set_defaults(func=_demo)
+    sub.add_parser("bench-alert", help="alert fired in Prometheus -> traffic restored, over repeated trials on the running "
+                                       "local cluster (fmop.local.bench_alert)", add_help=False).set_defaults(func=_bench_alert)
     mv = sub.add_parser("models-volume", help="create the fmop-models claim (pvc://fmop-models/...) in a namespace")
     mv.add_argument("namespace")
     mv.set_defaults(func=_models_volume)
     args, rest = parser.parse_known_args(argv)
-    if rest and args.cmd != "demo":
+    if rest and args.cmd not in ("demo", "bench-alert"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
     args.dir = args.dir.resolve()

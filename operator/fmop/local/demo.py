@@ -237,7 +237,8 @@ class Demo:
                                                        {"metadata": {"finalizers": finalizers or None}})
         self.tl.say(f"namespace {self.ns}: removed the operator's finalizer from {len(left)} objects an earlier run left")
 
-    def start_operator(self) -> None:
+    def start_operator(self, train: bool = True) -> None:
+        """The operator as a process; `train` gives it the fmrec image to run training Workflows with."""
         from fmop.local import images
 
         for port in (WEBHOOK_PORT, METRICS_PORT):
@@ -257,10 +258,11 @@ class Demo:
         argv = [sys.executable, "-m", "fmop", "--log-format=plain", f"--namespaces={self.ns}", "--bind-address=127.0.0.1",
                 f"--metrics-port={METRICS_PORT}", f"--health-port={free_port()}", f"--webhook-port={WEBHOOK_PORT}",
                 f"--webhook-token-file={token}", f"--prometheus-url={ends['prometheus']}", "--rollout-tick-seconds=0.5",
-                "--resync-seconds=2", f"--trainer-image={images.ref('fmrec')}"]
+                "--resync-seconds=2", *([f"--trainer-image={images.ref('fmrec')}"] if train else [])]
         with open(self.op_log, "wb") as out:
             self.op = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-        self.tl.say(f"operator started (pid {self.op.pid}, log {self.op_log}): trains with {images.ref('fmrec')}, "
+        trains = f"trains with {images.ref('fmrec')}" if train else "trains nothing"
+        self.tl.say(f"operator started (pid {self.op.pid}, log {self.op_log}): {trains}, "
                     f"analysis against {ends['prometheus']}, Alertmanager webhook on :{WEBHOOK_PORT}")
 
     def create(self, plural: str, body: dict[str, Any]) -> None:

@@ -67,6 +67,15 @@ def _distributed(device: torch.device) -> tuple[int, torch.device]:
     return dist.get_rank(), device
 
 
+def _leave_process_group() -> None:
+    """After the last epoch every rank leaves the group; without this, gloo's threads abort the
+    process at exit (SIGABRT), and torchrun reports a finished rank as failed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads) if args.threads else None
     log = load_data(args.data)
@@ -78,6 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     curve = train(model, split, _settings(args), stage=args.stage, state_path=out / "train_state.pt" if args.resume else None)
     train_s = time.perf_counter() - t0
+    _leave_process_group()
     if rank != 0:
         return 0  # rank 0 evaluates and writes the version
     metrics = evaluate(model, split, args.stage)

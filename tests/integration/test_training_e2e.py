@@ -1,10 +1,12 @@
 """End to end on the real node: the operator renders a FoundationModel's Workflow, the real Argo
 controller runs it as pods in the locally built fmrec image, and status records version v1 with
 metrics and a Triton export on the models volume (tiny model, one epoch); then the example
-TaskAdapter fine-tunes on v1 the same way."""
+TaskAdapter fine-tunes on v1 the same way; and a two-node Workflow of the same template joins its
+pretrain pods in one process group."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import yaml
 from kubernetes import client
 
 from fmop.local import argo, images, kserve
+from fmop.training.status import plan_foundation_model
 from tests.conftest import load_example
 from tests.integration.helpers import GROUP, VERSION, get, running_operator, wait_for
 
@@ -75,3 +78,46 @@ def test_operator_trains_a_tiny_foundation_model_through_argo(cluster: Any, api:
     assert a1["metrics"]["testUsers"] > 0 and 0 <= a1["metrics"]["NDCG@10"] <= 1
     adapter_repo = kserve.models_dir(cluster) / namespace / "taskadapters" / "west-coast" / "v1" / "triton" / "fmrec"
     assert (adapter_repo / "config.pbtxt").is_file() and list(adapter_repo.rglob("west-coast.pt")), sorted(adapter_repo.rglob("*"))
+
+
+def test_two_node_pretraining_joins_one_process_group_through_the_rendezvous_daemon(cluster: Any, namespace: str) -> None:
+    """spec.resources.nodes > 1: the Workflow the operator renders, with nnodes 2, runs a rendezvous
+    daemon and one torchrun pod per node that find each other by the daemon's pod IP (the local node
+    has no cluster DNS) and train one model together (gloo on CPU). The API allows nodes > 1 only
+    with GPUs, so the parameter is set on the rendered Workflow here: the template is the same one."""
+    templates = [yaml.safe_load(p.read_text()) for p in sorted(WORKFLOWS.glob("*.yaml"))]
+    for t in templates:
+        t["metadata"]["namespace"] = namespace
+    cluster.apply([*templates, argo.executor_binding(namespace)], "WorkflowTemplates")
+    kserve.models_volume(cluster, namespace)
+    fm = load_example("foundationmodel.yaml")
+    fm["metadata"].update(namespace=namespace, uid="00000000-0000-4000-8000-000000000002", generation=1)
+    fm["spec"]["architecture"].update(layers=1, width=16, heads=1, contextLength=20)
+    fm["spec"]["training"].update(epochs=2, batchSize=256)
+    fm["spec"]["resources"].update(cpu="500m", memory="2Gi")
+    fm["spec"]["export"] = {"formats": ["tritonPython"], "topK": 10}
+    plan = plan_foundation_model(fm, [], images.ref("fmrec"), "2026-01-01T00:00:00Z")
+    assert plan.create is not None
+    wf = plan.create
+    wf["metadata"].pop("ownerReferences")  # no FoundationModel object: the garbage collector would take it
+    params = {p["name"]: p for p in wf["spec"]["arguments"]["parameters"]}
+    assert params["nnodes"]["value"] == "1"
+    params["nnodes"]["value"] = "2"
+    cluster.apply([wf], "a two-node training Workflow")
+    name = wf["metadata"]["name"]
+
+    def finished() -> dict[str, Any] | None:
+        obj: dict[str, Any] = json.loads(cluster.kubectl("get", "workflow", name, "-n", namespace, "-o", "json").stdout)
+        return obj if obj.get("status", {}).get("phase") in ("Succeeded", "Failed", "Error") else None
+    done = wait_for(finished, 900, f"workflow {name} to finish", interval=2)
+    logs = cluster.kubectl("logs", "-n", namespace, "-l", f"workflows.argoproj.io/workflow={name}", "-c", "main", "--prefix",
+                           "--tail=200", check=False).stdout
+    assert done["status"]["phase"] == "Succeeded", (done["status"].get("message"), logs[-4000:], cluster.log_tail("workflow-controller"))
+    pods = [n for n in done["status"]["nodes"].values() if n["type"] == "Pod"]
+    by_template = sorted(n["templateName"] for n in pods)
+    assert by_template == ["evaluate", "export", "prepare-data", "pretrain", "pretrain", "rendezvous"], by_template
+    assert logs.count("on 2 x cpu") == 2, f"each node's process joins one world of 2 processes:\n{logs[-4000:]}"
+    folder = kserve.models_dir(cluster) / params["version-dir"]["value"]
+    assert (folder / "checkpoint" / "metrics.json").is_file() and (folder / "triton" / "fmrec" / "config.pbtxt").is_file()
+    metrics = json.loads((folder / "evaluation.json").read_text())
+    assert 0 < metrics["NDCG@10"] <= 1

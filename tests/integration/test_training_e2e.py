@@ -81,10 +81,27 @@ def test_operator_trains_a_tiny_foundation_model_through_argo(cluster: Any, api:
 
 
 def test_two_node_pretraining_joins_one_process_group_through_the_rendezvous_daemon(cluster: Any, namespace: str) -> None:
-    """spec.resources.nodes > 1: the Workflow the operator renders, with nnodes 2, runs a rendezvous
+    """spec.resources.nodes 2 with one GPU each: the Workflow the operator renders runs a rendezvous
     daemon and one torchrun pod per node that find each other by the daemon's pod IP (the local node
-    has no cluster DNS) and train one model together (gloo on CPU). The API allows nodes > 1 only
-    with GPUs, so the parameter is set on the rendered Workflow here: the template is the same one."""
+    has no cluster DNS) and train one model together (gloo on CPU). The node advertises exactly two
+    units of a stand-in GPU resource, so the Workflow can finish only if the daemon holds none:
+    the Workflow's podSpecPatch gives every pod the training pod's GPUs, the daemon's own patch
+    takes them away."""
+    gpu = "fmops.dev/test-gpu"
+    node = cluster.kubectl("get", "nodes", "-o", "jsonpath={.items[0].metadata.name}").stdout.strip()
+    path = "/status/capacity/" + gpu.replace("/", "~1")
+    cluster.kubectl("patch", "node", node, "--subresource=status", "--type=json", "-p",
+                    json.dumps([{"op": "add", "path": path, "value": "2"}]))
+    try:
+        wait_for(lambda: json.loads(cluster.kubectl("get", "node", node, "-o", "json").stdout)["status"]["allocatable"].get(gpu) == "2",
+                 60, f"node {node} to advertise 2 {gpu}")
+        _train_on_two_nodes(cluster, namespace, gpu)
+    finally:
+        cluster.kubectl("patch", "node", node, "--subresource=status", "--type=json", "-p",
+                        json.dumps([{"op": "remove", "path": path}]), check=False)
+
+
+def _train_on_two_nodes(cluster: Any, namespace: str, gpu: str) -> None:
     templates = [yaml.safe_load(p.read_text()) for p in sorted(WORKFLOWS.glob("*.yaml"))]
     for t in templates:
         t["metadata"]["namespace"] = namespace
@@ -94,15 +111,14 @@ def test_two_node_pretraining_joins_one_process_group_through_the_rendezvous_dae
     fm["metadata"].update(namespace=namespace, uid="00000000-0000-4000-8000-000000000002", generation=1)
     fm["spec"]["architecture"].update(layers=1, width=16, heads=1, contextLength=20)
     fm["spec"]["training"].update(epochs=2, batchSize=256)
-    fm["spec"]["resources"].update(cpu="500m", memory="2Gi")
+    fm["spec"]["resources"].update(cpu="500m", memory="2Gi", gpus=1, nodes=2, gpuResourceName=gpu)
     fm["spec"]["export"] = {"formats": ["tritonPython"], "topK": 10}
     plan = plan_foundation_model(fm, [], images.ref("fmrec"), "2026-01-01T00:00:00Z")
     assert plan.create is not None
     wf = plan.create
     wf["metadata"].pop("ownerReferences")  # no FoundationModel object: the garbage collector would take it
-    params = {p["name"]: p for p in wf["spec"]["arguments"]["parameters"]}
-    assert params["nnodes"]["value"] == "1"
-    params["nnodes"]["value"] = "2"
+    params = {p["name"]: p["value"] for p in wf["spec"]["arguments"]["parameters"]}
+    assert (params["nnodes"], params["nproc-per-node"], params["gpu-resource"]) == ("2", "1", gpu)
     cluster.apply([wf], "a two-node training Workflow")
     name = wf["metadata"]["name"]
 
@@ -110,14 +126,20 @@ def test_two_node_pretraining_joins_one_process_group_through_the_rendezvous_dae
         obj: dict[str, Any] = json.loads(cluster.kubectl("get", "workflow", name, "-n", namespace, "-o", "json").stdout)
         return obj if obj.get("status", {}).get("phase") in ("Succeeded", "Failed", "Error") else None
     done = wait_for(finished, 900, f"workflow {name} to finish", interval=2)
-    logs = cluster.kubectl("logs", "-n", namespace, "-l", f"workflows.argoproj.io/workflow={name}", "-c", "main", "--prefix",
-                           "--tail=200", check=False).stdout
+    selector = f"workflows.argoproj.io/workflow={name}"
+    logs = cluster.kubectl("logs", "-n", namespace, "-l", selector, "-c", "main", "--prefix", "--tail=200", check=False).stdout
     assert done["status"]["phase"] == "Succeeded", (done["status"].get("message"), logs[-4000:], cluster.log_tail("workflow-controller"))
     pods = [n for n in done["status"]["nodes"].values() if n["type"] == "Pod"]
     by_template = sorted(n["templateName"] for n in pods)
     assert by_template == ["evaluate", "export", "prepare-data", "pretrain", "pretrain", "rendezvous"], by_template
     assert logs.count("on 2 x cpu") == 2, f"each node's process joins one world of 2 processes:\n{logs[-4000:]}"
-    folder = kserve.models_dir(cluster) / params["version-dir"]["value"]
+    found = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-l", selector, "-o", "json").stdout)["items"]
+    requests = {p["metadata"]["annotations"]["workflows.argoproj.io/node-name"].split(".")[-1]:
+                next(c for c in p["spec"]["containers"] if c["name"] == "main")["resources"]["requests"] for p in found}
+    daemon = next(r for n, r in requests.items() if n.startswith("rendezvous"))
+    assert gpu not in daemon and daemon["cpu"] == "100m", requests
+    assert sum(r.get(gpu) == "1" for n, r in requests.items() if n.startswith("node")) == 2, requests
+    folder = kserve.models_dir(cluster) / params["version-dir"]
     assert (folder / "checkpoint" / "metrics.json").is_file() and (folder / "triton" / "fmrec" / "config.pbtxt").is_file()
     metrics = json.loads((folder / "evaluation.json").read_text())
     assert 0 < metrics["NDCG@10"] <= 1

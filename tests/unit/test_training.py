@@ -98,6 +98,23 @@ def test_resources_become_torchrun_parameters_and_pod_resources(resources: dict[
     assert wf["spec"].get("tolerations") == tolerations
 
 
+def test_the_rendezvous_daemon_takes_back_the_gpus_the_workflow_patch_gives_every_pod() -> None:
+    """Two 8-GPU nodes must fit two 8-GPU training pods: the daemon's own podSpecPatch (applied after
+    the Workflow's) removes the GPU resource the Workflow names and asks for little CPU and memory."""
+    template = yaml.safe_load((REPO / "workflows" / "foundation-model.yaml").read_text())
+    declared = {p["name"] for p in template["spec"]["arguments"]["parameters"]}
+    fm = FoundationModel.model_validate(fm_obj(resources={"gpus": 8, "nodes": 2, "cpu": "16", "memory": "64Gi",
+                                                          "gpuResourceName": "amd.com/gpu"}))
+    rendered = params(render_foundation_model(fm, Target("ns", "movielens", "u", 1, "v1"), IMAGE))
+    assert set(rendered) <= declared, set(rendered) - declared
+    daemon = next(t for t in template["spec"]["templates"] if t["name"] == "rendezvous")
+    patch = json.loads(re.sub(r"\{\{workflow\.parameters\.([a-z-]+)\}\}", lambda m: rendered[m.group(1)], daemon["podSpecPatch"]))
+    resources = patch["containers"][0]["resources"]
+    assert patch["containers"][0]["name"] == "main"
+    assert resources["requests"]["amd.com/gpu"] is None and resources["limits"]["amd.com/gpu"] is None
+    assert resources["requests"]["cpu"] == "100m" and "cpu" not in resources["limits"]
+
+
 @pytest.mark.parametrize(("uri", "expected"), [
     pytest.param(None, "ns/foundationmodels/movielens/v1", id="default"),
     pytest.param("pvc://fmop-models/team-a/fm/", "team-a/fm/v1", id="pvc-prefix"),

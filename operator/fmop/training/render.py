@@ -185,6 +185,7 @@ def render_foundation_model(fm: FoundationModel, t: Target, image: str) -> dict[
         "horizon": str(horizon),
         "nproc-per-node": str(max(1, s.resources.gpus)),
         "nnodes": str(s.resources.nodes),
+        "gpu-resource": s.resources.gpuResourceName,
         "threads": str(_threads(s.resources.cpu)),
         "top-k": str(s.export.topK),
         "int8": str("tritonInt8" in s.export.formats).lower(),

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from kubernetes import client
 
@@ -48,17 +49,28 @@ def test_operator_trains_a_tiny_foundation_model_through_argo(cluster: Any, api:
         status = wait_for(done, 900, "the FoundationModel to finish training", interval=2)
         assert status["phase"] == "Ready", (status.get("message"), op.log()[-3000:], cluster.log_tail("workflow-controller"))
 
-        # the example TaskAdapter (slice region us-9) fine-tunes on v1 through the same controller
+        # the example TaskAdapter (slice region us-9, a bottleneck) fine-tunes on v1 through the same
+        # controller, and so do a LoRA and a distilled adapter of the same slice, all at once
         ta = load_example("taskadapter.yaml")
         ta["spec"]["training"] = {"epochs": 1}
-        ta["spec"]["resources"] = {"cpu": "1", "memory": "3Gi"}
-        client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, "taskadapters", ta)
+        ta["spec"]["resources"] = {"cpu": "500m", "memory": "3Gi"}
+        adapters = {"west-coast": ta}
+        for name, adapter in (("west-coast-lora", {"type": "lora", "lora": {"rank": 4, "alpha": 8.0}}),
+                              ("west-coast-small", {"type": "distilled", "distilled": {"layers": 1, "width": 16}})):
+            other = yaml.safe_load(yaml.safe_dump(ta))
+            other["metadata"]["name"] = other["spec"]["task"]["name"] = name
+            other["spec"]["adapter"] = adapter
+            adapters[name] = other
+        for obj in adapters.values():
+            client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, "taskadapters", obj)
 
-        def adapted() -> dict[str, Any] | None:
-            s: dict[str, Any] = get(api, "taskadapters", namespace, "west-coast").get("status") or {}
-            return s if s.get("phase") in ("Ready", "Failed") and s.get("workflowName") else None
-        ta_status = wait_for(adapted, 600, "the TaskAdapter to finish fine-tuning", interval=2)
-        assert ta_status["phase"] == "Ready", (ta_status.get("message"), op.log()[-3000:])
+        def adapted() -> dict[str, dict[str, Any]] | None:
+            found = {n: get(api, "taskadapters", namespace, n).get("status") or {} for n in adapters}
+            finished = all(s.get("phase") in ("Ready", "Failed") and s.get("workflowName") for s in found.values())
+            return found if finished else None
+        ta_statuses = wait_for(adapted, 900, "the TaskAdapters to finish fine-tuning", interval=2)
+        failed = {n: s.get("message") for n, s in ta_statuses.items() if s["phase"] != "Ready"}
+        assert not failed, (failed, op.log()[-3000:])
 
     assert status["latestVersion"] == "v1"
     [v1] = status["versions"]
@@ -73,12 +85,17 @@ def test_operator_trains_a_tiny_foundation_model_through_argo(cluster: Any, api:
     steps = {n["displayName"].split("(")[0] for n in wf["status"]["nodes"].values() if n["type"] == "Pod"}  # retried: pretrain(0)
     assert steps == {"prepare-data", "pretrain", "evaluate", "export"}
 
-    [a1] = ta_status["versions"]
-    assert (ta_status["latestVersion"], ta_status["baseVersion"], a1["foundationModelVersion"]) == ("v1", "v1", "v1")
-    assert a1["metrics"]["testUsers"] > 0 and 0 <= a1["metrics"]["NDCG@10"] <= 1
-    adapter_repo = kserve.models_dir(cluster) / namespace / "taskadapters" / "west-coast" / "v1" / "triton" / "fmrec"
-    assert (adapter_repo / "config.pbtxt").is_file() and list(adapter_repo.rglob("west-coast.pt")), sorted(adapter_repo.rglob("*"))
-
+    for name, want in (("west-coast", ("bottleneck", {"dim": 16})), ("west-coast-lora", ("lora", {"rank": 4, "alpha": 8.0})),
+                       ("west-coast-small", ("distilled", {"layers": 1, "width": 16}))):
+        ta_status = ta_statuses[name]
+        [a1] = ta_status["versions"]
+        assert (ta_status["latestVersion"], ta_status["baseVersion"], a1["foundationModelVersion"]) == ("v1", "v1", "v1")
+        assert a1["metrics"]["testUsers"] > 0 and 0 <= a1["metrics"]["NDCG@10"] <= 1
+        adapter_repo = kserve.models_dir(cluster) / namespace / "taskadapters" / name / "v1" / "triton" / "fmrec"
+        files = list(adapter_repo.rglob(f"{name}.pt"))
+        assert (adapter_repo / "config.pbtxt").is_file() and len(files) == 1, sorted(adapter_repo.rglob("*"))
+        blob = torch.load(files[0], map_location="cpu", weights_only=True)  # the served file holds the adapter the spec names
+        assert (blob["kind"], {k: blob["settings"].get(k) for k in want[1]}) == want, (name, blob["kind"], blob["settings"])
 
 def test_two_node_pretraining_joins_one_process_group_through_the_rendezvous_daemon(cluster: Any, namespace: str) -> None:
     """spec.resources.nodes 2 with one GPU each: the Workflow the operator renders runs a rendezvous

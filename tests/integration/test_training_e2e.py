@@ -20,16 +20,11 @@ from fmop.training.status import plan_foundation_model
 from tests.conftest import load_example
 from tests.integration.helpers import GROUP, VERSION, get, running_operator, wait_for
 
-WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 
 
 def test_operator_trains_a_tiny_foundation_model_through_argo(cluster: Any, api: Any, namespace: str, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    templates = [yaml.safe_load(p.read_text()) for p in sorted(WORKFLOWS.glob("*.yaml"))]
-    for t in templates:
-        t["metadata"]["namespace"] = namespace
-    cluster.apply([*templates, argo.executor_binding(namespace)], "WorkflowTemplates")
-    kserve.models_volume(cluster, namespace)
+    argo.install_training(cluster, namespace)
 
     fm = load_example("foundationmodel.yaml")
     fm["spec"]["architecture"].update(layers=1, width=16, heads=1, contextLength=20)
@@ -119,11 +114,7 @@ def test_two_node_pretraining_joins_one_process_group_through_the_rendezvous_dae
 
 
 def _train_on_two_nodes(cluster: Any, namespace: str, gpu: str) -> None:
-    templates = [yaml.safe_load(p.read_text()) for p in sorted(WORKFLOWS.glob("*.yaml"))]
-    for t in templates:
-        t["metadata"]["namespace"] = namespace
-    cluster.apply([*templates, argo.executor_binding(namespace)], "WorkflowTemplates")
-    kserve.models_volume(cluster, namespace)
+    argo.install_training(cluster, namespace)
     fm = load_example("foundationmodel.yaml")
     fm["metadata"].update(namespace=namespace, uid="00000000-0000-4000-8000-000000000002", generation=1)
     fm["spec"]["architecture"].update(layers=1, width=16, heads=1, contextLength=20)

@@ -14,8 +14,8 @@ from urllib.parse import urlparse
 
 import yaml
 
-from fmop.local import images
-from fmop.local.common import binary, free_port
+from fmop.local import images, kserve
+from fmop.local.common import REPO, binary, free_port
 from fmop.local.node import Node
 
 if TYPE_CHECKING:
@@ -45,6 +45,17 @@ def executor_role() -> dict[str, Any]:
     return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": EXECUTOR_ROLE},
             "rules": [{"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"], "verbs": ["create", "patch"]},
                       {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "watch", "patch"]}]}
+
+
+def install_training(cluster: LocalCluster, namespace: str) -> list[str]:
+    """What a namespace needs to run the operator's training Workflows: the repository's WorkflowTemplates,
+    the executor's RoleBinding and the models volume. Returns the templates' names."""
+    templates = [yaml.safe_load(p.read_text()) for p in sorted((REPO / "workflows").glob("*.yaml"))]
+    for t in templates:
+        t["metadata"]["namespace"] = namespace
+    cluster.apply([*templates, executor_binding(namespace)], "WorkflowTemplates and the Argo executor's RoleBinding")
+    kserve.models_volume(cluster, namespace)
+    return [t["metadata"]["name"] for t in templates]
 
 
 def executor_binding(namespace: str, service_account: str = "default") -> dict[str, Any]:

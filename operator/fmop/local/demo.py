@@ -203,12 +203,8 @@ class Demo:
                 raise
         shutil.rmtree(kserve.models_dir(self.cluster) / self.ns, ignore_errors=True)
         self.core.create_namespace(self.client.V1Namespace(metadata=self.client.V1ObjectMeta(name=self.ns)))
-        templates = [yaml.safe_load(p.read_text()) for p in sorted((REPO / "workflows").glob("*.yaml"))]
-        for t in templates:
-            t["metadata"]["namespace"] = self.ns
-        self.cluster.apply([*templates, argo.executor_binding(self.ns)], "WorkflowTemplates and the Argo executor's RoleBinding")
-        kserve.models_volume(self.cluster, self.ns)
-        self.tl.say(f"namespace {self.ns}: WorkflowTemplates {', '.join(t['metadata']['name'] for t in templates)}, "
+        templates = argo.install_training(self.cluster, self.ns)
+        self.tl.say(f"namespace {self.ns}: WorkflowTemplates {', '.join(templates)}, "
                     f"models volume (pvc://{kserve.MODELS_CLAIM}/...)")
 
     def delete_leftovers(self) -> None:

@@ -2,7 +2,9 @@
 
 Fields: item code, action code, time-gap bucket (log2 seconds since the previous event of the
 same user), hour of day, day of week, and any context codes (device, page, locale). All codes
-are small integers with 0 = padding/unknown, ready to index embedding tables.
+are small integers with 0 = padding/unknown, ready to index embedding tables. One field is not a
+code: relativeTime carries each event's timestamp (seconds), which the model turns into an
+attention bias between events (fmrec.nn.fm.TimeBias) instead of embedding it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy.typing as npt
 from fmrec.data.schema import EventLog, IntArray
 
 N_GAP_BUCKETS = 24  # 1 + log2 buckets up to ~2^22 s (48 days) and beyond
-FIELDS = ("item", "action", "timeGap", "hourOfDay", "dayOfWeek", "device", "page", "locale")
+FIELDS = ("item", "action", "timeGap", "hourOfDay", "dayOfWeek", "relativeTime", "device", "page", "locale")
 
 
 def gap_to_bucket(gap: IntArray) -> IntArray:
@@ -59,7 +61,7 @@ class Tokens:
 def tokenize(log: EventLog) -> Tokens:
     fields: dict[str, IntArray] = {
         "item": log.item, "action": log.action, "timeGap": gap_buckets(log.timestamp, log.user),
-        "hourOfDay": hour_of_day(log.timestamp), "dayOfWeek": day_of_week(log.timestamp),
+        "hourOfDay": hour_of_day(log.timestamp), "dayOfWeek": day_of_week(log.timestamp), "relativeTime": log.timestamp,
     }
     fields.update(log.context)
     return Tokens(fields)
@@ -67,7 +69,8 @@ def tokenize(log: EventLog) -> Tokens:
 
 def vocab_sizes(log: EventLog) -> dict[str, int]:
     """Embedding table size per field (codes + padding)."""
-    sizes = {"item": log.n_items + 1, "action": log.n_actions + 1, "timeGap": N_GAP_BUCKETS, "hourOfDay": 25, "dayOfWeek": 8}
+    sizes = {"item": log.n_items + 1, "action": log.n_actions + 1, "timeGap": N_GAP_BUCKETS, "hourOfDay": 25, "dayOfWeek": 8,
+             "relativeTime": N_GAP_BUCKETS}  # relativeTime: the buckets of its attention bias
     for name, col in log.context.items():
         sizes[name] = int(col.max()) + 1
     return sizes

@@ -36,7 +36,7 @@ from fmrec.vocab import Vocabulary
 from tests.model.serving_cases import assert_same_ranking, evaluated_scores, raw_history, with_device
 
 T, K = 32, 20
-FIELDS = ("item", "action", "timeGap", "hourOfDay", "dayOfWeek", "device")
+FIELDS = ("item", "action", "timeGap", "hourOfDay", "dayOfWeek", "relativeTime", "device")
 
 
 @pytest.fixture(scope="module")
@@ -186,12 +186,12 @@ def test_int8_serves_the_offline_int8_model_from_int8_weights(server: TritonServ
             assert_same_ranking(_codes(ml, got[b].items), want[b], u, got[b].scores)
 
 
-def test_a_model_with_hour_day_and_device_fields_serves_exactly(server: TritonServer, fielded: Path,
+def test_a_model_with_time_and_device_fields_serves_exactly(server: TritonServer, fielded: Path,
                                                                  fielded_split: LeaveOneOut) -> None:
     users = _users(fielded_split, 12, 20, 5)
     got = _concurrently(server, "fielded", [(int(u), _events(fielded_split, int(u)), "") for u in users])
     fm, _ = checkpoint.load(fielded)
-    assert {"hourOfDay", "dayOfWeek", "device"} <= set(fm.cfg.event_fields)
+    assert {"hourOfDay", "dayOfWeek", "relativeTime", "device"} <= set(fm.cfg.event_fields)
     want = evaluated_scores(fm, fielded_split, users)
     for b, u in enumerate(users):
         r = got[(int(u), "")]

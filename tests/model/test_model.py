@@ -19,6 +19,7 @@ from fmrec.train import TrainSettings, build_model, evaluate, rank_targets, rank
 VARIANTS = {
     "item-only": {"event_fields": ("item",)},
     "multi-field": {"event_fields": ("item", "action", "timeGap", "hourOfDay", "dayOfWeek")},
+    "relative-time": {"event_fields": ("item", "action", "relativeTime")},
     "multi-task": {"objectives": {"nextItem": 1.0, "multiToken": 0.5, "action": 0.2, "genre": 0.2}, "horizon": 3},
     "sampled-softmax": {"negatives": 64},
     "sliding-window": {"attention_window": 8},
@@ -97,6 +98,33 @@ def test_causal_and_padding_invariant(small) -> None:  # type: ignore[no-untyped
     short = {"item": items[:, -10:], "action": acts[:, -10:]}
     padded = {k: torch.cat([torch.zeros(1, 6, dtype=torch.long), v], dim=1) for k, v in short.items()}
     assert torch.allclose(model(short)[:, -1], model(padded)[:, -1], atol=1e-5)
+
+
+def test_relative_time_bias_buckets_causality_and_effect(small) -> None:  # type: ignore[no-untyped-def]
+    from fmrec.nn.fm import TimeBias
+
+    bias = TimeBias(buckets=24, heads=1)
+    with torch.no_grad():
+        bias.table.weight.copy_(torch.arange(24, dtype=torch.float32)[:, None])  # bias = bucket number
+    times = torch.tensor([[0, 100, 100, 1124]])
+    mask = torch.ones(1, 1, 4, 4, dtype=torch.bool).tril()
+    out = bias(times, mask)[0, 0]
+    # same second -> bucket 1; 100 s -> 2 + floor(log2 100) = 8; 1024 s -> 12; 1124 s -> 12; the future is -inf
+    assert out[2, 1] == 1 and out[1, 0] == 8 and out[3, 2] == 12 and out[3, 0] == 12 and out[0, 0] == 1
+    assert torch.isinf(out[0, 1]) and torch.isinf(out[2, 3])
+
+    log, _ = small
+    model = make(log, event_fields=("item", "relativeTime")).eval()
+    with torch.no_grad():
+        model.time_bias.table.weight.normal_(std=1.0)  # type: ignore[union-attr]
+    items = torch.randint(1, log.n_items + 1, (1, 16))
+    ts = torch.cumsum(torch.randint(0, 5000, (1, 16)), dim=1)
+    base = model({"item": items, "relativeTime": ts})
+    later = ts.clone()
+    later[0, -1] += 10**6  # only the newest event moves in time
+    out = model({"item": items, "relativeTime": later})
+    assert torch.allclose(out[:, :-1], base[:, :-1], atol=1e-5), "a future event's time changed an earlier state"
+    assert not torch.allclose(out[:, -1], base[:, -1], atol=1e-4), "the time between events changed nothing"
 
 
 def test_training_learns_and_beats_popularity(small) -> None:  # type: ignore[no-untyped-def]

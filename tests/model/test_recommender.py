@@ -20,7 +20,7 @@ from fmrec.vocab import Vocabulary
 from .serving_cases import assert_same_ranking, evaluated_scores, query, with_device
 
 T, K = 12, 10
-FIELDS = ("item", "action", "timeGap", "hourOfDay", "dayOfWeek", "device")
+FIELDS = ("item", "action", "timeGap", "hourOfDay", "dayOfWeek", "relativeTime", "device")
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def test_exclude_k_and_the_history_are_never_recommended(split: LeaveOneOut, fm:
 @pytest.mark.parametrize(("change", "message"), [
     ({"task": "nope"}, r"unknown TASK 'nope': this model serves \['fm'\]"),
     ({"k": K + 1}, r"K=11 is outside 1..10.*re-export with a larger --top-k"),
-    ({"timestamps": None}, r"TIMESTAMPS is required: this model was trained with \['timeGap', 'hourOfDay', 'dayOfWeek'\]"),
+    ({"timestamps": None}, r"TIMESTAMPS is required: this model was trained with \['timeGap', 'hourOfDay', 'dayOfWeek', 'relativeTime'\]"),
     ({"actions": None}, r"ACTIONS is required"),
     ({"actions": ["5"]}, r"ACTIONS has 1 entries but ITEMS has \d+"),
     ({"context": {"device": ["tv"]}}, r"DEVICE has 1 entries"),

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fmrec.nn.fm import Block, FMConfig, FoundationModel, causal_mask, init_weights
+from fmrec.nn.fm import Block, FMConfig, FoundationModel, causal_mask, embedded_fields, init_weights
 
 KINDS = ("head", "bottleneck", "lora", "distilled")
 
@@ -150,7 +150,7 @@ class Distilled(AdapterBase):
         self.item_bias = nn.Parameter(torch.zeros(fm.cfg.n_items + 1))
         self.item_in = nn.Linear(c, width, bias=False)
         self.fields = nn.ModuleDict({f: nn.Embedding(self.cfg.vocab[f], width, padding_idx=0)
-                                     for f in self.cfg.event_fields if f != "item"})
+                                     for f in embedded_fields(self.cfg.event_fields)})  # no time bias: the student stays small
         self.pos = nn.Embedding(self.cfg.context_len, width)
         self.ln_in = nn.LayerNorm(width)
         self.drop = nn.Dropout(self.cfg.dropout)

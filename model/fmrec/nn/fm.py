@@ -49,6 +49,34 @@ class FMConfig:
         return cls(**d)
 
 
+RELATIVE_TIME = "relativeTime"  # an event field that is not embedded: its timestamps bias attention (TimeBias)
+
+
+def embedded_fields(fields: tuple[str, ...]) -> list[str]:
+    """The event fields that get an embedding table of their own (not item, not relativeTime)."""
+    return [f for f in fields if f not in ("item", RELATIVE_TIME)]
+
+
+class TimeBias(nn.Module):
+    """HSTU-style relative time: a learned bias per head for each log2 bucket of the seconds between
+    a query event and an earlier event (the buckets of tokens.gap_to_bucket), added to attention.
+
+    Events of one burst (the same second) and events weeks apart can then be weighed differently,
+    which positions alone cannot tell apart."""
+
+    def __init__(self, buckets: int, heads: int) -> None:
+        super().__init__()
+        self.table = nn.Embedding(buckets, heads)
+
+    def forward(self, times: Tensor, mask: Tensor) -> Tensor:
+        """times (B, T) seconds; mask (B, 1, T, T) bool -> float mask (B, H, T, T) with -inf where mask is False."""
+        dt = (times[:, :, None] - times[:, None, :]).clamp(min=0)  # (B, T, T): query i minus key j
+        log2 = torch.floor(torch.log2(dt.clamp(min=1).double())).long()
+        bucket = torch.where(dt > 0, 2 + log2, torch.ones_like(dt)).clamp(max=self.table.num_embeddings - 1)
+        bias = self.table(bucket).permute(0, 3, 1, 2)  # (B, H, T, T)
+        return bias.masked_fill(~mask, float("-inf"))
+
+
 class ItemEncoder(nn.Module):
     """Item vector = learned ID embedding + content embedding (genres, release-year bucket).
 
@@ -108,6 +136,8 @@ class Block(nn.Module):
             qkv = qkv + deltas.delta(layer, "qkv", a)
         q, k, v = qkv.split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, T, C/H)
+        if mask.is_floating_point() and mask.dtype != q.dtype:  # a TimeBias mask under bf16 autocast
+            mask = mask.to(q.dtype)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)
         out = self.proj(y)
@@ -135,7 +165,8 @@ class FoundationModel(nn.Module):
         self.cfg = cfg
         c = cfg.d_model
         self.items = ItemEncoder(cfg, genres, year)
-        self.fields = nn.ModuleDict({f: nn.Embedding(cfg.vocab[f], c, padding_idx=0) for f in cfg.event_fields if f != "item"})
+        self.fields = nn.ModuleDict({f: nn.Embedding(cfg.vocab[f], c, padding_idx=0) for f in embedded_fields(cfg.event_fields)})
+        self.time_bias = TimeBias(cfg.vocab[RELATIVE_TIME], cfg.n_heads) if RELATIVE_TIME in cfg.event_fields else None
         self.pos = nn.Embedding(cfg.context_len, c)
         self.ln_in = nn.LayerNorm(c)
         self.drop = nn.Dropout(cfg.dropout)
@@ -171,6 +202,8 @@ class FoundationModel(nn.Module):
         pos = torch.arange(T - 1, -1, -1, device=items.device)  # counted from the newest event
         x = self.drop(self.ln_in(x + self.pos(pos)))
         mask = self._mask(items)
+        if self.time_bias is not None:
+            mask = self.time_bias(tokens[RELATIVE_TIME], mask)  # (B, H, T, T) float
         for i, block in enumerate(self.blocks):
             x = block(x, mask, deltas, i)
         out: Tensor = self.ln_f(x)

@@ -54,7 +54,7 @@ def check_servable(cfg: FMConfig, vocab: Vocabulary) -> None:
     for name in cfg.event_fields:
         if name not in FIELDS:
             raise ExportError(f"event field {name!r} cannot be served: requests can carry only {list(FIELDS)}")
-        if name in ("item", "timeGap", "hourOfDay", "dayOfWeek"):
+        if name in ("item", "timeGap", "hourOfDay", "dayOfWeek", "relativeTime"):
             continue  # item IDs are checked above; time fields come from TIMESTAMPS
         values = vocab.values(name)
         if values is None:

@@ -4,7 +4,9 @@ The client sends the user's history as raw values: item IDs, optional timestamps
 the epoch), action values and context values, one per event. From it the server builds exactly
 what fmrec.train.ranked_scores feeds the model for the same history:
 
-- events in (timestamp, item) order, as EventLog.sorted() orders training data;
+- events in timestamp order; events with the same timestamp stay in the order sent (training
+  breaks such ties with a per-user hash, EventLog.sorted(); a client that sends its history in
+  that order gets exactly the offline ranking);
 - time gaps, hour of day and day of week from the timestamps of the whole history, so the
   oldest event in the window keeps its real gap when the client sends more than context_len
   events (send the whole history, or at least context_len + 1 events, for that);
@@ -27,7 +29,7 @@ from fmrec.data.schema import CONTEXT_FIELDS, IntArray
 from fmrec.tokens import day_of_week, gap_to_bucket, hour_of_day
 from fmrec.vocab import Vocabulary
 
-TIME_FIELDS = ("timeGap", "hourOfDay", "dayOfWeek")
+TIME_FIELDS = ("timeGap", "hourOfDay", "dayOfWeek", "relativeTime")
 
 
 class RequestError(ValueError):
@@ -65,14 +67,14 @@ def encode(q: Query, vocab: Vocabulary, fields: tuple[str, ...], T: int) -> Enco
     if q.actions is None and "action" in fields:
         raise RequestError("ACTIONS is required: this model was trained with the action field; send one per ITEMS entry")
     items = vocab.encode("item", q.items)  # (n,)
-    order = np.arange(n) if q.timestamps is None else np.lexsort((items, q.timestamps))  # as EventLog.sorted()
+    order = np.arange(n) if q.timestamps is None else np.argsort(np.asarray(q.timestamps), kind="stable")
     items = items[order]
     codes: dict[str, IntArray] = {"item": items}
     unknown = {"item": int((items == 0).sum())}
     if q.timestamps is not None:
         ts = np.asarray(q.timestamps, dtype=np.int64)[order]
         gap = np.diff(ts, prepend=ts[:1])  # the first event of the history has no previous one: gap 0
-        codes |= {"timeGap": gap_to_bucket(gap), "hourOfDay": hour_of_day(ts), "dayOfWeek": day_of_week(ts)}
+        codes |= {"timeGap": gap_to_bucket(gap), "hourOfDay": hour_of_day(ts), "dayOfWeek": day_of_week(ts), "relativeTime": ts}
     if "action" in fields and q.actions is not None:
         codes["action"], unknown["action"] = _encode_values(vocab, "action", q.actions, order)
     for name in (f for f in fields if f in CONTEXT_FIELDS):

@@ -19,7 +19,7 @@ from fmop.api.common import (
     TrainingSettings,
 )
 
-EventField = Literal["item", "action", "timeGap", "hourOfDay", "dayOfWeek", "device", "page", "locale"]
+EventField = Literal["item", "action", "timeGap", "hourOfDay", "dayOfWeek", "relativeTime", "device", "page", "locale"]
 ExportFormat = Literal["tritonPython", "tritonInt8", "embeddings"]
 FieldName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)]
 
@@ -97,9 +97,9 @@ class Architecture(ApiModel):
     contextLength: Annotated[int, Field(ge=2, le=65536, description="Events of history per user state.")] = 50
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
     itemIdDropout: Annotated[float, Field(ge=0, lt=1, description="Probability of hiding the ID embedding so content carries cold items.")] = 0.1
-    eventFields: Annotated[list[EventField], Field(min_length=1, max_length=8)] = Field(
+    eventFields: Annotated[list[EventField], Field(min_length=1, max_length=9)] = Field(
         default_factory=lambda: list[EventField](["item", "action", "timeGap"]),
-        description="Fields embedded into each event token.",
+        description="Fields embedded into each event token; relativeTime instead biases attention by the time between events (HSTU-style).",
     )
     attention: Attention = Field(default_factory=Attention)
 

@@ -19,6 +19,7 @@ can be printed again without training (`report`).
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
@@ -43,15 +44,37 @@ FM_DEFAULTS: dict[str, Any] = {
 }
 
 
+# The FM's own knobs, each changed alone from its 2x64 context-50 point (the best shape on the first
+# grid): they make the ablation table, and like every point they are judged on validation only.
+FM_VARIANTS: list[dict[str, Any]] = [
+    {"event_fields": ["item"]},
+    {"event_fields": ["item", "action"]},
+    {"event_fields": ["item", "action", "timeGap", "hourOfDay", "dayOfWeek"]},
+    {"event_fields": ["item", "action", "timeGap", "relativeTime"]},
+    {"dropout": 0.1},
+    {"dropout": 0.3},
+    {"item_id_dropout": 0.0},
+    {"weight_decay": 0.1},
+    {"stride": 25},
+    {"n_heads": 4},
+    {"n_layers": 3},
+    {"context_len": 100},
+    {"objectives": {"nextItem": 1.0, "action": 0.2}},
+    {"objectives": {"nextItem": 1.0, "multiToken": 0.3}, "horizon": 3},
+    {"lr": 1e-3, "epochs": 80},
+]
+
+
 def default_grid() -> dict[str, list[dict[str, Any]]]:
     """The issue's grid for the baselines (length 50/200 x 64/128 dims, 2 blocks, softmax loss; HSTU
-    with RecTools' logit temperature 0.05) and the same shapes for the FM."""
+    with RecTools' logit temperature 0.05), the same shapes for the FM, then the FM's variants."""
     shapes = [(50, 64), (200, 128), (50, 128), (200, 64)]  # the issue's tuned point (200, 128) early
     grid: dict[str, list[dict[str, Any]]] = {}
     for kind in BASELINES:
         extra = {"logits_t": 0.05} if kind == "hstu" else {}
         grid[kind] = [{"session_max_len": L, "n_factors": d, "n_blocks": 2, **extra} for L, d in shapes]
-    grid["fm"] = [{**FM_DEFAULTS, "context_len": L, "d_model": d} for L, d in shapes]
+    base = {**FM_DEFAULTS, "context_len": 50, "d_model": 64}
+    grid["fm"] = [{**FM_DEFAULTS, "context_len": L, "d_model": d} for L, d in shapes] + [{**base, **v} for v in FM_VARIANTS]
     return grid
 
 
@@ -89,11 +112,12 @@ def run_fm(split: LeaveOneOut, config: dict[str, Any], seed: int, protocol: Prot
            log: Callable[[str], None]) -> dict[str, Any]:
     cfg = dict(config)
     epochs, lr, batch = int(cfg.pop("epochs")), float(cfg.pop("lr")), int(cfg.pop("batch_size"))
+    weight_decay, stride = float(cfg.pop("weight_decay", 0.0)), int(cfg.pop("stride", cfg["context_len"]))
     cfg["event_fields"] = tuple(cfg["event_fields"])
     torch.manual_seed(seed)
     model = build_model(split.log, **cfg)
     settings = TrainSettings(epochs=min(epochs, protocol.max_epochs), batch_size=batch, lr=lr, seed=seed,
-                             stride=cfg["context_len"], device="cpu")
+                             weight_decay=weight_decay, stride=stride, device="cpu")
     sel = Selector(protocol)
     state: dict[str, Any] = {"fit_s": 0.0, "best_fit_s": 0.0, "test": np.zeros(0, dtype=np.int64), "t0": time.perf_counter()}
 
@@ -221,10 +245,19 @@ _NUMBERS = re.compile(r"\[\s*([-+\d.eE,\s]+?)\s*\]")
 def _save(path: Path, doc: dict[str, Any]) -> None:
     """Indented JSON with every list of numbers (per-user ranks, curves) on one line."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     text = _NUMBERS.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", json.dumps(doc, indent=1))
     tmp.write_text(text + "\n")
     tmp.replace(path)
+
+
+def _append(path: Path, doc: dict[str, Any], key: str, record: dict[str, Any]) -> dict[str, Any]:
+    """Add one finished run to doc[key] and save, re-reading the file first: two processes (say one
+    for the FM and SASRec, one for BERT4Rec and HSTU, on one core each) can share one file."""
+    doc = _load(path) or doc
+    doc[key].append(record)
+    _save(path, doc)
+    return doc
 
 
 def tune(split: LeaveOneOut, path: Path, models: list[str], protocol: Protocol, seed: int = 0,
@@ -245,10 +278,10 @@ def tune(split: LeaveOneOut, path: Path, models: list[str], protocol: Protocol, 
             log(f"[tune] {kind} {config}")
             # the grid is judged on validation only; the test ranks are kept so that `bench` need
             # not train the chosen point's tuning seed again
-            doc["points"].append(run_one(split, kind, config, seed, protocol, log))
-            r = doc["points"][-1]
-            _save(path, doc)
+            r = run_one(split, kind, config, seed, protocol, log)
+            doc = _append(path, doc, "points", r)
             log(f"[tune] {kind}: val NDCG@10 {r['val_NDCG@10']:.4f} at epoch {r['best_epoch']} ({r['train_s_total']:.0f} s)")
+    doc = _load(path) or doc
     doc["chosen"] = chosen(doc)
     _save(path, doc)
     return doc
@@ -281,11 +314,10 @@ def bench(split: LeaveOneOut, tuning: Path, out: Path, models: list[str], seeds:
                      and "test_ranks" in p and grid.get("seed") == seed and grid.get("protocol") == asdict(protocol)]
             if tuned:
                 log(f"[bench] {kind} seed {seed}: the tuning run of this configuration, from {tuning}")
-                doc["runs"].append(tuned[0])
+                doc = _append(out, doc, "runs", tuned[0])
             else:
                 log(f"[bench] {kind} seed {seed} {picks[kind]['config']}")
-                doc["runs"].append(run_one(split, kind, picks[kind]["config"], seed, protocol, log))
-            _save(out, doc)
+                doc = _append(out, doc, "runs", run_one(split, kind, picks[kind]["config"], seed, protocol, log))
     return doc
 
 
@@ -327,9 +359,19 @@ def summarise(doc: dict[str, Any], split: LeaveOneOut) -> dict[str, Any]:
 NAMES = {"fm": "fmrec FM", "sasrec": "RecTools SASRec", "bert4rec": "RecTools BERT4Rec", "hstu": "RecTools HSTU"}
 
 
+def _short(v: Any) -> str:
+    if isinstance(v, list):
+        return "+".join(map(str, v))
+    if isinstance(v, dict):
+        return "+".join(f"{k} {w:g}" for k, w in v.items())
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def describe(kind: str, config: dict[str, Any]) -> str:
-    if kind == "fm":
-        return f"{config['n_layers']}x{config['d_model']}, context {config['context_len']}, lr {config['lr']}, {config['epochs']}-epoch schedule"
+    if kind == "fm":  # the shape, then whatever differs from FM_DEFAULTS
+        shape = ("n_layers", "d_model", "context_len")
+        diff = [f"{k} {_short(v)}" for k, v in config.items() if k not in shape and FM_DEFAULTS.get(k) != v]
+        return ", ".join([f"{config['n_layers']}x{config['d_model']}, context {config['context_len']}", *diff])
     t = f", logits_t {config['logits_t']}" if "logits_t" in config else ""
     return f"{config['n_blocks']}x{config['n_factors']}, length {config['session_max_len']}{t}"
 

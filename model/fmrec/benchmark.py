@@ -1,7 +1,8 @@
 """The tuned benchmark: our FM against RecTools SASRec, BERT4Rec and HSTU on ML-100K, one protocol for all.
 
 Protocol, applied to every model alike (the README states it):
-- split: per user the last event is test, the second-to-last validation (ties broken by file row);
+- split: per user the last event is test, the second-to-last validation (ties on timestamp broken
+  by the per-user hash of fmrec.data.schema.tie_keys, the same sequences for every model);
 - training: every event before the validation event;
 - selection: validation NDCG@10 is checked every `every` epochs; the checkpoint with the best one
   is the run's model (training stops after `patience` checks without a gain, or at `max_epochs`);
@@ -260,14 +261,23 @@ def _append(path: Path, doc: dict[str, Any], key: str, record: dict[str, Any]) -
     return doc
 
 
+def _same_data(doc: dict[str, Any], split: LeaveOneOut, path: Path) -> None:
+    """Refuse to add runs to a file made on other data (another event order makes another split)."""
+    have, want = doc.get("data", "none recorded"), split.log.fingerprint()
+    if have != want:
+        raise SystemExit(f"{path} was made on data {have}, not this data ({want}): its runs used another split; "
+                         "move it aside and tune again, or use another file")
+
+
 def tune(split: LeaveOneOut, path: Path, models: list[str], protocol: Protocol, seed: int = 0,
          grid: dict[str, list[dict[str, Any]]] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every grid point not yet in `path` (one seed) and record it there; the chosen point of
     each model is the one with the best validation NDCG@10."""
     grid = grid or default_grid()
-    doc = _load(path) or {"protocol": asdict(protocol), "seed": seed, "points": []}
+    doc = _load(path) or {"protocol": asdict(protocol), "data": split.log.fingerprint(), "seed": seed, "points": []}
     if doc["protocol"] != asdict(protocol):
         raise SystemExit(f"{path} was tuned with protocol {doc['protocol']}, not {asdict(protocol)}: use another --tuning file")
+    _same_data(doc, split, path)
     for i in range(max(len(v) for v in grid.values())):  # cheap points of every model before dear ones
         for kind in models:
             if i >= len(grid[kind]):
@@ -301,11 +311,15 @@ def bench(split: LeaveOneOut, tuning: Path, out: Path, models: list[str], seeds:
     of the chosen point is that configuration's run for the tuning seed: it is reused where the
     grid kept its per-user test ranks."""
     grid = _load(tuning)
+    if not grid:
+        raise SystemExit(f"{tuning} does not exist: run `python -m fmrec tune` (make tune) first")
+    _same_data(grid, split, tuning)
     picks = chosen(grid)
     missing = [m for m in models if m not in picks]
     if missing:
         raise SystemExit(f"{tuning} has no tuned configuration for {missing}: run `python -m fmrec tune --models {','.join(missing)}` first")
-    doc = _load(out) or {"protocol": asdict(protocol), "tuning": str(tuning), "runs": []}
+    doc = _load(out) or {"protocol": asdict(protocol), "data": split.log.fingerprint(), "tuning": str(tuning), "runs": []}
+    _same_data(doc, split, out)
     for kind in models:
         for seed in seeds:
             if any(r["model"] == kind and r["seed"] == seed and _same(r["config"], picks[kind]["config"]) for r in doc["runs"]):

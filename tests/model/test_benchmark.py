@@ -43,6 +43,22 @@ def test_paired_bootstrap_interval_covers_a_known_shift_and_excludes_zero() -> N
     assert lo0 == hi0 == 0.0
 
 
+class _Log:
+    def __init__(self, data: str) -> None:
+        self.data = data
+
+    def fingerprint(self) -> str:
+        return self.data
+
+
+class _Split:
+    def __init__(self, data: str = "sha256:ml-100k") -> None:
+        self.log = _Log(data)
+
+
+SPLIT = _Split()
+
+
 def _point(model: str, val: float, L: int) -> dict:
     return {"model": model, "config": {"session_max_len": L}, "val_NDCG@10": val, "best_epoch": 5}
 
@@ -66,15 +82,15 @@ def test_tune_resumes_and_refuses_another_protocol(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(benchmark, "run_one", fake_run)
     grid = {"sasrec": [{"session_max_len": 50}, {"session_max_len": 200}]}
     path = tmp_path / "t.json"
-    benchmark.tune(None, path, ["sasrec"], Protocol(), grid=grid, log=lambda m: None)  # type: ignore[arg-type]
+    benchmark.tune(SPLIT, path, ["sasrec"], Protocol(), grid=grid, log=lambda m: None)  # type: ignore[arg-type]
     assert len(calls) == 2
-    doc = benchmark.tune(None, path, ["sasrec"], Protocol(), grid=grid, log=lambda m: None)  # type: ignore[arg-type]
+    doc = benchmark.tune(SPLIT, path, ["sasrec"], Protocol(), grid=grid, log=lambda m: None)  # type: ignore[arg-type]
     assert len(calls) == 2, "finished grid points are not run again"
     assert doc["chosen"]["sasrec"]["config"] == {"session_max_len": 200}
     text = path.read_text()
     assert json.loads(text)["points"][0]["test_ranks"] == [0] and '"test_ranks": [0]' in text, "ranks kept, on one line"
     with pytest.raises(SystemExit, match="protocol"):
-        benchmark.tune(None, path, ["sasrec"], Protocol(every=1), grid=grid, log=lambda m: None)  # type: ignore[arg-type]
+        benchmark.tune(SPLIT, path, ["sasrec"], Protocol(every=1), grid=grid, log=lambda m: None)  # type: ignore[arg-type]
 
 
 def test_summary_picks_the_best_baseline_on_validation_and_compares_per_user() -> None:
@@ -115,10 +131,23 @@ def test_bench_reuses_the_tuning_run_of_the_chosen_point_and_runs_the_other_seed
 
     monkeypatch.setattr(benchmark, "run_one", fake_run)
     tuning = tmp_path / "t.json"
-    benchmark.tune(None, tuning, ["sasrec"], Protocol(), grid={"sasrec": [{"session_max_len": 50}]}, log=lambda m: None)  # type: ignore[arg-type]
+    benchmark.tune(SPLIT, tuning, ["sasrec"], Protocol(), grid={"sasrec": [{"session_max_len": 50}]}, log=lambda m: None)  # type: ignore[arg-type]
     assert calls == [0]
-    doc = benchmark.bench(None, tuning, tmp_path / "r.json", ["sasrec"], [0, 1, 2], Protocol(), log=lambda m: None)  # type: ignore[arg-type]
+    doc = benchmark.bench(SPLIT, tuning, tmp_path / "r.json", ["sasrec"], [0, 1, 2], Protocol(), log=lambda m: None)  # type: ignore[arg-type]
     assert calls == [0, 1, 2], "seed 0 is the tuning run, not trained again"
     assert [r["test_ranks"][0] for r in doc["runs"]] == [0, 1, 2]
-    doc = benchmark.bench(None, tuning, tmp_path / "r2.json", ["sasrec"], [0], Protocol(every=1), log=lambda m: None)  # type: ignore[arg-type]
+    doc = benchmark.bench(SPLIT, tuning, tmp_path / "r2.json", ["sasrec"], [0], Protocol(every=1), log=lambda m: None)  # type: ignore[arg-type]
     assert calls == [0, 1, 2, 0], "a run under another protocol is not the tuning run"
+
+
+def test_runs_on_another_split_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(benchmark, "run_one", lambda split, kind, config, seed, protocol, log: {
+        **_point(kind, 0.1, config["session_max_len"]), "test_ranks": [0], "train_s_total": 1.0})
+    path = tmp_path / "t.json"
+    grid = {"sasrec": [{"session_max_len": 50}]}
+    benchmark.tune(SPLIT, path, ["sasrec"], Protocol(), grid=grid, log=lambda m: None)  # type: ignore[arg-type]
+    other = _Split("sha256:reordered")
+    with pytest.raises(SystemExit, match="made on data sha256:ml-100k, not this data"):
+        benchmark.tune(other, path, ["sasrec"], Protocol(), grid=grid, log=lambda m: None)  # type: ignore[arg-type]
+    with pytest.raises(SystemExit, match="made on data"):
+        benchmark.bench(other, path, tmp_path / "r.json", ["sasrec"], [0], Protocol(), log=lambda m: None)  # type: ignore[arg-type]

@@ -57,7 +57,7 @@ def test_order_is_deterministic_despite_timestamp_ties(ml: EventLog) -> None:
 
 def test_timestamp_ties_follow_no_order_of_items(ml: EventLog) -> None:
     # Ties broken by item code made every burst ascend in code, so the held-out event was the tied
-    # item with the highest code. The per-user tie key must leave no such pattern: the next tied
+    # item with the highest code. The tie key (item hash x timestamp) must leave no such pattern: the next tied
     # event has a higher code about half the time, in ML-100K and for a single user's ties.
     same = (np.diff(ml.user) == 0) & (np.diff(ml.timestamp) == 0)
     ascending = (np.diff(ml.item) > 0)[same]

@@ -4,9 +4,9 @@ The client sends the user's history as raw values: item IDs, optional timestamps
 the epoch), action values and context values, one per event. From it the server builds exactly
 what fmrec.train.ranked_scores feeds the model for the same history:
 
-- events in timestamp order; events with the same timestamp stay in the order sent (training
-  breaks such ties with a per-user hash, EventLog.sorted(); a client that sends its history in
-  that order gets exactly the offline ranking);
+- events in timestamp order, events with the same timestamp by the tie key training uses
+  (fmrec.data.schema.tie_keys, from the raw item ID and the timestamp), so the order the client
+  sends them in does not matter;
 - time gaps, hour of day and day of week from the timestamps of the whole history, so the
   oldest event in the window keeps its real gap when the client sends more than context_len
   events (send the whole history, or at least context_len + 1 events, for that);
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fmrec.data.schema import CONTEXT_FIELDS, IntArray
+from fmrec.data.schema import CONTEXT_FIELDS, IntArray, raw_hashes, tie_keys
 from fmrec.tokens import day_of_week, gap_to_bucket, hour_of_day
 from fmrec.vocab import Vocabulary
 
@@ -67,7 +67,11 @@ def encode(q: Query, vocab: Vocabulary, fields: tuple[str, ...], T: int) -> Enco
     if q.actions is None and "action" in fields:
         raise RequestError("ACTIONS is required: this model was trained with the action field; send one per ITEMS entry")
     items = vocab.encode("item", q.items)  # (n,)
-    order = np.arange(n) if q.timestamps is None else np.argsort(np.asarray(q.timestamps), kind="stable")
+    if q.timestamps is None:
+        order = np.arange(n)
+    else:
+        ts = np.asarray(q.timestamps, dtype=np.int64)
+        order = np.lexsort((tie_keys(raw_hashes([str(i) for i in q.items]), ts), ts))  # as EventLog.sorted()
     items = items[order]
     codes: dict[str, IntArray] = {"item": items}
     unknown = {"item": int((items == 0).sum())}

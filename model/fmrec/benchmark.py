@@ -114,11 +114,12 @@ def run_fm(split: LeaveOneOut, config: dict[str, Any], seed: int, protocol: Prot
     cfg = dict(config)
     epochs, lr, batch = int(cfg.pop("epochs")), float(cfg.pop("lr")), int(cfg.pop("batch_size"))
     weight_decay, stride = float(cfg.pop("weight_decay", 0.0)), int(cfg.pop("stride", cfg["context_len"]))
+    ema = float(cfg.pop("ema", 0.0))
     cfg["event_fields"] = tuple(cfg["event_fields"])
     torch.manual_seed(seed)
     model = build_model(split.log, **cfg)
     settings = TrainSettings(epochs=min(epochs, protocol.max_epochs), batch_size=batch, lr=lr, seed=seed,
-                             weight_decay=weight_decay, stride=stride, device="cpu")
+                             weight_decay=weight_decay, stride=stride, ema=ema, device="cpu")
     sel = Selector(protocol)
     state: dict[str, Any] = {"fit_s": 0.0, "best_fit_s": 0.0, "test": np.zeros(0, dtype=np.int64), "t0": time.perf_counter()}
 

@@ -32,6 +32,30 @@ class TrainSettings:
     precision: str = "auto"  # auto | fp32 | bf16
     grad_clip: float = 1.0
     device: str = "auto"
+    ema: float = 0.0  # > 0: keep an exponential moving average of the weights (this decay per step) and use it
+
+
+class WeightAverage:
+    """An exponential moving average of a model's parameters, swapped in for evaluation and kept at the end."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        assert 0 < decay < 1, f"ema decay {decay} must be in (0, 1)"
+        self.decay = decay
+        self.params = list(model.parameters())
+        self.shadow = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for e, p in zip(self.shadow, self.params, strict=True):
+            e.lerp_(p.detach(), 1 - self.decay)
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        """Exchange the live weights and the average (call twice to undo)."""
+        for e, p in zip(self.shadow, self.params, strict=True):
+            tmp = p.detach().clone()
+            p.copy_(e)
+            e.copy_(tmp)
 
 
 def pick_device(name: str) -> torch.device:
@@ -133,6 +157,7 @@ def train(model: FoundationModel, split: LeaveOneOut, s: TrainSettings, stage: s
     written there; if it exists when training starts, training resumes after its last epoch.
     on_epoch(epoch, record): called after every epoch (it may evaluate); returning True stops
     training there (early stopping). The model is put back in training mode after it.
+    s.ema > 0: on_epoch sees the averaged weights, and the model ends with them.
     Under torchrun (torch.distributed initialised) every rank trains on its share of each epoch's
     batches and DistributedDataParallel averages the gradients; rank 0 logs and saves."""
     rank, world = _world()
@@ -153,9 +178,13 @@ def train(model: FoundationModel, split: LeaveOneOut, s: TrainSettings, stage: s
     use_bf16 = s.precision == "bf16" or (s.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
     history: list[dict[str, float]] = []
     first_epoch = 1
+    average = WeightAverage(model, s.ema) if s.ema > 0 else None
     if state_path is not None and state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
+        if average is not None and "ema" in state:
+            for e, v in zip(average.shadow, state["ema"], strict=True):
+                e.copy_(v)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         rng.bit_generator.state = state["numpy_rng"]
@@ -182,6 +211,8 @@ def train(model: FoundationModel, split: LeaveOneOut, s: TrainSettings, stage: s
             torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
             opt.step()
             sched.step()
+            if average is not None:
+                average.update()
             sums["loss"] += float(loss.detach()) * len(rows)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v * len(rows)
@@ -195,13 +226,20 @@ def train(model: FoundationModel, split: LeaveOneOut, s: TrainSettings, stage: s
                 tmp = state_path.with_suffix(".tmp")
                 torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                             "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "history": history,
-                            "epoch": epoch}, tmp)
+                            "epoch": epoch, **({"ema": average.shadow} if average is not None else {})}, tmp)
                 tmp.replace(state_path)  # atomic: a crash mid-write leaves the previous state
+        stop = False
         if on_epoch is not None:
+            if average is not None:
+                average.swap()  # evaluate the average
             stop = on_epoch(epoch, rec)
             model.train()
-            if stop:
-                break
+            if average is not None:
+                average.swap()
+        if stop:
+            break
+    if average is not None:
+        average.swap()  # the model keeps the average
     model.eval()
     return history
 

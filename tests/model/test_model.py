@@ -189,3 +189,35 @@ def test_finetune_trains_only_the_adapter(small) -> None:  # type: ignore[no-unt
     assert model.adapter.up.weight.abs().sum() > 0
     with pytest.raises(ValueError, match="fix spec.task.slice.values"):
         slice_users(log, "region", ["mars"])
+
+
+def test_weight_average_updates_swaps_and_is_what_training_evaluates_and_keeps(small) -> None:  # type: ignore[no-untyped-def]
+    from fmrec.train import WeightAverage
+
+    lin = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(0.0)
+    avg = WeightAverage(lin, decay=0.5)
+    with torch.no_grad():
+        lin.weight.fill_(4.0)
+    avg.update()  # 0 -> 0.5 * 0 + 0.5 * 4
+    assert float(avg.shadow[0]) == 2.0
+    avg.swap()
+    assert lin.weight.item() == 2.0 and float(avg.shadow[0]) == 4.0
+    avg.swap()
+    assert lin.weight.item() == 4.0
+
+    log, split = small
+    seen: list[float] = []
+
+    def on_epoch(epoch: int, rec: dict[str, float]) -> bool:
+        seen.append(evaluate(model, split, "val")["NDCG@10"])
+        return False
+
+    settings = dict(epochs=2, batch_size=64, lr=3e-3, warmup_steps=5)
+    model = make(log, event_fields=("item", "action"))
+    train(model, split, TrainSettings(**settings, ema=0.9), stage="val", log=lambda m: None, on_epoch=on_epoch)  # type: ignore[arg-type]
+    assert evaluate(model, split, "val")["NDCG@10"] == seen[-1], "the model ends with the weights its last check saw"
+    plain = make(log, event_fields=("item", "action"))
+    train(plain, split, TrainSettings(**settings), stage="val", log=lambda m: None)  # type: ignore[arg-type]
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), plain.parameters(), strict=True))

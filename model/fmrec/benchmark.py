@@ -63,6 +63,8 @@ FM_VARIANTS: list[dict[str, Any]] = [
     {"objectives": {"nextItem": 1.0, "action": 0.2}},
     {"objectives": {"nextItem": 1.0, "multiToken": 0.3}, "horizon": 3},
     {"lr": 1e-3, "epochs": 80},
+    {"batch_size": 64},
+    {"ema": 0.99},
 ]
 
 

@@ -329,9 +329,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from fmrec.benchmark import grid_table, summarise, table
+    from fmrec.benchmark import ablation_table, grid_table, summarise, table
     if args.tuning:
-        print(grid_table(json.loads(Path(args.tuning).read_text())))
+        doc = json.loads(Path(args.tuning).read_text())
+        print(ablation_table(doc) if args.ablation else grid_table(doc))
         return 0
     path = Path(args.results)
     if not path.exists():
@@ -471,6 +472,7 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="print the benchmark table from --results without training")
     r.add_argument("--results", default="benchmarks/results.json")
     r.add_argument("--tuning", help="print this tuning grid (e.g. benchmarks/tuning.json) as a Markdown table instead")
+    r.add_argument("--ablation", action="store_true", help="with --tuning: the FM's points against its base point (validation only)")
     r.set_defaults(func=cmd_report)
     return p
 

@@ -425,5 +425,25 @@ def grid_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def ablation_table(doc: dict[str, Any]) -> str:
+    """The FM's points against its base point (2x64, context 50, FM_DEFAULTS otherwise) as a
+    Markdown table: what changed, validation NDCG@10 and its change. Validation only: the base is
+    not the chosen point, and no test number is shown."""
+    base_config = {**FM_DEFAULTS, "context_len": 50, "d_model": 64}
+    fm = [p for p in doc["points"] if p["model"] == "fm"]
+    base = next((p for p in fm if _same(p["config"], base_config)), None)
+    if base is None:
+        raise SystemExit("the tuning file has no FM base point (2x64, context 50): run `python -m fmrec tune --models fm`")
+    lines = ["| change from the base point (2x64, context 50) | val NDCG@10 | vs base | selected epoch | train s (to it) |",
+             "|---|---|---|---|---|"]
+    for p in sorted(fm, key=lambda p: -p["val_NDCG@10"]):
+        changed = {k: v for k, v in p["config"].items() if base_config.get(k) != v}
+        what = "none (the base point)" if not changed else ", ".join(
+            f"{k} {_short(v)}" for k, v in changed.items())
+        delta = (p["val_NDCG@10"] / base["val_NDCG@10"] - 1) * 100
+        lines.append(f"| {what} | {p['val_NDCG@10']:.4f} | {delta:+.1f}% | {p['best_epoch']} | {p['train_s_to_best']:.0f} |")
+    return "\n".join(lines)
+
+
 def log_err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)

@@ -151,3 +151,19 @@ def test_runs_on_another_split_are_refused(tmp_path: Path, monkeypatch: pytest.M
         benchmark.tune(other, path, ["sasrec"], Protocol(), grid=grid, log=lambda m: None)  # type: ignore[arg-type]
     with pytest.raises(SystemExit, match="made on data"):
         benchmark.bench(other, path, tmp_path / "r.json", ["sasrec"], [0], Protocol(), log=lambda m: None)  # type: ignore[arg-type]
+
+
+def test_ablation_compares_each_fm_point_with_the_base_on_validation_only() -> None:
+    base = {**benchmark.FM_DEFAULTS, "context_len": 50, "d_model": 64}
+
+    def point(config: dict, val: float) -> dict:
+        return {"model": "fm", "config": config, "val_NDCG@10": val, "best_epoch": 10, "train_s_to_best": 1.0,
+                "test": {"NDCG@10": 0.9999, "HR@10": 0.5}}
+
+    doc = {"points": [point(base, 0.10), point({**base, "dropout": 0.3}, 0.11), point({**base, "ema": 0.99}, 0.09)]}
+    rows = benchmark.ablation_table(doc).splitlines()[2:]
+    assert rows[0].startswith("| dropout 0.3 | 0.1100 | +10.0% |")
+    assert rows[1].startswith("| none (the base point) | 0.1000 | +0.0% |") and rows[2].startswith("| ema 0.99 | 0.0900 | -10.0% |")
+    assert "0.9999" not in benchmark.ablation_table(doc), "no test number"
+    with pytest.raises(SystemExit, match="no FM base point"):
+        benchmark.ablation_table({"points": doc["points"][1:]})

@@ -47,8 +47,8 @@ def _arch(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _settings(args: argparse.Namespace) -> TrainSettings:
-    return TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, precision=args.precision,
-                         device=args.device, stride=args.stride or _arch(args)["context_len"])
+    return TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
+                         precision=args.precision, device=args.device, stride=args.stride or _arch(args)["context_len"], ema=args.ema)
 
 
 def _distributed(device: torch.device) -> tuple[int, torch.device]:
@@ -153,7 +153,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     before = evaluate(fm, split, users=test_users)
     adapter = build_adapter(fm, args.adapter, adapter_settings(args)).to(next(fm.parameters()).device)
     model = AdaptedModel(fm, adapter)
-    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed)
     t0 = time.perf_counter()
     finetune(model, split, users, settings, min_action=args.min_action, temperature=args.temperature, soft_weight=args.soft_weight)
     train_s = time.perf_counter() - t0
@@ -353,6 +353,9 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--epochs", type=int, default=40)
         sp.add_argument("--batch-size", type=int, default=128)
         sp.add_argument("--lr", type=float, default=3e-3)
+        sp.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default %(default)s)")
+        sp.add_argument("--ema", type=float, default=0.0,
+                        help="decay per step of a moving average of the weights, evaluated and saved instead of the last ones; 0 = off")
         sp.add_argument("--seed", type=int, default=42)
         sp.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
         sp.add_argument("--d-model", type=int)
@@ -403,6 +406,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--epochs", type=int, default=3)
     f.add_argument("--batch-size", type=int, default=64)
     f.add_argument("--lr", type=float, default=1e-3)
+    f.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default %(default)s)")
     f.add_argument("--seed", type=int, default=42)
     common(f)
     f.set_defaults(func=cmd_finetune)

@@ -167,3 +167,23 @@ def test_ablation_compares_each_fm_point_with_the_base_on_validation_only() -> N
     assert "0.9999" not in benchmark.ablation_table(doc), "no test number"
     with pytest.raises(SystemExit, match="no FM base point"):
         benchmark.ablation_table({"points": doc["points"][1:]})
+
+
+def test_clock_counts_only_between_start_and_stop_and_marks_the_selected_epoch() -> None:
+    import time
+
+    clock = benchmark.Clock()
+    clock.start()
+    sum(i * i for i in range(200_000))  # CPU work
+    clock.stop()
+    clock.mark_best()
+    time.sleep(0.05)  # outside start/stop: not counted
+    clock.start()
+    time.sleep(0.05)  # wall time, next to no CPU
+    clock.stop()
+    r = clock.record()
+    assert r["train_s_to_best"] <= r["train_s_total"] and r["train_cpu_s_to_best"] <= r["train_cpu_s_total"]
+    assert 0.04 <= clock.wall - clock.best_wall < 0.09, "only the second interval's wall time is added after the mark"
+    assert clock.cpu - clock.best_cpu < 0.03, "sleeping costs no CPU time"
+    with pytest.raises(AssertionError, match="without start"):
+        clock.stop()

@@ -81,6 +81,23 @@ def test_foundation_model_workflow_references_the_template_and_is_owned_and_labe
     assert p["objectives"] == ",".join(f"{o.type}={o.weight!r}" for o in fm.spec.objectives)
 
 
+def test_training_settings_reach_the_trainer_as_the_template_passes_them() -> None:
+    """spec.training -> Workflow parameters -> the pretrain step's arguments -> fmrec train's TrainSettings."""
+    from fmrec.__main__ import _settings, parser
+
+    fm = FoundationModel.model_validate(fm_obj(training={"epochs": 7, "learningRate": 0.003, "weightDecay": 0.05,
+                                                         "windowStride": 25, "weightAverage": 0.99}))
+    rendered = params(render_foundation_model(fm, Target("ns", "movielens", "u", 1, "v1"), IMAGE))
+    template = yaml.safe_load((REPO / "workflows" / "foundation-model.yaml").read_text())
+    pretrain = next(t for t in template["spec"]["templates"] if t["name"] == "pretrain")
+    args = pretrain["container"]["args"]
+    cli = [re.sub(r"\{\{workflow\.parameters\.([a-z-]+)\}\}", lambda m: rendered[m.group(1)], a) for a in args[args.index("fmrec") + 1:]]
+    settings = _settings(parser().parse_args(cli))
+    assert (settings.epochs, settings.lr, settings.weight_decay, settings.stride, settings.ema) == (7, 0.003, 0.05, 25, 0.99)
+    default = params(render_foundation_model(FoundationModel.model_validate(fm_obj()), Target("ns", "movielens", "u", 1, "v1"), IMAGE))
+    assert default["window-stride"] == str(fm.spec.architecture.contextLength) and default["weight-average"] == "0.0"
+
+
 @pytest.mark.parametrize(("resources", "nproc", "gpu", "tolerations"), [
     pytest.param({"gpus": 0, "cpu": "1", "memory": "2Gi"}, "1", None, None, id="cpu-only"),
     pytest.param({"gpus": 8, "nodes": 2, "cpu": "16", "memory": "64Gi"}, "8", "8",
@@ -137,7 +154,6 @@ def test_artifact_uri_prefix(uri: str | None, expected: str | type[Exception]) -
 
 @pytest.mark.parametrize(("spec", "field"), [
     pytest.param({"objectives": [{"type": "nextItem", "loss": "sampledSoftmax", "negatives": 100}]}, "spec.objectives[0].loss", id="sampled"),
-    pytest.param({"training": {"weightDecay": 0.1}}, "spec.training.weightDecay", id="weight-decay"),
 ])
 def test_settings_the_trainer_lacks_are_refused_by_name(spec: dict[str, Any], field: str) -> None:
     fm = FoundationModel.model_validate(fm_obj(**spec))

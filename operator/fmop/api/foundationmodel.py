@@ -168,6 +168,18 @@ class QualityGate(ApiModel):
         "is recorded but not made latestVersion."))] = 0.02
 
 
+class PretrainingSettings(TrainingSettings):
+    """Optimisation settings of pre-training: the shared ones plus how windows are cut and weights averaged."""
+
+    windowStride: Annotated[int, Field(ge=1, le=65536, description=(
+        "Events between the ends of consecutive training windows over a long history; below "
+        "architecture.contextLength the windows overlap (more training targets with context per epoch). "
+        "Default: architecture.contextLength (no overlap)."))] | None = None
+    weightAverage: Annotated[float, Field(ge=0, lt=1, description=(
+        "Decay per step of an exponential moving average of the weights, evaluated and exported instead of "
+        "the last weights; 0 = off, 0.99 = about the last 100 steps."))] = 0.0
+
+
 class FoundationModelSpec(ApiModel):
     """What to train. Every change of spec trains a new version."""
 
@@ -176,7 +188,7 @@ class FoundationModelSpec(ApiModel):
     objectives: Annotated[list[Objective], Field(min_length=1, max_length=8)] = Field(
         default_factory=lambda: [Objective(type="nextItem")]
     )
-    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    training: PretrainingSettings = Field(default_factory=PretrainingSettings)
     resources: GPUResources = Field(default_factory=GPUResources)
     export: ExportSettings = Field(default_factory=ExportSettings)
     artifactUri: Annotated[str, Field(max_length=2048, description="Prefix under which versions are written (s3://bucket/fm/, file:///models/).")] | None = None
@@ -195,6 +207,12 @@ class FoundationModelSpec(ApiModel):
                     "rule": "self.objectives.all(o, self.objectives.exists_one(p, p.type == o.type))",
                     "message": "objectives must not list the same type twice",
                     "fieldPath": ".objectives",
+                },
+                {
+                    "rule": "!has(self.training) || !has(self.training.windowStride) || !has(self.architecture) || "
+                            "!has(self.architecture.contextLength) || self.training.windowStride <= self.architecture.contextLength",
+                    "message": "training.windowStride must not exceed architecture.contextLength (windows would skip events)",
+                    "fieldPath": ".training.windowStride",
                 },
             ]
         }

@@ -152,11 +152,9 @@ def render_foundation_model(fm: FoundationModel, t: Target, image: str) -> dict[
     unsupported = [f"spec.objectives[{i}].loss sampledSoftmax" for i, o in enumerate(s.objectives) if o.loss == "sampledSoftmax"]
     if s.architecture.attention.type != "full":
         unsupported.append("spec.architecture.attention.type slidingWindow")
-    if s.training.weightDecay:
-        unsupported.append("spec.training.weightDecay")
     if unsupported:
         raise RenderError(f"{', '.join(unsupported)}: the trainer (fmrec train) does not implement this yet; "
-                          "use fullSoftmax, full attention and weightDecay 0")
+                          "use fullSoftmax and full attention")
     if s.data.source in ("parquet", "csv"):
         data = f"{s.data.source}:{s.data.uri}"
     elif s.data.source == "synthetic":
@@ -172,6 +170,9 @@ def render_foundation_model(fm: FoundationModel, t: Target, image: str) -> dict[
         "epochs": str(tr.epochs),
         "batch-size": str(tr.batchSize),
         "learning-rate": repr(tr.learningRate),
+        "weight-decay": repr(tr.weightDecay),
+        "window-stride": str(tr.windowStride or a.contextLength),
+        "weight-average": repr(tr.weightAverage),
         "seed": str(tr.seed),
         "precision": tr.precision,
         "layers": str(a.layers),
@@ -236,6 +237,7 @@ def render_task_adapter(ta: TaskAdapter, t: Target, base_version: str, base_chec
         "epochs": str(s.training.epochs),
         "batch-size": str(s.training.batchSize),
         "learning-rate": repr(s.training.learningRate),
+        "weight-decay": repr(s.training.weightDecay),
         "seed": str(s.training.seed),
         "threads": str(_threads(s.resources.cpu)),
     }

@@ -72,6 +72,10 @@ FM_VARIANTS: list[dict[str, Any]] = [
     {"event_fields": ["item", "action", "timeGap", "relativeTime"], "stride": 25, "item_id_dropout": 0.0},
     {"event_fields": ["item", "action", "timeGap", "relativeTime"], "stride": 25, "d_model": 128},
     {"event_fields": ["item", "action", "timeGap", "relativeTime"], "stride": 10},
+    # third round: the 20-epoch schedule (0.1329, the best second-round point) with more capacity or averaging
+    {"event_fields": ["item", "action", "timeGap", "relativeTime"], "stride": 25, "epochs": 20, "d_model": 128},
+    {"event_fields": ["item", "action", "timeGap", "relativeTime"], "stride": 25, "epochs": 20, "n_layers": 3},
+    {"event_fields": ["item", "action", "timeGap", "relativeTime"], "stride": 25, "epochs": 20, "ema": 0.99},
 ]
 
 

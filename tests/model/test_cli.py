@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,7 +81,8 @@ def test_distributed_data_parallel_under_torchrun(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "fmrec",
                         "train", "--data", "synthetic:20000", "--out", str(out), "--epochs", "2", "--context-len", "16",
-                        "--threads", "1", "--device", "cpu"], capture_output=True, text=True, timeout=600)
+                        "--threads", "1", "--device", "cpu"], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "TMPDIR": str(tmp_path)})  # torchrun's torchelastic_* directory goes here, not /tmp
     assert r.returncode == 0, r.stderr[-3000:]
     assert "on 2 x cpu" in r.stderr
     assert (out / "model.pt").exists() and json.loads((out / "metrics.json").read_text())["users"] > 0

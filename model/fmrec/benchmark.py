@@ -365,6 +365,7 @@ def bench(split: LeaveOneOut, tuning: Path, out: Path, models: list[str], seeds:
     doc = _load(out) or {"protocol": asdict(protocol), "data": split.log.fingerprint(), "tuning": str(tuning), "runs": []}
     _same_data(doc, split, out)
     for kind in models:
+        doc = _retire(out, doc, kind, picks[kind]["config"], log)
         for seed in seeds:
             if any(r["model"] == kind and r["seed"] == seed and _same(r["config"], picks[kind]["config"]) for r in doc["runs"]):
                 continue
@@ -376,6 +377,19 @@ def bench(split: LeaveOneOut, tuning: Path, out: Path, models: list[str], seeds:
             else:
                 log(f"[bench] {kind} seed {seed} {picks[kind]['config']}")
                 doc = _append(out, doc, "runs", run_one(split, kind, picks[kind]["config"], seed, protocol, log))
+    return doc
+
+
+def _retire(path: Path, doc: dict[str, Any], kind: str, config: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """Move `kind`'s runs of a configuration that is no longer the chosen one (a later grid point won
+    on validation) from doc["runs"] to doc["superseded"], so the table never mixes configurations."""
+    doc = _load(path) or doc
+    stale = [r for r in doc["runs"] if r["model"] == kind and not _same(r["config"], config)]
+    if stale:
+        log(f"[bench] {kind}: {len(stale)} run(s) of a configuration no longer chosen on validation moved to 'superseded'")
+        doc["runs"] = [r for r in doc["runs"] if not any(r is x for x in stale)]
+        doc.setdefault("superseded", []).extend(stale)
+        _save(path, doc)
     return doc
 
 

@@ -187,3 +187,22 @@ def test_clock_counts_only_between_start_and_stop_and_marks_the_selected_epoch()
     assert clock.cpu - clock.best_cpu < 0.03, "sleeping costs no CPU time"
     with pytest.raises(AssertionError, match="without start"):
         clock.stop()
+
+
+def test_runs_of_a_configuration_no_longer_chosen_leave_the_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grid point added later wins on validation: bench reruns the new pick, and the old pick's
+    runs move to 'superseded' instead of being averaged with the new ones."""
+    val = {50: 0.10, 200: 0.12}
+    monkeypatch.setattr(benchmark, "run_one", lambda split, kind, config, seed, protocol, log: {
+        **_point(kind, val[config["session_max_len"]], config["session_max_len"]), "seed": seed, "test_ranks": [0],
+        "train_s_total": 1.0})
+    tuning, results = tmp_path / "t.json", tmp_path / "r.json"
+    quiet = lambda m: None  # noqa: E731
+    benchmark.tune(SPLIT, tuning, ["sasrec"], Protocol(), grid={"sasrec": [{"session_max_len": 50}]}, log=quiet)  # type: ignore[arg-type]
+    benchmark.bench(SPLIT, tuning, results, ["sasrec"], [0, 1], Protocol(), log=quiet)  # type: ignore[arg-type]
+    benchmark.tune(SPLIT, tuning, ["sasrec"], Protocol(), grid={"sasrec": [{"session_max_len": 50}, {"session_max_len": 200}]},
+                   log=quiet)  # type: ignore[arg-type]
+    doc = benchmark.bench(SPLIT, tuning, results, ["sasrec"], [0, 1], Protocol(), log=quiet)  # type: ignore[arg-type]
+    assert {r["config"]["session_max_len"] for r in doc["runs"]} == {200} and len(doc["runs"]) == 2
+    assert [r["config"]["session_max_len"] for r in doc["superseded"]] == [50, 50]
+    assert json.loads(results.read_text())["superseded"][0]["seed"] == 0, "kept on disk, not thrown away"

@@ -8,7 +8,6 @@ the API server's calls to the kubelet; authorization Node + RBAC.
 
 from __future__ import annotations
 
-import base64
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -29,7 +28,9 @@ def kubeconfig(server: str, ca_file: Path, token: str, user: str = "admin") -> d
         "kind": "Config",
         "clusters": [{"name": "fmop-local", "cluster": {
             "server": server,
-            "certificate-authority-data": base64.b64encode(ca_file.read_bytes()).decode(),
+            # a path, not -data: the kubernetes Python client writes embedded CA data to a temp file
+            # that it removes only at a clean exit, so every killed client left one in /tmp
+            "certificate-authority": str(ca_file.resolve()),
         }}],
         "users": [{"name": user, "user": {"token": token}}],
         "contexts": [{"name": f"{user}@fmop-local", "context": {"cluster": "fmop-local", "user": user, "namespace": "default"}}],

@@ -59,10 +59,10 @@ def load(path: Path, device: str | torch.device = "cpu") -> tuple[FoundationMode
         cfg = FMConfig.from_dict(blob["config"])
         model = FoundationModel(cfg)
         q = blob.get("quantization")
-        if q not in (None, quant.FORMAT):
-            raise ValueError(f"quantization {q!r}, this fmrec reads only {quant.FORMAT!r}; re-export with this fmrec")
+        if q not in (None, *quant.FORMATS):
+            raise ValueError(f"quantization {q!r}, this fmrec reads only {' and '.join(quant.FORMATS)}; re-export with this fmrec")
         if q is not None:
-            quant.int8_skeleton(model)
+            quant.int8_skeleton(model, blob["state_dict"])
         # Buffers (genres, year buckets) are sized by the data; load them before the weights.
         model.items.register_buffer("genres", blob["state_dict"]["items.genres"])
         model.items.register_buffer("year_bucket", blob["state_dict"]["items.year_bucket"])

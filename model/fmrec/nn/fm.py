@@ -98,7 +98,7 @@ class ItemEncoder(nn.Module):
             g = self.genres[items]  # (..., G)
             out = out + self.genre_proj(g / g.sum(-1, keepdim=True).clamp(min=1))
         if self.year is not None:
-            out = out + self.year(self.year_bucket[items])
+            out = out + self.year(self.year_bucket[items].long())  # int16 in an int8 export
         return out
 
     def forward(self, items: Tensor, id_keep: Tensor | None = None) -> Tensor:

@@ -19,24 +19,39 @@ import torch
 from fmrec.data.schema import IntArray
 from fmrec.nn.adapters import AdapterBase
 from fmrec.nn.fm import FoundationModel
-from fmrec.serving.quant import is_int8, quantize_model
+from fmrec.serving.quant import FP16, INT8_GROUPS, INT8_ROWS, is_int8, quantize_model
 from fmrec.serving.request import Encoded, Query, RequestError, encode
 from fmrec.vocab import Vocabulary
 
 FM_TASK = "fm"  # the task name that asks for the foundation model itself (also what an empty TASK means)
 
 
+def fm_storage(name: str, module: torch.nn.Module) -> str:
+    """The FM's quantisation policy (why: fmrec.serving.quant): the item ID table int8 with a scale
+    per 16 columns, the transformer blocks int8 with a scale per row, the small input tables
+    (positions, event fields, release year, genre projection) and any head fp16."""
+    if name == "items.ids":
+        return INT8_GROUPS
+    if name.startswith("blocks."):
+        return INT8_ROWS
+    return FP16
+
+
 def quantize_int8(model: FoundationModel) -> FoundationModel:
-    """A copy of the FM with int8 weights (fmrec.serving.quant: per-row int8 + fp32 scales, every Linear
-    and Embedding, so the item table too); an FM that is already int8 is returned as it is."""
+    """A copy of the FM with compressed weights (fm_storage says which layer gets what); an FM that
+    is already int8 is returned as it is."""
     if is_int8(model):
         return model
-    quantized = quantize_model(model)
+    quantized = quantize_model(model, fm_storage)
     assert isinstance(quantized, FoundationModel)
     genres = quantized.items.genres  # (N+1, G) multi-hot 0/1: exact in uint8, a quarter of the bytes
     assert isinstance(genres, torch.Tensor)
     if genres.numel() and bool(torch.logical_or(genres == 0, genres == 1).all()):
         quantized.items.genres = genres.to(torch.uint8)
+    year = quantized.items.year_bucket  # (N+1,) small bucket numbers: int16 instead of int64
+    assert isinstance(year, torch.Tensor)
+    if year.numel() and int(year.max()) < 2 ** 15 and int(year.min()) >= 0:
+        quantized.items.year_bucket = year.to(torch.int16)
     return quantized
 
 

@@ -251,7 +251,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         set_faults(path, args.fault_error_share, args.fault_latency_ms)
         print(f"TEST ONLY: {path} fails {args.fault_error_share:.0%} of requests and answers {args.fault_latency_ms:g} ms late")
     tasks = ", ".join(Manifest.read(path / "1").tasks)
-    print(f"wrote Triton model {path} (python backend{', int8 weights, fp16 scale per 16 columns' if args.int8 else ''}, top {args.top_k}; "
+    print(f"wrote Triton model {path} (python backend{', int8 item table and blocks, fp16 input tables' if args.int8 else ''}, top {args.top_k}; "
           f"tasks: {tasks})")
     return 0
 
@@ -429,7 +429,7 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--repo", required=True, help="model repository folder")
     x.add_argument("--name", default="fmrec")
     x.add_argument("--top-k", type=int, default=100)
-    x.add_argument("--int8", action="store_true", help="store and serve int8 weights: int8 with an fp16 scale per 16 columns for every Linear and Embedding (item table included)")
+    x.add_argument("--int8", action="store_true", help="store and serve int8 weights: the item table and the transformer blocks int8 (fp16 scales), the small input tables fp16 (fmrec.serving.quant)")
     x.add_argument("--adapter", action="append", default=[], metavar="[TASK=]DIR",
                    help="a TaskAdapter version (fmrec finetune --out DIR) served as TASK; repeat for more (default name: its own)")
     x.add_argument("--fault-error-share", type=float, default=0.0, metavar="P",

@@ -16,7 +16,7 @@ from fmrec.serving.artifact import load_version
 from fmrec.serving.bench import dir_bytes
 from fmrec.serving.export import export_triton
 from fmrec.serving.infer import quantize_int8
-from fmrec.serving.quant import FORMAT_V1, GROUP, Int8Embedding, Int8Linear, dequantize, is_int8, quantize_groups
+from fmrec.serving.quant import FORMAT_V1, GROUP, HalfEmbedding, Int8Embedding, Int8Linear, dequantize, is_int8, quantize_groups
 from fmrec.train import build_model, evaluate, ranked_scores
 from fmrec.vocab import Vocabulary
 
@@ -57,6 +57,8 @@ def test_groups_follow_the_local_magnitude_where_one_row_scale_cannot() -> None:
 def test_a_diverged_weight_is_refused_with_the_fix() -> None:
     with pytest.raises(ValueError, match="retrain"):
         quantize_groups(torch.tensor([[1e10, 1.0]]))
+    with pytest.raises(ValueError, match="does not fit fp16.*retrain"):
+        HalfEmbedding.from_float(torch.nn.Embedding.from_pretrained(torch.tensor([[1e6, 1.0]])))
 
 
 def test_layers_compute_what_their_dequantised_weights_compute() -> None:

@@ -65,6 +65,13 @@ def quantize_groups(w: Tensor, group: int = GROUP) -> tuple[Tensor, Tensor]:
     return q.reshape(R, C), scale
 
 
+def to_half(w: Tensor) -> Tensor:
+    """w in fp16; a weight beyond fp16's range (a diverged model) is refused, not turned into inf."""
+    if bool((w.detach().abs() > torch.finfo(torch.float16).max).any()):
+        raise ValueError(f"a weight of magnitude {float(w.detach().abs().max()):.3g} does not fit fp16; the model diverged: retrain it")
+    return w.detach().to(torch.float16).clone()
+
+
 def dequantize(q: Tensor, scale: Tensor) -> Tensor:
     """The fp32 weight (R, C) of int8 q with per-group scales (R, G), or per-row ones (R,) (FORMAT_V1)."""
     if scale.dim() == 1:
@@ -156,7 +163,7 @@ class HalfLinear(nn.Module):
     @classmethod
     def from_float(cls, m: nn.Linear) -> HalfLinear:
         out = cls(m.in_features, m.out_features, m.bias is not None)
-        out.weight_h = m.weight.detach().to(torch.float16).clone()
+        out.weight_h = to_half(m.weight)
         if m.bias is not None:
             out.bias = m.bias.detach().float().clone()
         return out
@@ -178,7 +185,7 @@ class HalfEmbedding(nn.Module):
     @classmethod
     def from_float(cls, m: nn.Embedding) -> HalfEmbedding:
         out = cls(m.num_embeddings, m.embedding_dim)
-        out.weight_h = m.weight.detach().to(torch.float16).clone()
+        out.weight_h = to_half(m.weight)
         return out
 
     @property

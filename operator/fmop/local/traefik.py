@@ -120,7 +120,12 @@ def static_config(server: str, ca_file: str, token_file: str, address: str, web_
     return {
         "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
         "entryPoints": {"web": {"address": f"{address}:{web_port}"}, "traefik": {"address": f"{address}:{api_port}"}},
-        "providers": {"kubernetesCRD": dict(kube), "kubernetesGateway": {**kube, "statusAddress": {"ip": address}}},
+        # allowEmptyServices: a Service whose endpoints are all unready (a Triton pod failing its
+        # probe under load) leaves an empty pool answering 503; without it Traefik drops the whole
+        # IngressRoute and the stable's share answers 404 too (Traefik's Helm chart defaults to
+        # true since its 31.0.0 for this reason)
+        "providers": {"kubernetesCRD": {**kube, "allowEmptyServices": True},
+                      "kubernetesGateway": {**kube, "statusAddress": {"ip": address}}},
         "metrics": {"prometheus": {"entryPoint": "traefik", "addEntryPointsLabels": True, "addRoutersLabels": True,
                                    "addServicesLabels": True, "buckets": BUCKETS}},
         "ping": {"entryPoint": "traefik"},

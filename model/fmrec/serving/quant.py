@@ -93,25 +93,36 @@ class _TakesScaleShape(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-class Int8Linear(_TakesScaleShape):
-    """y = x @ dequantize(q, s).T + b with q int8 per output channel and column group."""
+class _LinearShape(nn.Module):
+    """What a compressed Linear keeps as nn.Linear does: its sizes and an fp32 bias."""
 
-    weight_q: Tensor
     bias: Tensor | None
 
     def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    def _take_bias(self, m: nn.Linear) -> None:
+        if m.bias is not None:
+            self.bias = m.bias.detach().float().clone()
+
+
+class Int8Linear(_TakesScaleShape, _LinearShape):
+    """y = x @ dequantize(q, s).T + b with q int8 per output channel and column group."""
+
+    weight_q: Tensor
+
+    def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
+        super().__init__(in_features, out_features, bias)
         self.register_buffer("weight_q", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("scale", torch.ones(out_features, _groups(in_features, GROUP), dtype=torch.float16))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
 
     @classmethod
     def from_float(cls, m: nn.Linear, group: int = GROUP) -> Int8Linear:
         out = cls(m.in_features, m.out_features, m.bias is not None)
         out.weight_q, out.scale = quantize_groups(m.weight, group)
-        if m.bias is not None:
-            out.bias = m.bias.detach().float().clone()
+        out._take_bias(m)
         return out
 
     def forward(self, x: Tensor) -> Tensor:
@@ -148,24 +159,20 @@ class Int8Embedding(_TakesScaleShape):
         return rows * s.repeat_interleave(self.embedding_dim // self.scale.shape[1], dim=-1)
 
 
-class HalfLinear(nn.Module):
+class HalfLinear(_LinearShape):
     """y = x @ w.float().T + b with w stored in fp16."""
 
     weight_h: Tensor
-    bias: Tensor | None
 
     def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
+        super().__init__(in_features, out_features, bias)
         self.register_buffer("weight_h", torch.zeros(out_features, in_features, dtype=torch.float16))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
 
     @classmethod
     def from_float(cls, m: nn.Linear) -> HalfLinear:
         out = cls(m.in_features, m.out_features, m.bias is not None)
         out.weight_h = to_half(m.weight)
-        if m.bias is not None:
-            out.bias = m.bias.detach().float().clone()
+        out._take_bias(m)
         return out
 
     def forward(self, x: Tensor) -> Tensor:

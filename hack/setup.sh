@@ -15,7 +15,7 @@ need openssl "used to make the local control plane's certificates (apt-get insta
 # Debian packages: Triton's python-backend stub (from nvidia-pytriton) links against the system
 # libpython3.11; the local node runs containerd + runc with Debian's CNI plugins; images are built
 # with debootstrap + buildah; gcc + libc6-dev compile the static pause binary; Alertmanager routes
-# Rollout alerts (fmop.local.monitoring). Prometheus is built from its Go module by build-tools.sh:
+# Rollout alerts (fmdev.local.monitoring). Prometheus is built from its Go module by build-tools.sh:
 # Debian's lacks kubernetes_sd, and on a systemd host its package starts a service on :9090, the
 # operator's default metrics port.
 DEBS="libpython3.11 containerd runc containernetworking-plugins buildah debootstrap gcc libc6-dev iproute2 prometheus-alertmanager"
@@ -33,6 +33,9 @@ echo "[setup] Python virtualenv in .venv"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev,model,serving,bench]'
+# The developer tooling (devtools/: local cluster, demo, benchmarks) is a distribution of its own,
+# so it ships in neither the operator's wheel nor its image.
+.venv/bin/python -m pip install -q --no-deps -e devtools
 # MovieLens 100K ships inside the recbole wheel; only its data files are read (never copied here).
 .venv/bin/python -m pip install -q --no-deps 'recbole==1.2.1'
 
@@ -41,7 +44,7 @@ bash hack/build-tools.sh
 
 if [ "$(id -u)" = 0 ]; then
   echo "[setup] images for the local node (debootstrap + buildah; cached by content, the first run takes minutes)"
-  .venv/bin/python -m fmop.local.images
+  .venv/bin/python -m fmdev.local.images
 else
   echo "[setup] not root: skipping the local node's images (containerd, kubelet and buildah need root)"
 fi

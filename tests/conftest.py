@@ -29,7 +29,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The real API server (etcd, kube-apiserver, controller-manager, scheduler) with every CRD, ours and
     third-party, but no node: for tests that only need objects accepted or rejected by real schemas.
     Several can run on one machine at once (free ports, 127.0.0.1), unlike the node."""
-    from fmop.local.cluster import LocalCluster
+    from fmdev.local.cluster import LocalCluster
 
     with LocalCluster(workdir=tmp_path_factory.mktemp("control-plane"), node=False) as c:
         yield c
@@ -39,7 +39,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The real single-node Kubernetes (control plane, kubelet + containerd, the KServe and Argo
     controllers, Traefik) with every CRD installed, once per test session."""
-    from fmop.local.cluster import LocalCluster
+    from fmdev.local.cluster import LocalCluster
 
     if os.environ.get("FMOP_TEST_NO_NODE"):  # development only: API-level tests without claiming the machine's node
         with LocalCluster(workdir=tmp_path_factory.mktemp("cluster"), node=False) as c:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from kubernetes import client
 
-from fmop.local.common import free_port
+from fmdev.local.common import free_port
 
 GROUP, VERSION = "fmops.dev", "v1alpha1"
 T = TypeVar("T")

@@ -9,7 +9,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from fmop.local.monitoring import Monitoring
+from fmdev.local.monitoring import Monitoring
 
 
 def promql(mon: Monitoring, query: str) -> list[dict[str, Any]]:

@@ -20,12 +20,13 @@ from typing import Any
 
 from kubernetes import client
 
-from fmop.local import kserve
+from fmdev.local import volumes
 from fmrec import checkpoint
 from fmrec.data.movielens import load_ml100k
 from fmrec.data.split import leave_one_out
 from fmrec.serving.export import export_triton, set_faults
-from fmrec.train import TrainSettings, build_model, train
+from fmrec.train.loop import TrainSettings
+from fmrec.train.pretrain import build_model, pretrain
 from fmrec.vocab import Vocabulary
 
 GROUP, VERSION = "fmops.dev", "v1alpha1"
@@ -45,7 +46,7 @@ def train_tiny_fm(out: Path) -> Path:
     """A small ML-100K FM (1 epoch, width 32): enough to serve real rankings quickly."""
     ml = leave_one_out(load_ml100k())
     model = build_model(ml.log, d_model=32, n_layers=1, n_heads=2, context_len=32, event_fields=("item", "action", "timeGap"))
-    train(model, ml, TrainSettings(epochs=1, batch_size=256, stride=32), log=lambda m: None)
+    pretrain(model, ml, TrainSettings(epochs=1, batch_size=256, stride=32), log=lambda m: None)
     checkpoint.save(model, out, {"data": "movielens100k"}, Vocabulary.from_log(ml.log, ml.train_mask()))
     return out
 
@@ -53,15 +54,15 @@ def train_tiny_fm(out: Path) -> Path:
 def publish_versions(cluster: Any, api: client.ApiClient, namespace: str, trained: Path, name: str = "movielens") -> dict[str, str]:
     """Export every version onto the models volume and record them in a FoundationModel's status,
     as a training Workflow would. Returns version -> storageUri."""
-    models = kserve.models_dir(cluster)
-    kserve.models_volume(cluster, namespace)
+    models = volumes.models_dir(cluster)
+    volumes.models_volume(cluster, namespace)
     uris: dict[str, str] = {}
     for version, errors, latency in VERSIONS:
         repo = models / namespace / name / version
         model = export_triton(trained, repo, name="fmrec", k=10)
         if errors or latency:
             set_faults(model, error_share=errors, latency_ms=latency)
-        uris[version] = f"pvc://{kserve.MODELS_CLAIM}/{namespace}/{name}/{version}"
+        uris[version] = f"pvc://{volumes.MODELS_CLAIM}/{namespace}/{name}/{version}"
     fm = yaml_example("foundationmodel.yaml")
     fm["metadata"] = {"name": name, "namespace": namespace}
     custom = client.CustomObjectsApi(api)

@@ -1,4 +1,4 @@
-"""`python -m fmop.local up/down` as a person runs it: the node starts, survives a crash (a second
+"""`python -m fmdev up/down` as a person runs it: the node starts, survives a crash (a second
 `up` starts clean), and `down` leaves no process, container, network namespace, bridge, cgroup or
 mount behind.
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from fmop.local import node as nodemod
-from fmop.local.common import alive, binary
+from fmdev.local import node as nodemod
+from fmdev.local.common import alive, binary
 
 from .helpers import wait_for
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the node needs root (
 
 
 def cli(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fmop.local", f"--dir={workdir}", *args],
+    return subprocess.run([sys.executable, "-m", "fmdev", f"--dir={workdir}", *args],
                           capture_output=True, text=True, timeout=600)
 
 

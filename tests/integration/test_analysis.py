@@ -17,8 +17,8 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from fmop.api.rollout import Analysis, Metric, MinSampleSize, RolloutSpec
-from fmop.local.common import Supervisor, free_port
-from fmop.local.monitoring import Monitoring
+from fmdev.local.common import Supervisor, free_port
+from fmdev.local.monitoring import Monitoring
 from fmop.rollout import analysis, naming
 from fmop.rollout.types import Measure, Measurement, SplitSample
 from tests.conftest import load_example

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from fmop.local import argo, images
+from fmdev.local import argo, images
 
 from .helpers import wait_for
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from fmop.local.common import binary
+from fmdev.local.common import binary
 from tests.conftest import REPO, load_example
 from tests.integration.helpers import running_operator, wait_condition
 from tests.integration.test_operator import apply

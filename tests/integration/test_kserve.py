@@ -12,13 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fmop.local import kserve
+from fmdev.local import kserve, volumes
 from fmrec import checkpoint
 from fmrec.data.movielens import load_ml100k
 from fmrec.data.split import LeaveOneOut, leave_one_out
 from fmrec.serving.client import Event, RecommenderClient
 from fmrec.serving.export import export_triton
-from fmrec.train import TrainSettings, build_model, train
+from fmrec.train.loop import TrainSettings
+from fmrec.train.pretrain import build_model, pretrain
 from fmrec.vocab import Vocabulary
 from tests.model.serving_cases import assert_same_ranking, evaluated_scores, raw_history
 
@@ -35,7 +36,7 @@ def ml() -> LeaveOneOut:
 @pytest.fixture(scope="module")
 def trained(ml: LeaveOneOut, tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = build_model(ml.log, d_model=32, n_layers=1, n_heads=2, context_len=T, event_fields=("item", "action", "timeGap"))
-    train(model, ml, TrainSettings(epochs=1, batch_size=256, stride=T), log=lambda m: None)
+    pretrain(model, ml, TrainSettings(epochs=1, batch_size=256, stride=T), log=lambda m: None)
     out = tmp_path_factory.mktemp("fm")
     checkpoint.save(model, out, {"data": "movielens100k"}, Vocabulary.from_log(ml.log, ml.train_mask()))
     return out
@@ -55,9 +56,9 @@ def events(split: LeaveOneOut, user: int) -> list[Event]:
 
 
 def test_inferenceservice_serves_the_exported_fm(cluster: Any, namespace: str, trained: Path, ml: LeaveOneOut) -> None:
-    export_triton(trained, kserve.models_dir(cluster) / namespace / "fm-v1", name="fmrec", k=K)
-    kserve.models_volume(cluster, namespace)
-    cluster.apply([isvc("fm", namespace, f"pvc://{kserve.MODELS_CLAIM}/{namespace}/fm-v1")], "InferenceService fm")
+    export_triton(trained, volumes.models_dir(cluster) / namespace / "fm-v1", name="fmrec", k=K)
+    volumes.models_volume(cluster, namespace)
+    cluster.apply([isvc("fm", namespace, f"pvc://{volumes.MODELS_CLAIM}/{namespace}/fm-v1")], "InferenceService fm")
 
     def ready() -> dict[str, Any] | None:
         obj: dict[str, Any] = json.loads(cluster.kubectl("get", "inferenceservice", "fm", "-n", namespace, "-o", "json").stdout)
@@ -93,7 +94,7 @@ def test_inferenceservice_serves_the_exported_fm(cluster: Any, namespace: str, t
 
 
 def test_kserve_webhook_rejects_an_invalid_inferenceservice(cluster: Any, namespace: str) -> None:
-    bad = isvc("bad", namespace, f"pvc://{kserve.MODELS_CLAIM}/nowhere", minReplicas=3, maxReplicas=2)
+    bad = isvc("bad", namespace, f"pvc://{volumes.MODELS_CLAIM}/nowhere", minReplicas=3, maxReplicas=2)
     out = cluster.kubectl("apply", "-f", "-", input=json.dumps(bad), check=False)
     assert out.returncode != 0
     assert "inferenceservice.kserve-webhook-server.validator" in out.stderr, out.stderr

@@ -26,7 +26,7 @@ import yaml
 from kubernetes import client, config
 
 from fmop.api.rollout import RolloutSpec, RolloutStatus
-from fmop.local.common import binary
+from fmdev.local.common import binary
 from fmop.rollout import ABORT_ANNOTATION, PROMOTE_ANNOTATION, RETRY_ANNOTATION, EmitEvent
 from tests.conftest import REPO, load_example
 from tests.unit.rollout_world import World, stable_world, with_model

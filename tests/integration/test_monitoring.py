@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from fmop.local.common import Supervisor, free_port
-from fmop.local.monitoring import Monitoring
+from fmdev.local.common import Supervisor, free_port
+from fmdev.local.monitoring import Monitoring
 from fmop.rollout import naming
 from tests.integration.prom import wait_scraped
 

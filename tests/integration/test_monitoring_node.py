@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from fmop.api.rollout import Analysis, RolloutSpec
-from fmop.local import kserve
-from fmop.local.common import Supervisor
-from fmop.local.monitoring import Monitoring
+from fmdev.local import volumes
+from fmdev.local.common import Supervisor
+from fmdev.local.monitoring import Monitoring
 from fmop.rollout import analysis, naming
 from fmop.rollout.types import Measure
 from fmrec.data.split import LeaveOneOut
@@ -44,9 +44,9 @@ def monitoring(cluster: Any, tmp_path: Path) -> Iterator[Monitoring]:
 def test_prometheus_discovers_and_scrapes_a_predictor_pod(cluster: Any, namespace: str, trained: Path, ml: LeaveOneOut,  # noqa: F811
                                                          monitoring: Monitoring) -> None:
     name = naming.isvc_name(ROLLOUT, REVISION)
-    export_triton(trained, kserve.models_dir(cluster) / namespace / "fm-v1", name="fmrec", k=10)
-    kserve.models_volume(cluster, namespace)
-    obj = isvc(name, namespace, f"pvc://{kserve.MODELS_CLAIM}/{namespace}/fm-v1")
+    export_triton(trained, volumes.models_dir(cluster) / namespace / "fm-v1", name="fmrec", k=10)
+    volumes.models_volume(cluster, namespace)
+    obj = isvc(name, namespace, f"pvc://{volumes.MODELS_CLAIM}/{namespace}/fm-v1")
     obj["metadata"]["labels"] = {naming.LABEL_ROLLOUT: ROLLOUT, naming.LABEL_REVISION: str(REVISION)}
     cluster.apply([obj], f"InferenceService {name}")
 

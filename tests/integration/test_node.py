@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from fmop.local import images
-from fmop.local.node import NODE_IP, NODE_NAME
+from fmdev.local import images
+from fmdev.local.node import NODE_IP, NODE_NAME
 
 from .helpers import wait_for
 

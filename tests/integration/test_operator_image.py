@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from fmop.local import images
+from fmdev.local import images
 from tests.conftest import load_example
 from tests.integration.helpers import wait_condition, wait_for
 from tests.integration.test_helm import CHART, helm

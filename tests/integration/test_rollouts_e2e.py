@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from fmop.local import traefik as local_traefik
-from fmop.local.common import free_port
-from fmop.local.monitoring import Monitoring
+from fmdev.local import traefik as local_traefik
+from fmdev.local.common import free_port
+from fmdev.local.monitoring import Monitoring
 from fmop.rollout import naming
 from fmop.rollout.verdicts import split_within_sigma
 

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fmop.local import images, traefik
+from fmdev.local import images, traefik
 
 from .helpers import wait_for
 

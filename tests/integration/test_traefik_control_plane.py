@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fmop.local import traefik
+from fmdev.local import traefik
 
 
 @pytest.fixture(scope="module")

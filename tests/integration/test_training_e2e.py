@@ -15,8 +15,8 @@ import torch
 import yaml
 from kubernetes import client
 
-from fmop.local import argo, images, kserve
-from fmop.training.status import plan_foundation_model
+from fmdev.local import argo, images, volumes
+from fmop.training.planner import plan
 from tests.conftest import load_example
 from tests.integration.helpers import GROUP, VERSION, get, running_operator, wait_for
 
@@ -73,7 +73,7 @@ def test_operator_trains_a_tiny_foundation_model_through_argo(cluster: Any, api:
     assert 0 < v1["metrics"]["NDCG@10"] <= v1["metrics"]["HR@10"] <= 1
     assert len(v1["dataFingerprint"]) >= 8 and v1["specGeneration"] == 1 and v1["workflow"] == training
     # the Triton repository is where a pvc:// storageUri serves it from
-    repo = kserve.models_dir(cluster) / namespace / "foundationmodels" / "movielens" / "v1" / "triton"
+    repo = volumes.models_dir(cluster) / namespace / "foundationmodels" / "movielens" / "v1" / "triton"
     assert (repo / "fmrec" / "config.pbtxt").is_file(), sorted(str(p) for p in repo.parent.rglob("*"))[:50]
     wf = yaml.safe_load(cluster.kubectl("get", "workflow", training, "-n", namespace, "-o", "yaml").stdout)
     assert wf["metadata"]["ownerReferences"][0]["kind"] == "FoundationModel"
@@ -86,7 +86,7 @@ def test_operator_trains_a_tiny_foundation_model_through_argo(cluster: Any, api:
         [a1] = ta_status["versions"]
         assert (ta_status["latestVersion"], ta_status["baseVersion"], a1["foundationModelVersion"]) == ("v1", "v1", "v1")
         assert a1["metrics"]["testUsers"] > 0 and 0 <= a1["metrics"]["NDCG@10"] <= 1
-        adapter_repo = kserve.models_dir(cluster) / namespace / "taskadapters" / name / "v1" / "triton" / "fmrec"
+        adapter_repo = volumes.models_dir(cluster) / namespace / "taskadapters" / name / "v1" / "triton" / "fmrec"
         files = list(adapter_repo.rglob(f"{name}.pt"))
         assert (adapter_repo / "config.pbtxt").is_file() and len(files) == 1, sorted(adapter_repo.rglob("*"))
         blob = torch.load(files[0], map_location="cpu", weights_only=True)  # the served file holds the adapter the spec names
@@ -121,9 +121,9 @@ def _train_on_two_nodes(cluster: Any, namespace: str, gpu: str) -> None:
     fm["spec"]["training"].update(epochs=2, batchSize=256)
     fm["spec"]["resources"].update(cpu="500m", memory="2Gi", gpus=1, nodes=2, gpuResourceName=gpu)
     fm["spec"]["export"] = {"formats": ["tritonPython"], "topK": 10}
-    plan = plan_foundation_model(fm, [], images.ref("fmrec"), "2026-01-01T00:00:00Z")
-    assert plan.create is not None
-    wf = plan.create
+    planned = plan(fm, [], "2026-01-01T00:00:00Z", image=images.ref("fmrec"))
+    assert planned.create is not None
+    wf = planned.create
     wf["metadata"].pop("ownerReferences")  # no FoundationModel object: the garbage collector would take it
     params = {p["name"]: p["value"] for p in wf["spec"]["arguments"]["parameters"]}
     assert (params["nnodes"], params["nproc-per-node"], params["gpu-resource"]) == ("2", "1", gpu)
@@ -147,7 +147,7 @@ def _train_on_two_nodes(cluster: Any, namespace: str, gpu: str) -> None:
     daemon = next(r for n, r in requests.items() if n.startswith("rendezvous"))
     assert gpu not in daemon and daemon["cpu"] == "100m", requests
     assert sum(r.get(gpu) == "1" for n, r in requests.items() if n.startswith("node")) == 2, requests
-    folder = kserve.models_dir(cluster) / params["version-dir"]
+    folder = volumes.models_dir(cluster) / params["version-dir"]
     assert (folder / "checkpoint" / "metrics.json").is_file() and (folder / "triton" / "fmrec" / "config.pbtxt").is_file()
     metrics = json.loads((folder / "evaluation.json").read_text())
     assert 0 < metrics["NDCG@10"] <= 1

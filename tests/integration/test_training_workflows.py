@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from fmop.api import FoundationModel, TaskAdapter
-from fmop.local.common import ClusterError
+from fmdev.local.common import ClusterError
 from fmop.training.render import Target, render_foundation_model, render_task_adapter
-from fmop.training.status import plan_foundation_model, plan_task_adapter
+from fmop.training.planner import plan as plan_training
 from tests.conftest import load_example
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
@@ -54,7 +54,7 @@ def test_every_workflow_template_is_accepted(control_plane: Any, ns: str) -> Non
 def test_rendered_foundation_model_workflows_are_accepted(control_plane: Any, ns: str, resources: dict[str, Any]) -> None:
     owner = _owner(control_plane, ns, "foundationmodel.yaml")
     owner["spec"]["resources"] = resources
-    plan = plan_foundation_model(owner, [], IMAGE, NOW)
+    plan = plan_training(owner, [], NOW, image=IMAGE)
     assert plan.create is not None
     control_plane.apply([plan.create], "rendered FoundationModel Workflow")
     got = yaml.safe_load(control_plane.kubectl("get", "workflow", plan.create["metadata"]["name"], "-n", ns, "-o", "yaml").stdout)
@@ -67,7 +67,7 @@ def test_rendered_task_adapter_workflow_is_accepted(control_plane: Any, ns: str)
     fm["status"] = {"latestVersion": "v1", "versions": [{"version": "v1", "artifactUri": "pvc://fmop-models/a/triton",
                                                          "checkpointUri": "pvc://fmop-models/a/checkpoint"}]}
     ta = _owner(control_plane, ns, "taskadapter.yaml")
-    plan = plan_task_adapter(ta, fm, [], IMAGE, NOW)
+    plan = plan_training(ta, [], NOW, image=IMAGE, foundation_model=fm)
     assert plan.create is not None
     control_plane.apply([plan.create], "rendered TaskAdapter Workflow")
     got = yaml.safe_load(control_plane.kubectl("get", "workflow", plan.create["metadata"]["name"], "-n", ns, "-o", "yaml").stdout)

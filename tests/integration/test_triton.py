@@ -31,7 +31,8 @@ from fmrec.serving.client import Event, Ranked, RecommenderClient
 from fmrec.serving.export import export_triton, set_faults
 from fmrec.serving.infer import quantize_int8
 from fmrec.serving.server import TritonServer
-from fmrec.train import TrainSettings, build_model, train
+from fmrec.train.loop import TrainSettings
+from fmrec.train.pretrain import build_model, pretrain
 from fmrec.vocab import Vocabulary
 from tests.model.serving_cases import assert_same_ranking, evaluated_scores, raw_history, with_device
 
@@ -58,7 +59,7 @@ def _save(model: FoundationModel, split: LeaveOneOut, out: Path) -> Path:
 def trained(ml: LeaveOneOut, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small ML-100K FM (1 epoch) and a `liked` adapter that ranks differently from it."""
     model = build_model(ml.log, d_model=32, n_layers=1, n_heads=2, context_len=T, event_fields=("item", "action", "timeGap"))
-    train(model, ml, TrainSettings(epochs=1, batch_size=256, stride=T), log=lambda m: None)
+    pretrain(model, ml, TrainSettings(epochs=1, batch_size=256, stride=T), log=lambda m: None)
     out = _save(model, ml, tmp_path_factory.mktemp("fm"))
     torch.manual_seed(1)
     adapter = Adapter(model, "bottleneck", 8)
@@ -72,7 +73,7 @@ def trained(ml: LeaveOneOut, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fielded(fielded_split: LeaveOneOut, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model trained with hour of day, day of week and a device context field."""
     model = build_model(fielded_split.log, d_model=16, n_layers=1, n_heads=2, context_len=12, event_fields=FIELDS)
-    train(model, fielded_split, TrainSettings(epochs=1, batch_size=64, stride=12), log=lambda m: None)
+    pretrain(model, fielded_split, TrainSettings(epochs=1, batch_size=64, stride=12), log=lambda m: None)
     return _save(model, fielded_split, tmp_path_factory.mktemp("fielded"))
 
 

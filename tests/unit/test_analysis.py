@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fmop.api.rollout import BUILTIN_METRICS, Analysis, Metric, RolloutSpec
-from fmop.local import monitoring
+from fmdev.local import monitoring
 from fmop.rollout import analysis, checks, naming
 from fmop.rollout.types import Measure
 from tests.conftest import load_example

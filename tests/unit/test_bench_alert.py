@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from fmop.api.rollout import TrafficRouting
-from fmop.local.bench_alert import _canary_weight, summary
+from fmdev.bench.alert import _canary_weight, summary
 from fmop.rollout import naming
 from fmop.rollout.providers import PROVIDERS, RolloutRef
 from fmop.rollout.types import SetTraffic

@@ -9,17 +9,16 @@ set in the controller's ConfigMap (the API server's address on the node bridge).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlparse
 
 import yaml
 
-from fmop.local import images, kserve
-from fmop.local.common import REPO, binary, free_port
-from fmop.local.node import Node
+from fmdev.local import images, volumes
+from fmdev.local.common import REPO, binary, free_port
+from fmdev.local.handle import Handle
+from fmdev.local.node import Node
 
-if TYPE_CHECKING:
-    from fmop.local.cluster import LocalCluster
 
 NAMESPACE = "argo"
 EXECUTOR_ROLE = "fmop-argo-executor"
@@ -47,14 +46,14 @@ def executor_role() -> dict[str, Any]:
                       {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "watch", "patch"]}]}
 
 
-def install_training(cluster: LocalCluster, namespace: str) -> list[str]:
+def install_training(cluster: Handle, namespace: str) -> list[str]:
     """What a namespace needs to run the operator's training Workflows: the repository's WorkflowTemplates,
     the executor's RoleBinding and the models volume. Returns the templates' names."""
     templates = [yaml.safe_load(p.read_text()) for p in sorted((REPO / "workflows").glob("*.yaml"))]
     for t in templates:
         t["metadata"]["namespace"] = namespace
     cluster.apply([*templates, executor_binding(namespace)], "WorkflowTemplates and the Argo executor's RoleBinding")
-    kserve.models_volume(cluster, namespace)
+    volumes.models_volume(cluster, namespace)
     return [t["metadata"]["name"] for t in templates]
 
 
@@ -65,7 +64,7 @@ def executor_binding(namespace: str, service_account: str = "default") -> dict[s
             "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}]}
 
 
-def start(cluster: LocalCluster, node: Node) -> str:
+def start(cluster: Handle, node: Node) -> str:
     refs = images.ensure(node, ["argoexec", "base"], log=cluster.log)
     api = urlparse(cluster.server)
     metrics_port = free_port()

@@ -16,14 +16,13 @@ per-service labels (`traefik_service_requests_total{service=...}`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from fmop.local.common import THIRD_PARTY_CRDS, ClusterError, binary, free_port, wait_http
+from fmdev.local.common import THIRD_PARTY_CRDS, ClusterError, binary, free_port, wait_http
+from fmdev.local.handle import Handle
 
-if TYPE_CHECKING:
-    from fmop.local.cluster import LocalCluster
 
 NAMESPACE = "traefik"
 SERVICE_ACCOUNT = "traefik"
@@ -142,11 +141,11 @@ def _check_crds() -> None:
                            "run `make setup` (hack/build-tools.sh fetches them from the modules)")
 
 
-def start(cluster: LocalCluster, timeout: float = 120.0) -> Endpoints:
+def start(cluster: Handle, timeout: float = 120.0) -> Endpoints:
     """Start Traefik (after the CRDs are installed) and wait until its Gateway is Programmed."""
     _check_crds()
     exe = binary("traefik")
-    address = cluster.plane.address
+    address = cluster.address
     web_port, api_port = free_port(address), free_port(address)
     cluster.apply(rbac(), "Traefik's namespace, ServiceAccount and ClusterRoles")
     token = cluster.kubectl("create", "token", SERVICE_ACCOUNT, "-n", NAMESPACE, "--duration=8760h").stdout.strip()

@@ -1,11 +1,11 @@
-"""python -m fmop.local up|down|status: the local single-node Kubernetes, detached.
+"""python -m fmdev COMMAND: the local single-node Kubernetes (detached), the demo and the alert benchmark.
 
     up       control plane, node (containerd + kubelet), KServe and Argo controllers, Traefik, all CRDs,
              Prometheus + Alertmanager
     down     stop everything and remove every container, network namespace, bridge and mount
     status   what runs and where
     models-volume NAMESPACE   the fmop-models claim in NAMESPACE (`default` has one after `up`)
-    demo     the whole product on the running cluster (make demo; see fmop/local/demo.py)
+    demo     the whole product on the running cluster (make demo; see devtools/fmdev/demo.py)
     bench-alert [--trials N]   alert fired in Prometheus -> traffic restored, N trials (make bench-alert)
 """
 
@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fmop.local.common import DEFAULT_DIR, ClusterError, alive
+from fmdev.local.common import DEFAULT_DIR, ClusterError, alive
 
 
 def _up(args: argparse.Namespace) -> int:
-    from fmop.local.cluster import LocalCluster
+    from fmdev.local.cluster import LocalCluster
 
     state = args.dir / "state.json"
     if state.exists() and any(alive(p) for p in json.loads(state.read_text()).get("pids", {}).values()):
@@ -63,8 +63,8 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from fmop.local import node as nodemod
-    from fmop.local.common import terminate
+    from fmdev.local import node as nodemod
+    from fmdev.local.common import terminate
 
     state = args.dir / "state.json"
     data = json.loads(state.read_text()) if state.exists() else {}
@@ -87,16 +87,16 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _models_volume(args: argparse.Namespace) -> int:
-    from fmop.local import kserve
-    from fmop.local.cluster import LocalCluster
+    from fmdev.local import volumes
+    from fmdev.local.cluster import LocalCluster
 
     cluster = LocalCluster(workdir=args.dir, attached=False)
     try:
-        kserve.models_volume(cluster, args.namespace)
+        volumes.models_volume(cluster, args.namespace)
     except ClusterError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"pvc://{kserve.MODELS_CLAIM}/<path> in namespace {args.namespace} is {kserve.models_dir(cluster)}/<path>")
+    print(f"pvc://{volumes.MODELS_CLAIM}/<path> in namespace {args.namespace} is {volumes.models_dir(cluster)}/<path>")
     return 0
 
 
@@ -104,21 +104,21 @@ def _publish(args: argparse.Namespace) -> int:
     """Export a trained model onto the local models volume and list it in a FoundationModel's status."""
     from kubernetes import client, config
 
-    from fmop.local import kserve
-    from fmop.local.cluster import LocalCluster
+    from fmdev.local import volumes
+    from fmdev.local.cluster import LocalCluster
     from fmrec.serving.export import ExportError, export_triton, set_faults
 
     cluster = LocalCluster(workdir=args.dir, attached=False)
     try:
-        kserve.models_volume(cluster, args.namespace)
-        model = export_triton(args.model, kserve.models_dir(cluster) / args.namespace / args.name / args.version, name="fmrec",
+        volumes.models_volume(cluster, args.namespace)
+        model = export_triton(args.model, volumes.models_dir(cluster) / args.namespace / args.name / args.version, name="fmrec",
                               adapters=[(task, Path(folder)) for task, _, folder in (a.rpartition("=") for a in args.adapter)])
         if args.fault_error_share or args.fault_latency_ms:
             set_faults(model, args.fault_error_share, args.fault_latency_ms)
     except (ClusterError, ExportError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    uri = f"pvc://{kserve.MODELS_CLAIM}/{args.namespace}/{args.name}/{args.version}"
+    uri = f"pvc://{volumes.MODELS_CLAIM}/{args.namespace}/{args.name}/{args.version}"
     custom = client.CustomObjectsApi(config.new_client_from_config(config_file=str(cluster.kubeconfig_path)))  # type: ignore[no-untyped-call]
     try:
         fm: Any = custom.get_namespaced_custom_object("fmops.dev", "v1alpha1", args.namespace, "foundationmodels", args.name)
@@ -144,7 +144,7 @@ def _env(args: argparse.Namespace) -> int:
     data = json.loads(state.read_text())
     ends = data.get("endpoints", {})
     print(f"export KUBECONFIG={data['kubeconfig']}")
-    from fmop.local.common import BIN
+    from fmdev.local.common import BIN
 
     print(f"export PATH={Path(sys.executable).parent}:{BIN}:$PATH")  # kubectl, and the kubectl-fmops plugin
     if "prometheus" in ends:
@@ -168,7 +168,7 @@ def _load(args: argparse.Namespace) -> int:
     if not url:
         print("no gateway: make cluster-up first, or give --url", file=sys.stderr)
         return 1
-    from fmop.local.common import INFER_REQUEST
+    from fmdev.local.common import INFER_REQUEST
 
     body = json.dumps(INFER_REQUEST).encode()
     counts: Counter[str] = Counter()
@@ -194,13 +194,13 @@ def _load(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from fmop.local import demo
+    from fmdev import demo
 
     return demo.main(args.rest, workdir=args.dir)
 
 
 def _bench_alert(args: argparse.Namespace) -> int:
-    from fmop.local import bench_alert
+    from fmdev.bench import alert as bench_alert
 
     return bench_alert.main(args.rest, workdir=args.dir)
 
@@ -220,7 +220,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fmop.local", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m fmdev", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, default=Path(os.environ.get("FMOP_CLUSTER_DIR", DEFAULT_DIR)),
                         help="state directory (kubeconfig, logs, etcd data, node state); default %(default)s")
@@ -257,9 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     ld.set_defaults(func=_load)
     sub.add_parser("status", help="show processes and endpoints").set_defaults(func=_status)
     sub.add_parser("demo", help="the whole story on the running local cluster: train through Argo, fine-tune, serve, canary, "
-                                "alert rollback (fmop.local.demo)", add_help=False).set_defaults(func=_demo)
+                                "alert rollback (fmdev.demo)", add_help=False).set_defaults(func=_demo)
     sub.add_parser("bench-alert", help="alert fired in Prometheus -> traffic restored, over repeated trials on the running "
-                                       "local cluster (fmop.local.bench_alert)", add_help=False).set_defaults(func=_bench_alert)
+                                       "local cluster (fmdev.bench.alert)", add_help=False).set_defaults(func=_bench_alert)
     mv = sub.add_parser("models-volume", help="create the fmop-models claim (pvc://fmop-models/...) in a namespace")
     mv.add_argument("namespace")
     mv.set_defaults(func=_models_volume)

@@ -1,6 +1,6 @@
 """Benchmark: N Rollouts against the real local control plane, serving not started (issue #7, section 9).
 
-    python -m fmop.bench_rollouts --rollouts 500 --steady 60      # make bench-rollouts
+    python -m fmdev.bench.rollouts --rollouts 500 --steady 60      # make bench-rollouts
 
 Starts the local control plane (etcd, kube-apiserver, controller-manager, scheduler; every CRD, no
 node, no KServe controller: InferenceServices are written but never become Ready), one
@@ -28,8 +28,8 @@ from typing import Any
 
 import yaml
 
-from fmop.local.cluster import LocalCluster
-from fmop.local.common import free_port
+from fmdev.local.cluster import LocalCluster
+from fmdev.local.common import free_port
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -91,7 +91,7 @@ def _objects(n: int, namespace: str) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fmop.bench_rollouts", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fmdev.bench.rollouts", description=__doc__.split("\n\n")[0])
     p.add_argument("--rollouts", type=int, default=500)
     p.add_argument("--steady", type=float, default=60.0, help="seconds of steady state to measure")
     p.add_argument("--resync-seconds", type=float, default=10.0, help="the operator's --resync-seconds (its default)")

@@ -1,6 +1,6 @@
 """Benchmark: Alertmanager webhook received -> traffic object patched (issue #7, section 9).
 
-    python -m fmop.bench_webhook --trials 20      # make bench-webhook
+    python -m fmdev.bench.webhook --trials 20      # make bench-webhook
 
 Starts the real local control plane (no node), one FoundationModel with a version per trial, one
 Rollout (gatewayAPI provider: an HTTPRoute; steps setWeight 50, pause until promoted) and the
@@ -35,8 +35,8 @@ from typing import Any
 
 from kubernetes import client, config, watch
 
-from fmop.local.cluster import LocalCluster
-from fmop.local.common import free_port
+from fmdev.local.cluster import LocalCluster
+from fmdev.local.common import free_port
 from fmop.rollout import naming
 
 NS, NAME, GROUP, VERSION = "bench", "reco", "fmops.dev", "v1alpha1"
@@ -160,7 +160,7 @@ def trial(custom: client.CustomObjectsApi, api: client.ApiClient, n: int, webhoo
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fmop.bench_webhook", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fmdev.bench.webhook", description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=20)
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fmop-bench-webhook-") as tmp, \

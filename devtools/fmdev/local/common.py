@@ -22,8 +22,21 @@ BIN = CACHE / "bin"
 THIRD_PARTY_CRDS = CACHE / "crds"
 KSERVE_CONFIG = CACHE / "kserve"
 DEFAULT_DIR = CACHE / "cluster"
-REPO = Path(__file__).resolve().parents[3]
+
+
+def _checkout() -> Path:
+    """The source checkout fmdev runs from: the developer tooling is never installed elsewhere (setup
+    installs it editable), and it reads the checkout's crds/, workflows/, model/ and Dockerfile.
+    FMOP_REPO names another checkout."""
+    if os.environ.get("FMOP_REPO"):
+        return Path(os.environ["FMOP_REPO"]).resolve()
+    here = Path(__file__).resolve()
+    return next((p for p in here.parents if (p / "devtools").is_dir() and (p / "crds").is_dir()), here.parents[3])
+
+
+REPO = _checkout()
 REPO_CRDS = REPO / "crds"
+Log = Callable[[str], Any]
 
 
 class ClusterError(RuntimeError):
@@ -167,7 +180,7 @@ def alive(pid: int) -> bool:
         return False
 
 
-# One user's v2 request in the served model's raw-ID contract: what `fmop.local load` and the demo send.
+# One user's v2 request in the served model's raw-ID contract: what `fmdev.local load` and the demo send.
 INFER_REQUEST: dict[str, Any] = {"inputs": [
     {"name": "ITEMS", "datatype": "BYTES", "shape": [1, 3], "data": ["50", "172", "133"]},
     {"name": "TIMESTAMPS", "datatype": "INT64", "shape": [1, 3], "data": [881250949, 881251000, 881251200]},

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from fmop.local.common import BIN, REPO, ClusterError, Supervisor, binary, free_port, run, wait_http
+from fmdev.local.common import BIN, REPO, ClusterError, Supervisor, binary, free_port, run, wait_http
 from fmop.rollout import naming
 
 DEBIAN_PROMETHEUS = "/usr/bin/prometheus"  # no kubernetes_sd_configs in Debian's build

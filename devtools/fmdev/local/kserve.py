@@ -15,20 +15,18 @@ import base64
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from fmop.local import images, pki
-from fmop.local.common import KSERVE_CONFIG, ClusterError, binary, free_port, wait_http
-from fmop.local.node import NODE_IP, Node
+from fmdev.local import images, pki, volumes
+from fmdev.local.common import KSERVE_CONFIG, ClusterError, binary, free_port, wait_http
+from fmdev.local.handle import Handle
+from fmdev.local.node import NODE_IP, Node
 
-if TYPE_CHECKING:
-    from fmop.local.cluster import LocalCluster
 
 NAMESPACE = "kserve"
 RUNTIME = "kserve-tritonserver"
-MODELS_CLAIM = "fmop-models"
 
 
 def _config_file(name: str) -> Path:
@@ -46,7 +44,7 @@ def configmap() -> dict[str, Any]:
     data.pop("_example", None)
     data["deploy"] = json.dumps({"defaultDeploymentMode": "Standard"})
     ingress = json.loads(data["ingress"])
-    ingress.update(disableIngressCreation=True, ingressDomain="fmop.local")
+    ingress.update(disableIngressCreation=True, ingressDomain="fmdev")
     data["ingress"] = json.dumps(ingress)
     return cm
 
@@ -78,41 +76,14 @@ def serving_runtime(image: str) -> dict[str, Any]:
     return rt
 
 
-def models_volume(cluster: LocalCluster, namespace: str) -> None:
-    """A PersistentVolumeClaim `fmop-models` in namespace, pre-bound to a hostPath volume onto the
-    cluster's models directory. `pvc://fmop-models/<path>` then names <models dir>/<path>."""
-    models = models_dir(cluster)
-    pv_name = f"fmop-models-{namespace}"
-    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name, "labels": {"fmops.dev/models": "local"}},
-          "spec": {"capacity": {"storage": "100Gi"}, "accessModes": ["ReadWriteMany"], "persistentVolumeReclaimPolicy": "Retain",
-                   "storageClassName": "fmop-local-models", "hostPath": {"path": str(models), "type": "Directory"},
-                   "claimRef": {"namespace": namespace, "name": MODELS_CLAIM}}}
-    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": MODELS_CLAIM, "namespace": namespace},
-           "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "fmop-local-models", "volumeName": pv_name,
-                    "resources": {"requests": {"storage": "100Gi"}}}}
-    # A namespace deleted and made again leaves its PersistentVolume Released, bound to the old claim's
-    # uid, and a new claim never binds to it: make it anew (Retain: the files on the host stay).
-    found = cluster.kubectl("get", "pv", pv_name, "-o", "jsonpath={.status.phase}", check=False)
-    if found.returncode == 0 and found.stdout.strip() == "Released":
-        cluster.kubectl("delete", "pv", pv_name, "--wait=true")
-    cluster.apply([pv, pvc], f"models volume for namespace {namespace}")
-
-
-def models_dir(cluster: LocalCluster) -> Path:
-    path = cluster.workdir / "models"
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o777)  # predictor pods run as uid 1000, training steps as root
-    return path
-
-
-def start(cluster: LocalCluster, node: Node) -> str:
+def start(cluster: Handle, node: Node) -> str:
     refs = images.ensure(node, ["fmrec"], log=cluster.log)
     cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE, "labels": {"control-plane": "kserve-controller-manager"}}},
                    configmap()], "KServe namespace and inferenceservice-config")
     tmp = cluster.workdir / "kserve-tmp"
     certs = tmp / "k8s-webhook-server" / "serving-certs"
     certs.mkdir(parents=True, exist_ok=True)
-    crt, key = pki.issue(cluster.plane.pki, "kserve-webhook", "kserve-webhook", ips=("127.0.0.1", NODE_IP))
+    crt, key = pki.issue(cluster.pki, "kserve-webhook", "kserve-webhook", ips=("127.0.0.1", NODE_IP))
     (certs / "tls.crt").write_bytes(crt.read_bytes())
     (certs / "tls.key").write_bytes(key.read_bytes())
     webhook_port, metrics_port, probe_port = free_port(), free_port(), free_port()
@@ -127,5 +98,5 @@ def start(cluster: LocalCluster, node: Node) -> str:
     url = f"https://127.0.0.1:{webhook_port}"
     cluster.apply(webhooks(url, cluster.ca_file.read_bytes()), "KServe webhook configurations")
     cluster.apply([serving_runtime(refs["fmrec"])], "the Triton ClusterServingRuntime")  # goes through KServe's validating webhook
-    models_volume(cluster, "default")
+    volumes.models_volume(cluster, "default")
     return f"controller manager (webhooks {url}, metrics 127.0.0.1:{metrics_port}), runtime {RUNTIME} = {refs['fmrec']}"

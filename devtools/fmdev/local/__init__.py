@@ -6,7 +6,7 @@
     controllers     the real KServe controller manager and Argo workflow-controller (kserve.py, argo.py)
 
 Every binary is built from its Go module by `hack/build-tools.sh` into the cache (default
-~/.cache/fm-operator). `python -m fmop.local up|down|status` drives it; `cluster.py` ties it together.
+~/.cache/fm-operator). `python -m fmdev up|down|status` drives it; `cluster.py` ties it together.
 None of this ships in the operator image: the operator never knows whether it talks to this or to a
 real cluster.
 """

@@ -31,14 +31,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fmop.local.common import BIN, CACHE, REPO, ClusterError, binary, run
-from fmop.local.node import SANDBOX_IMAGE_VERSION, Node
+from fmdev.local.common import BIN, CACHE, REPO, ClusterError, Log, binary, run
+from fmdev.local.node import SANDBOX_IMAGE_VERSION, Node
 
 STORE = CACHE / "buildah"
 ARCHIVES = CACHE / "images"
 DIST = "usr/local/lib/python3.11/dist-packages"
 BASE_PACKAGES = ["python3", "libpython3.11", "ca-certificates", "tzdata"]
-Log = Callable[[str], Any]
 
 
 def buildah(*args: str, what: str, timeout: float = 3600) -> str:
@@ -323,7 +322,7 @@ def ensure(node: Node, names: list[str], log: Log = print) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m fmop.local.images", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m fmdev.local.images", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", default=list(RECIPES), help=f"images to build (default: all of {', '.join(RECIPES)})")
     args = parser.parse_args(argv)

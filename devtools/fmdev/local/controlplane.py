@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from fmop.local import pki
-from fmop.local.common import Supervisor, binary, free_port, wait_http
+from fmdev.local import pki
+from fmdev.local.common import Supervisor, binary, free_port, wait_http
 
 SERVICE_CIDR = "10.96.0.0/16"
 

@@ -1,6 +1,6 @@
 """`make demo`: the whole product on the local node, from manifests to an alert rollback.
 
-    python -m fmop.local demo [--namespace demo]      # after `make cluster-up`
+    python -m fmdev demo [--namespace demo]      # after `make cluster-up`
 
 Every step is the real thing: the operator (a process here) renders Argo Workflows that the real
 workflow-controller runs as pods in the locally built fmrec image; versions land on the models
@@ -14,7 +14,7 @@ them to the operator's webhook. The story:
 4. a spec edit (more epochs) trains v2, which must pass the quality gate; the adapter retrains on v2;
 5. the Rollout moves to v2: shadow (20% mirrored) -> 5% -> 25% -> 50% -> 100% with analysis -> Promoted;
 6. a v3 with a fault (the served model's test-only 1.5 s latency, recorded as a version by hand, as
-   `python -m fmop.local publish --fault-latency-ms` does) -> canary -> p99 alert -> webhook -> RolledBack.
+   `python -m fmdev publish --fault-latency-ms` does) -> canary -> p99 alert -> webhook -> RolledBack.
 
 It prints a timeline (what changed, when, why) and ends with `kubectl get fmops`. The objects stay in
 the namespace afterwards; a second run starts by deleting it.
@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from fmop.local.common import INFER_REQUEST, ClusterError, alive, free_port
+from fmdev.local.common import INFER_REQUEST, ClusterError, alive, free_port
 
 GROUP, VERSION = "fmops.dev", "v1alpha1"
 REPO = Path(__file__).resolve().parents[3]
@@ -133,7 +133,7 @@ class Demo:
     def __init__(self, workdir: Path, namespace: str) -> None:
         from kubernetes import client, config
 
-        from fmop.local.cluster import LocalCluster
+        from fmdev.local.cluster import LocalCluster
 
         state = workdir / "state.json"
         if not state.exists() or not all(alive(p) for p in json.loads(state.read_text()).get("pids", {}).values()):
@@ -184,7 +184,7 @@ class Demo:
                         f"kubectl --kubeconfig {self.cluster.kubeconfig_path} -n {self.ns} describe fmops")
 
     def fresh_namespace(self) -> None:
-        from fmop.local import argo, kserve
+        from fmdev.local import argo, volumes
 
         self.delete_leftovers()
         try:
@@ -201,11 +201,11 @@ class Demo:
         except self.client.ApiException as err:
             if err.status != 404:
                 raise
-        shutil.rmtree(kserve.models_dir(self.cluster) / self.ns, ignore_errors=True)
+        shutil.rmtree(volumes.models_dir(self.cluster) / self.ns, ignore_errors=True)
         self.core.create_namespace(self.client.V1Namespace(metadata=self.client.V1ObjectMeta(name=self.ns)))
         templates = argo.install_training(self.cluster, self.ns)
         self.tl.say(f"namespace {self.ns}: WorkflowTemplates {', '.join(templates)}, "
-                    f"models volume (pvc://{kserve.MODELS_CLAIM}/...)")
+                    f"models volume (pvc://{volumes.MODELS_CLAIM}/...)")
 
     def delete_leftovers(self) -> None:
         """Our objects of an earlier run, deleted while the operator runs so that it lets go of them.
@@ -235,7 +235,7 @@ class Demo:
 
     def start_operator(self, train: bool = True) -> None:
         """The operator as a process; `train` gives it the fmrec image to run training Workflows with."""
-        from fmop.local import images
+        from fmdev.local import images
 
         for port in (WEBHOOK_PORT, METRICS_PORT):
             try:
@@ -346,12 +346,12 @@ class Demo:
 
     def faulty_version(self, name: str, good: dict[str, Any]) -> str:
         """A copy of a good version's Triton repository with the served model's test-only latency on,
-        listed in the FoundationModel's status as `name` (as `python -m fmop.local publish --fault-latency-ms` does)."""
-        from fmop.local import kserve
+        listed in the FoundationModel's status as `name` (as `python -m fmdev publish --fault-latency-ms` does)."""
+        from fmdev.local import volumes
         from fmrec.serving.export import set_faults
 
-        models = kserve.models_dir(self.cluster)
-        prefix = f"pvc://{kserve.MODELS_CLAIM}/"
+        models = volumes.models_dir(self.cluster)
+        prefix = f"pvc://{volumes.MODELS_CLAIM}/"
         if not str(good["artifactUri"]).startswith(prefix):
             raise DemoError(f"{good['version']}'s artifactUri {good['artifactUri']} is not on the local models volume")
         src = models / str(good["artifactUri"])[len(prefix):]
@@ -382,9 +382,9 @@ class Demo:
 
 
 def main(argv: list[str] | None = None, workdir: Path | None = None) -> int:
-    from fmop.local.common import DEFAULT_DIR
+    from fmdev.local.common import DEFAULT_DIR
 
-    p = argparse.ArgumentParser(prog="python -m fmop.local demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fmdev demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--namespace", default="demo")
     p.add_argument("--dir", type=Path, default=workdir or Path(os.environ.get("FMOP_CLUSTER_DIR", DEFAULT_DIR)))
     a = p.parse_args(argv)

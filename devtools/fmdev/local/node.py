@@ -26,9 +26,9 @@ from typing import Any
 
 import yaml
 
-from fmop.local import pki
-from fmop.local.common import CACHE, ClusterError, Supervisor, alive, binary, free_port, run, terminate, wait_http
-from fmop.local.controlplane import ControlPlane
+from fmdev.local import pki
+from fmdev.local.common import CACHE, ClusterError, Supervisor, alive, binary, free_port, run, terminate, wait_http
+from fmdev.local.controlplane import ControlPlane
 
 BRIDGE = os.environ.get("FMOP_BRIDGE", "fmop0")
 POD_SUBNET = os.environ.get("FMOP_POD_SUBNET", "10.88.0.0/24")

@@ -1,6 +1,6 @@
 """Benchmark: an alert firing in Prometheus -> traffic restored, over repeated trials (issue #7, section 9).
 
-    python -m fmop.local bench-alert [--trials 20]      # make bench-alert, after `make cluster-up`
+    python -m fmdev bench-alert [--trials 20]      # make bench-alert, after `make cluster-up`
 
 Everything is the real thing, as in `make demo`: KServe turns each revision into a Triton pod on the
 local node, Traefik carries a steady client load (10 requests/s), Prometheus scrapes Triton every
@@ -35,8 +35,8 @@ from typing import Any
 
 import yaml
 
-from fmop.local.common import ClusterError
-from fmop.local.demo import GROUP, REPO, VERSION, Demo, DemoError, Load
+from fmdev.local.common import ClusterError
+from fmdev.demo import GROUP, REPO, VERSION, Demo, DemoError, Load
 
 NAME, ALERT = "recommender", "FmRolloutLatencyP99"
 TRAEFIK = ("traefik.io", "v1alpha1", "traefikservices")
@@ -48,7 +48,7 @@ def parse(ts: str) -> datetime:
 
 class AlertBench(Demo):
     def setup(self, trials: int) -> None:
-        from fmop.local import kserve
+        from fmdev.local import volumes
         from fmrec.serving.export import export_triton, set_faults
 
         self.start_operator(train=False)
@@ -56,8 +56,8 @@ class AlertBench(Demo):
         trained = self.workdir / "bench-alert" / "fm"
         self.tl.say("training a small FM for the good version (1 epoch, width 32)")
         train_small_fm(trained)
-        models = kserve.models_dir(self.cluster)
-        prefix = f"pvc://{kserve.MODELS_CLAIM}/"
+        models = volumes.models_dir(self.cluster)
+        prefix = f"pvc://{volumes.MODELS_CLAIM}/"
         versions = []
         for i in range(trials + 1):
             version = f"v{i + 1}"
@@ -147,12 +147,13 @@ def train_small_fm(out: Path) -> None:
     from fmrec import checkpoint
     from fmrec.data.movielens import load_ml100k
     from fmrec.data.split import leave_one_out
-    from fmrec.train import TrainSettings, build_model, train
+    from fmrec.train.loop import TrainSettings
+    from fmrec.train.pretrain import build_model, pretrain
     from fmrec.vocab import Vocabulary
 
     ml = leave_one_out(load_ml100k())
     model = build_model(ml.log, d_model=32, n_layers=1, n_heads=2, context_len=32, event_fields=("item", "action", "timeGap"))
-    train(model, ml, TrainSettings(epochs=1, batch_size=256, stride=32), log=lambda m: None)
+    pretrain(model, ml, TrainSettings(epochs=1, batch_size=256, stride=32), log=lambda m: None)
     checkpoint.save(model, out, {"data": "movielens100k"}, Vocabulary.from_log(ml.log, ml.train_mask()))
 
 
@@ -166,9 +167,9 @@ def summary(rows: list[dict[str, float]]) -> str:
 
 
 def main(argv: list[str] | None = None, workdir: Path | None = None) -> int:
-    from fmop.local.common import DEFAULT_DIR
+    from fmdev.local.common import DEFAULT_DIR
 
-    p = argparse.ArgumentParser(prog="python -m fmop.local bench-alert", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fmdev bench-alert", description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--namespace", default="bench-alert")
     p.add_argument("--dir", type=Path, default=workdir or Path(os.environ.get("FMOP_CLUSTER_DIR", DEFAULT_DIR)))

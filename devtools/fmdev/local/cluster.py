@@ -3,7 +3,7 @@
     with LocalCluster(workdir, node=True, kserve=True, argo=True, traefik=True) as c:   # tests
         c.kubectl("get", "nodes")
 
-`python -m fmop.local up` runs the same thing detached (see __main__.py).
+`python -m fmdev up` runs the same thing detached (see __main__.py).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from fmop.local import node as nodemod
-from fmop.local.common import REPO_CRDS, THIRD_PARTY_CRDS, ClusterError, Supervisor, alive, binary
-from fmop.local.controlplane import ControlPlane
+from fmdev.local import node as nodemod
+from fmdev.local.common import REPO_CRDS, THIRD_PARTY_CRDS, ClusterError, Log, Supervisor, alive, binary
+from fmdev.local.controlplane import ControlPlane
 
 if TYPE_CHECKING:
-    from fmop.local.traefik import Endpoints as TraefikEndpoints
+    from fmdev.local.traefik import Endpoints as TraefikEndpoints
 
 
 @dataclass
@@ -33,14 +33,14 @@ class LocalCluster:
     kserve: bool = False
     argo: bool = False
     traefik: bool = False
-    monitoring: bool = False  # Prometheus + Alertmanager (fmop.local.monitoring)
+    monitoring: bool = False  # Prometheus + Alertmanager (fmdev.local.monitoring)
     scrape: dict[str, list[str]] = field(default_factory=dict)  # extra Prometheus jobs: name -> host:port targets
     webhook_url: str | None = None  # where Alertmanager posts; default the operator's receiver on 127.0.0.1:8081
-    log: Any = print
+    log: Log = print
     plane: ControlPlane = field(init=False)
     sup: Supervisor = field(init=False)
     the_node: nodemod.Node | None = field(default=None, init=False)
-    the_monitoring: Any = field(default=None, init=False)  # fmop.local.monitoring.Monitoring once started
+    the_monitoring: Any = field(default=None, init=False)  # fmdev.local.monitoring.Monitoring once started
     _claimed: bool = field(default=False, init=False)
     endpoints: dict[str, str] = field(default_factory=dict, init=False)
     traefik_endpoints: TraefikEndpoints | None = field(default=None, init=False)
@@ -70,6 +70,14 @@ class LocalCluster:
         return self.plane.ca_file
 
     @property
+    def address(self) -> str:
+        return self.plane.address
+
+    @property
+    def pki(self) -> Path:
+        return self.plane.pki
+
+    @property
     def pids(self) -> dict[str, int]:
         return self.sup.pids
 
@@ -88,7 +96,7 @@ class LocalCluster:
         self.endpoints["kube-apiserver"] = self.plane.server
         self._save()
         if self.node:
-            from fmop.local import images
+            from fmdev.local import images
 
             # The kubelet authorises the API server's calls (logs, exec, port-forward) like anyone
             # else's: by SubjectAccessReview for the API server's client certificate.
@@ -112,19 +120,19 @@ class LocalCluster:
         """CRDs, then KServe, Argo and Traefik (they need their CRDs before they start)."""
         self.install_crds()
         if self.kserve:
-            from fmop.local import kserve
+            from fmdev.local import kserve
 
             assert self.the_node is not None
             self.endpoints["kserve"] = kserve.start(self, self.the_node)
             self._save()
         if self.argo:
-            from fmop.local import argo
+            from fmdev.local import argo
 
             assert self.the_node is not None
             self.endpoints["argo"] = argo.start(self, self.the_node)
             self._save()
         if self.traefik:
-            from fmop.local import traefik
+            from fmdev.local import traefik
 
             ends = self.traefik_endpoints = traefik.start(self)
             self.endpoints["traefik"] = ends.web
@@ -132,7 +140,7 @@ class LocalCluster:
             self.endpoints["traefik-gateway"] = f"{traefik.GATEWAY_NAMESPACE}/{traefik.GATEWAY_NAME} (port {ends.port})"
             self._save()
         if self.monitoring:
-            from fmop.local import monitoring
+            from fmdev.local import monitoring
 
             scrape = dict(self.scrape)
             if self.traefik_endpoints is not None:  # Traefik's per-backend counters, for the split and dashboards
@@ -175,7 +183,7 @@ class LocalCluster:
             pids = json.loads(state.read_text()).get("pids", {}) if state.exists() else {}
             if Path(other["workdir"]) != self.workdir and any(alive(p) for p in pids.values()):
                 raise ClusterError(f"a local node is already running from {other['workdir']}: stop it first "
-                                   f"(`make cluster-down`, or `python -m fmop.local down --dir {other['workdir']}`)")
+                                   f"(`make cluster-down`, or `python -m fmdev down --dir {other['workdir']}`)")
             if Path(other["workdir"]) != self.workdir:
                 self.log(f"cleaning up a node left behind by {other['workdir']}")
                 nodemod.cleanup(Path(other["workdir"]), log=self.log)

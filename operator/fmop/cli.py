@@ -27,9 +27,10 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from fmop.api import GROUP, VERSION
+from fmop.kinds import ROLLOUT
 from fmop.rollout.types import ABORT_ANNOTATION, PROMOTE_ANNOTATION, RETRY_ANNOTATION
 
-PLURAL = "rollouts"
+PLURAL = ROLLOUT.plural
 TIMEOUT = (5.0, 30.0)  # connect, read (seconds)
 EVENTS_SHOWN = 12
 REQUESTS = {"promote": (PROMOTE_ANNOTATION, "lastPromoteRequest", "moves past a pause step (untilPromoted or a duration)"),

@@ -17,20 +17,17 @@ from typing import Any
 import kopf
 
 from fmop import __version__, metrics
-from fmop.api import GROUP, VERSION
+from fmop.api import GROUP
 from fmop.assess import Verdict
 from fmop.conditions import merge, now_rfc3339
 from fmop.config import Config
-from fmop.kube import KubeUnavailable, Reader, Workflows, api_client
+from fmop.kinds import FOUNDATION_MODEL, INFERENCE_SERVICE, ROLLOUT, TASK_ADAPTER, WORKFLOW, Kind
+from fmop.kube import Kube, KubeError, NotInstalled, api_client
 from fmop.rollout import naming, webhook
 from fmop.rollout.controller import Controller, PrometheusAnalysis, traffic_for
-from fmop.rollout.serving import GROUP as KSERVE_GROUP
-from fmop.rollout.serving import PLURAL as ISVC_PLURAL
 from fmop.rollout.types import Alert
+from fmop.training.planner import Plan, plan, with_log
 from fmop.training.render import LABEL_KIND, LABEL_OWNER
-from fmop.training.status import Plan, failed_pod, plan_foundation_model, plan_task_adapter
-
-FM, TA, RO = "foundationmodels", "taskadapters", "rollouts"
 
 
 @kopf.on.startup()
@@ -38,10 +35,10 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Lo
     cfg: Config = memo.get("config") or Config()
     memo["config"] = cfg
     api = api_client()
-    memo["reader"] = Reader(api)
-    memo["rollouts"] = Controller(api, traffic_for=traffic_for(api),
+    kube = Kube(api, field_manager=naming.FIELD_MANAGER)
+    memo["kube"] = kube
+    memo["rollouts"] = Controller(kube, traffic_for=traffic_for(api),
                                   analysis=PrometheusAnalysis(cfg.prometheus_url) if cfg.prometheus_url else None)
-    memo["workflows"] = Workflows(api)
     # Progress and diff-base live in annotations: our status schema is strict and owned by us.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
@@ -89,7 +86,7 @@ def _reconcile(kind: str, body: kopf.Body, patch: kopf.Patch, decide: Callable[[
     result = "error"
     try:
         result = _apply(kind, body, patch, decide())
-    except KubeUnavailable as err:
+    except KubeError as err:
         result = "retry"
         raise kopf.TemporaryError(f"{err}; retrying", delay=10) from err
     finally:
@@ -98,42 +95,43 @@ def _reconcile(kind: str, body: kopf.Body, patch: kopf.Patch, decide: Callable[[
 
 
 # ---------------------------------------------------------------- FoundationModel
-def _train(kind: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plan: Callable[[list[dict[str, Any]], str], Plan]) -> None:
-    """Follow the object's training Workflows: plan (pure) from what is found, apply/delete Workflows, patch status once."""
-    workflows: Workflows = memo["workflows"]
+def _train(kind: Kind, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plan_for: Callable[[list[dict[str, Any]]], Plan]) -> None:
+    """Follow the object's training Workflows: plan (pure) from what is found, then carry the plan out
+    (read the failed step's log if it asks, delete, apply), and patch status once."""
+    kube: Kube = memo["kube"]
     meta = body.get("metadata", {})
     namespace, name = str(meta.get("namespace")), str(meta.get("name"))
 
     def decide() -> Verdict:
-        found = workflows.list(namespace, {LABEL_KIND: kind, LABEL_OWNER: name})
-        p = plan(found, "")
-        if p.verdict.phase == "Failed" and p.create is None and p.verdict.extra.get("workflowName"):
-            wf = next((w for w in found if w["metadata"]["name"] == p.verdict.extra["workflowName"]), None)
-            node = failed_pod(wf) if wf else None
-            if node:  # the tail of the failed step's own log goes into the message
-                p = plan(found, workflows.step_log_tail(namespace, str(p.verdict.extra["workflowName"]), node))
+        try:
+            found = kube.list(WORKFLOW, namespace, {LABEL_KIND: kind.kind, LABEL_OWNER: name})
+        except NotInstalled:  # no Argo here: none of ours runs (applying one says what to install)
+            found = []
+        p = plan_for(found)
+        if p.read_log is not None:  # the tail of the failed step's own log goes into the message
+            step = p.read_log
+            p = with_log(p, kube.pod_log_tail(namespace, step.labels, step.annotations, container=step.container, lines=step.lines))
         for stale in p.delete:
-            workflows.delete(namespace, stale)
+            kube.delete(WORKFLOW, namespace, stale)
         if p.create is not None:
-            workflows.apply(p.create)
+            kube.apply(WORKFLOW, p.create)
         return p.verdict
 
-    _reconcile(kind, body, patch, decide)
+    _reconcile(kind.kind, body, patch, decide)
 
 
 def reconcile_foundation_model(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     image = memo["config"].trainer_image
-    _train("FoundationModel", body, patch, memo,
-           lambda found, log_tail: plan_foundation_model(dict(body), found, image, now_rfc3339(), log_tail))
+    _train(FOUNDATION_MODEL, body, patch, memo, lambda found: plan(dict(body), found, now_rfc3339(), image=image))
 
 
 # ---------------------------------------------------------------- TaskAdapter
 def reconcile_task_adapter(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, namespace: str, spec: kopf.Spec, **_: Any) -> None:
-    reader: Reader = memo["reader"]
+    kube: Kube = memo["kube"]
     image = memo["config"].trainer_image
-    _train("TaskAdapter", body, patch, memo,  # the FoundationModel is read inside, so an outage is a retry
-           lambda found, log_tail: plan_task_adapter(dict(body), reader.get(FM, namespace, spec["foundationModel"]["name"]),
-                                                     found, image, now_rfc3339(), log_tail))
+    _train(TASK_ADAPTER, body, patch, memo,  # the FoundationModel is read inside, so an outage is a retry
+           lambda found: plan(dict(body), found, now_rfc3339(), image=image,
+                              foundation_model=kube.get(FOUNDATION_MODEL, namespace, spec["foundationModel"]["name"])))
 
 
 # ---------------------------------------------------------------- Rollout
@@ -157,7 +155,7 @@ async def rollout_daemon(memo: kopf.Memo, namespace: str, name: str, stopped: ko
                 return
             if outcome.busy:
                 delay = cfg.rollout_tick_seconds
-        except KubeUnavailable as err:
+        except KubeError as err:
             logger.warning(f"{err}; retrying in {cfg.resync_seconds}s")
         except Exception:  # a bug must not stop the Rollout's daemon for good
             logger.exception("rollout reconcile failed; retrying")
@@ -169,7 +167,7 @@ async def rollout_daemon(memo: kopf.Memo, namespace: str, name: str, stopped: ko
 def reconcile_rollout_now(memo: kopf.Memo, namespace: str, name: str, **_: Any) -> None:
     try:
         _controller(memo).reconcile(namespace, name)
-    except KubeUnavailable as err:
+    except KubeError as err:
         raise kopf.TemporaryError(f"{err}; retrying", delay=10) from err
 
 
@@ -179,7 +177,7 @@ def on_inference_service(memo: kopf.Memo, namespace: str, labels: kopf.Labels, t
     if owner and type is not None and "rollouts" in memo:
         try:
             _controller(memo).reconcile(namespace, owner)
-        except KubeUnavailable as err:
+        except KubeError as err:
             logging.getLogger("fmop.rollout").warning(f"{err}; the Rollout's daemon will try again")
 
 
@@ -222,22 +220,23 @@ async def stop_webhook(memo: kopf.Memo, **_: Any) -> None:
 def register(cfg: Config) -> None:
     """Register the reconcile functions with kopf: create/update/resume and the resync timer for the
     FoundationModel and TaskAdapter, a daemon, edits and InferenceService events for the Rollout."""
-    for plural, fn in ((FM, reconcile_foundation_model), (TA, reconcile_task_adapter)):
+    for k, fn in ((FOUNDATION_MODEL, reconcile_foundation_model), (TASK_ADAPTER, reconcile_task_adapter)):
         name = fn.__name__
-        kopf.on.create(GROUP, VERSION, plural, id=f"{name}.create")(fn)
-        kopf.on.update(GROUP, VERSION, plural, id=f"{name}.update")(fn)
-        kopf.on.resume(GROUP, VERSION, plural, id=f"{name}.resume")(fn)
-        kopf.timer(GROUP, VERSION, plural, id=f"{name}.resync", interval=cfg.resync_seconds, initial_delay=cfg.resync_seconds,
+        kopf.on.create(k.group, k.version, k.plural, id=f"{name}.create")(fn)
+        kopf.on.update(k.group, k.version, k.plural, id=f"{name}.update")(fn)
+        kopf.on.resume(k.group, k.version, k.plural, id=f"{name}.resume")(fn)
+        kopf.timer(k.group, k.version, k.plural, id=f"{name}.resync", interval=cfg.resync_seconds, initial_delay=cfg.resync_seconds,
                    idle=None)(fn)
-    kopf.daemon(GROUP, VERSION, RO, id="rollout.daemon", cancellation_timeout=5.0)(rollout_daemon)
-    kopf.on.update(GROUP, VERSION, RO, id="rollout.update")(reconcile_rollout_now)
-    kopf.on.event(KSERVE_GROUP, "v1beta1", ISVC_PLURAL, id="rollout.inferenceservice",
+    ro, isvc = ROLLOUT, INFERENCE_SERVICE
+    kopf.daemon(ro.group, ro.version, ro.plural, id="rollout.daemon", cancellation_timeout=5.0)(rollout_daemon)
+    kopf.on.update(ro.group, ro.version, ro.plural, id="rollout.update")(reconcile_rollout_now)
+    kopf.on.event(isvc.group, isvc.version, isvc.plural, id="rollout.inferenceservice",
                   labels={naming.LABEL_ROLLOUT: kopf.PRESENT})(on_inference_service)
-    kopf.on.event(GROUP, VERSION, RO, id="rollout.remember")(remember_rollout)
+    kopf.on.event(ro.group, ro.version, ro.plural, id="rollout.remember")(remember_rollout)
     kopf.on.startup(id="webhook.start")(start_webhook)
     kopf.on.cleanup(id="webhook.stop")(stop_webhook)
 
 
 @kopf.on.probe(id="api")
 def probe(memo: kopf.Memo, **_: Any) -> str:
-    return "ok" if memo.get("reader") is not None else "starting"
+    return "ok" if memo.get("kube") is not None else "starting"

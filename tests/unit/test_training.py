@@ -22,7 +22,8 @@ from fmop.training.render import (
     render_task_adapter,
     workflow_name,
 )
-from fmop.training.status import gate, plan_foundation_model, plan_task_adapter
+from fmop.training import planner
+from fmop.training.planner import StepLog, gate, with_log
 from tests.conftest import REPO, load_example
 
 IMAGE = "localhost/fmop/fmrec:test"
@@ -83,7 +84,8 @@ def test_foundation_model_workflow_references_the_template_and_is_owned_and_labe
 
 def test_training_settings_reach_the_trainer_as_the_template_passes_them() -> None:
     """spec.training -> Workflow parameters -> the pretrain step's arguments -> fmrec train's TrainSettings."""
-    from fmrec.__main__ import _settings, parser
+    from fmrec.__main__ import parser
+    from fmrec.cli.args import settings_from
 
     fm = FoundationModel.model_validate(fm_obj(training={"epochs": 7, "learningRate": 0.003, "weightDecay": 0.05,
                                                          "windowStride": 25, "weightAverage": 0.99}))
@@ -92,7 +94,7 @@ def test_training_settings_reach_the_trainer_as_the_template_passes_them() -> No
     pretrain = next(t for t in template["spec"]["templates"] if t["name"] == "pretrain")
     args = pretrain["container"]["args"]
     cli = [re.sub(r"\{\{workflow\.parameters\.([a-z-]+)\}\}", lambda m: rendered[m.group(1)], a) for a in args[args.index("fmrec") + 1:]]
-    settings = _settings(parser().parse_args(cli))
+    settings = settings_from(parser().parse_args(cli))
     assert (settings.epochs, settings.lr, settings.weight_decay, settings.stride, settings.ema) == (7, 0.003, 0.05, 25, 0.99)
     default = params(render_foundation_model(FoundationModel.model_validate(fm_obj()), Target("ns", "movielens", "u", 1, "v1"), IMAGE))
     assert default["window-stride"] == str(fm.spec.architecture.contextLength) and default["weight-average"] == "0.0"
@@ -213,31 +215,31 @@ def test_the_task_adapter_template_declares_every_rendered_parameter_and_passes_
 
 # ---------------------------------------------------------------- FoundationModel bookkeeping
 def test_new_object_submits_v1() -> None:
-    plan = plan_foundation_model(fm_obj(), [], IMAGE, NOW)
+    plan = planner.plan(fm_obj(), [], NOW, image=IMAGE)
     assert plan.create is not None and plan.create["metadata"]["name"] == "movielens-v1-g1"
     assert plan.verdict.phase == "Training" and plan.verdict.extra["workflowName"] == "movielens-v1-g1"
     assert cond(plan.verdict.conditions, "Training").reason == "WorkflowSubmitted"
 
 
 def test_no_trainer_image_trains_nothing_and_says_how_to_turn_it_on() -> None:
-    plan = plan_foundation_model(fm_obj(), [], "", NOW)
+    plan = planner.plan(fm_obj(), [], NOW, image="")
     assert plan.create is None and plan.verdict.phase == "Pending"
     assert "--trainer-image" in cond(plan.verdict.conditions, "Training").message
 
 
 def test_running_workflow_shows_training_with_progress() -> None:
-    wf = plan_foundation_model(fm_obj(), [], IMAGE, NOW).create
+    wf = planner.plan(fm_obj(), [], NOW, image=IMAGE).create
     assert wf is not None
-    plan = plan_foundation_model(fm_obj(), [finished(wf, "Running")], IMAGE, NOW)
+    plan = planner.plan(fm_obj(), [finished(wf, "Running")], NOW, image=IMAGE)
     assert plan.create is None and plan.delete == ()
     assert plan.verdict.phase == "Training" and plan.verdict.extra["progress"] == "1/4"
 
 
 def test_succeeded_workflow_records_v1_with_lineage_and_metrics() -> None:
-    wf = plan_foundation_model(fm_obj(), [], IMAGE, NOW).create
+    wf = planner.plan(fm_obj(), [], NOW, image=IMAGE).create
     assert wf is not None
     done = finished(wf, "Succeeded", {"HR@10": 0.2, "NDCG@10": 0.1})
-    plan = plan_foundation_model(fm_obj(), [done], IMAGE, NOW)
+    plan = planner.plan(fm_obj(), [done], NOW, image=IMAGE)
     assert plan.verdict.phase == "Ready" and plan.verdict.extra["latestVersion"] == "v1"
     [v] = plan.verdict.extra["versions"]
     assert v["artifactUri"] == "pvc://fmop-models/ns/foundationmodels/movielens/v1/triton"
@@ -246,26 +248,29 @@ def test_succeeded_workflow_records_v1_with_lineage_and_metrics() -> None:
     assert v["metrics"]["NDCG@10"] == 0.1 and v["metrics"]["HR@10"] == 0.2 and v["metrics"]["epochs"] == 20
     # the next reconcile, with that status stored, changes nothing and submits nothing
     stored = fm_obj(status={"latestVersion": "v1", "versions": plan.verdict.extra["versions"]})
-    again = plan_foundation_model(stored, [done], IMAGE, NOW)
+    again = planner.plan(stored, [done], NOW, image=IMAGE)
     assert again.create is None and again.verdict.extra["versions"] == plan.verdict.extra["versions"]
 
 
 def test_failed_workflow_names_the_step_and_its_log_tail() -> None:
-    wf = plan_foundation_model(fm_obj(), [], IMAGE, NOW).create
+    wf = planner.plan(fm_obj(), [], NOW, image=IMAGE).create
     assert wf is not None
     bad = finished(wf, "Failed")
     bad["status"]["nodes"]["pod-1"] = {"id": "pod-1", "type": "Pod", "displayName": "pretrain", "phase": "Failed",
                                        "message": "Error (exit code 2)", "finishedAt": NOW}
-    plan = plan_foundation_model(fm_obj(), [bad], IMAGE, NOW, log_tail="error: slice attribute 'region' is not in this data\n")
+    asks = planner.plan(fm_obj(), [bad], NOW, image=IMAGE)
+    assert asks.read_log == StepLog("movielens-v1-g1", "pod-1"), "the plan asks for the failed step's log"
+    plan = with_log(asks, "error: slice attribute 'region' is not in this data\n")
+    assert plan.read_log is None
     assert plan.verdict.phase == "Failed" and plan.create is None
     assert "step pretrain failed: Error (exit code 2)" in plan.verdict.message
     assert "slice attribute 'region'" in plan.verdict.message
 
 
 def test_spec_edit_supersedes_the_running_workflow() -> None:
-    old = plan_foundation_model(fm_obj(), [], IMAGE, NOW).create
+    old = planner.plan(fm_obj(), [], NOW, image=IMAGE).create
     assert old is not None
-    plan = plan_foundation_model(fm_obj(generation=2), [finished(old, "Running")], IMAGE, NOW)
+    plan = planner.plan(fm_obj(generation=2), [finished(old, "Running")], NOW, image=IMAGE)
     assert plan.create is not None and plan.create["metadata"]["name"] == "movielens-v1-g2"
     assert plan.delete == ("movielens-v1-g1",)
 
@@ -276,32 +281,32 @@ def _annotated(obj: dict[str, Any], revision: str) -> dict[str, Any]:
 
 
 def test_new_data_revision_trains_a_new_version_of_the_same_spec() -> None:
-    wf1 = plan_foundation_model(fm_obj(), [], IMAGE, NOW).create
+    wf1 = planner.plan(fm_obj(), [], NOW, image=IMAGE).create
     assert wf1 is not None and "fmops.dev/data-revision" not in wf1["metadata"]["labels"]
     done1 = finished(wf1, "Succeeded", {"NDCG@10": 0.1})
-    v1 = plan_foundation_model(fm_obj(), [done1], IMAGE, NOW).verdict.extra["versions"]
+    v1 = planner.plan(fm_obj(), [done1], NOW, image=IMAGE).verdict.extra["versions"]
     assert "dataRevision" not in v1[0]
     stored = fm_obj(status={"latestVersion": "v1", "versions": v1})
-    assert plan_foundation_model(stored, [done1], IMAGE, NOW).create is None  # nothing new: nothing trains
+    assert planner.plan(stored, [done1], NOW, image=IMAGE).create is None  # nothing new: nothing trains
 
     # The data pipeline lands a new day and says so: the same spec generation trains v2 on it.
     new = _annotated(fm_obj(status={"latestVersion": "v1", "versions": v1}), "2026-12-03")
-    plan = plan_foundation_model(new, [done1], IMAGE, NOW)
+    plan = planner.plan(new, [done1], NOW, image=IMAGE)
     assert plan.create is not None and re.fullmatch(r"movielens-v2-g1-d[0-9a-f]{6}", plan.create["metadata"]["name"])
     assert plan.create["metadata"]["labels"]["fmops.dev/data-revision"] == "2026-12-03"
     assert "data revision 2026-12-03" in plan.verdict.message
     done2 = finished(plan.create, "Succeeded", {"NDCG@10": 0.1})
-    versions = plan_foundation_model(new, [done1, done2], IMAGE, NOW).verdict.extra["versions"]
+    versions = planner.plan(new, [done1, done2], NOW, image=IMAGE).verdict.extra["versions"]
     assert [(v["version"], v.get("dataRevision")) for v in versions] == [("v1", None), ("v2", "2026-12-03")]
-    again = plan_foundation_model(_annotated(fm_obj(status={"latestVersion": "v2", "versions": versions}), "2026-12-03"),
-                                  [done1, done2], IMAGE, NOW)
+    again = planner.plan(_annotated(fm_obj(status={"latestVersion": "v2", "versions": versions}), "2026-12-03"),
+                         [done1, done2], NOW, image=IMAGE)
     assert again.create is None, "the same data revision trains once"
 
 
 def test_a_data_revision_that_is_no_label_value_is_hashed_and_supersedes_the_running_workflow() -> None:
-    wf1 = plan_foundation_model(fm_obj(), [], IMAGE, NOW).create
+    wf1 = planner.plan(fm_obj(), [], NOW, image=IMAGE).create
     assert wf1 is not None
-    plan = plan_foundation_model(_annotated(fm_obj(), "s3://events/dt=2026-12-03/"), [finished(wf1, "Running")], IMAGE, NOW)
+    plan = planner.plan(_annotated(fm_obj(), "s3://events/dt=2026-12-03/"), [finished(wf1, "Running")], NOW, image=IMAGE)
     assert plan.create is not None and plan.delete == ("movielens-v1-g1",)
     assert plan.create["metadata"]["name"] != "movielens-v1-g1", "the new Workflow must not collide with the one being deleted"
     label = plan.create["metadata"]["labels"]["fmops.dev/data-revision"]
@@ -322,9 +327,9 @@ def _trained_v1(ndcg: float) -> dict[str, Any]:
 def test_quality_gate(ndcg: float, tolerance: float | None, latest: str, gate_reason: str) -> None:
     spec = {"qualityGate": {"ndcgTolerance": tolerance}} if tolerance is not None else {}
     obj = fm_obj(generation=2, status=_trained_v1(0.1), **spec)
-    wf = plan_foundation_model(obj, [], IMAGE, NOW).create
+    wf = planner.plan(obj, [], NOW, image=IMAGE).create
     assert wf is not None and wf["metadata"]["labels"][LABEL_VERSION] == "v2"
-    plan = plan_foundation_model(obj, [finished(wf, "Succeeded", {"NDCG@10": ndcg})], IMAGE, NOW)
+    plan = planner.plan(obj, [finished(wf, "Succeeded", {"NDCG@10": ndcg})], NOW, image=IMAGE)
     assert plan.verdict.extra["latestVersion"] == latest
     assert [v["version"] for v in plan.verdict.extra["versions"]] == ["v1", "v2"]
     c = cond(plan.verdict.conditions, "QualityGate")
@@ -342,11 +347,11 @@ def test_version_history_limit_prunes_versions_and_their_workflows() -> None:
     versions = [{"version": f"v{i}", "artifactUri": "pvc://fmop-models/x", "specGeneration": i, "workflow": f"movielens-v{i}-g{i}",
                  "metrics": {"NDCG@10": 0.1}} for i in (1, 2)]
     obj = fm_obj(generation=3, status={"latestVersion": "v2", "versions": versions}, versionHistoryLimit=2)
-    wf = plan_foundation_model(obj, [], IMAGE, NOW).create
+    wf = planner.plan(obj, [], NOW, image=IMAGE).create
     assert wf is not None
     old = [{"metadata": {"name": f"movielens-v{i}-g{i}", "labels": {LABEL_VERSION: f"v{i}", LABEL_GENERATION: str(i)}},
             "status": {"phase": "Succeeded"}} for i in (1, 2)]
-    plan = plan_foundation_model(obj, [*old, finished(wf, "Succeeded", {"NDCG@10": 0.11})], IMAGE, NOW)
+    plan = planner.plan(obj, [*old, finished(wf, "Succeeded", {"NDCG@10": 0.11})], NOW, image=IMAGE)
     assert [v["version"] for v in plan.verdict.extra["versions"]] == ["v2", "v3"]
     assert plan.delete == ("movielens-v1-g1",)
 
@@ -359,25 +364,25 @@ def fm_with(*versions: str) -> dict[str, Any]:
 
 
 def test_adapter_waits_for_a_foundation_model_version() -> None:
-    plan = plan_task_adapter(ta_obj(), fm_obj(), [], IMAGE, NOW)
+    plan = planner.plan(ta_obj(), [], NOW, image=IMAGE, foundation_model=fm_obj())
     assert plan.create is None and plan.verdict.phase == "Pending"
 
 
 def test_adapter_fine_tunes_on_the_latest_version_and_retrains_on_a_new_one() -> None:
-    plan = plan_task_adapter(ta_obj(), fm_with("v1"), [], IMAGE, NOW)
+    plan = planner.plan(ta_obj(), [], NOW, image=IMAGE, foundation_model=fm_with("v1"))
     wf = plan.create
     assert wf is not None and wf["metadata"]["labels"][LABEL_BASE] == "v1"
     assert params(wf)["base-checkpoint"] == "ns/foundationmodels/movielens/v1/checkpoint"
     result = {"fm_plus_adapter": {"HR@10": 0.3, "NDCG@10": 0.15}, "frozen_fm": {"HR@10": 0.2, "NDCG@10": 0.1},
               "adapter_params": 2000, "users": 40}
     done = finished(wf, "Succeeded", result)
-    plan = plan_task_adapter(ta_obj(), fm_with("v1"), [done], IMAGE, NOW)
+    plan = planner.plan(ta_obj(), [done], NOW, image=IMAGE, foundation_model=fm_with("v1"))
     assert plan.verdict.phase == "Ready" and plan.verdict.extra["latestVersion"] == "v1"
     [v] = plan.verdict.extra["versions"]
     assert v["foundationModelVersion"] == "v1" and v["metrics"]["NDCG@10"] == 0.15 and v["metrics"]["frozen NDCG@10"] == 0.1
     # FollowLatest: the FoundationModel gets v2, the adapter trains again on it
     stored = ta_obj(status={"latestVersion": "v1", "versions": plan.verdict.extra["versions"]})
-    again = plan_task_adapter(stored, fm_with("v1", "v2"), [done], IMAGE, NOW)
+    again = planner.plan(stored, [done], NOW, image=IMAGE, foundation_model=fm_with("v1", "v2"))
     assert again.create is not None and again.create["metadata"]["labels"][LABEL_BASE] == "v2"
     assert again.create["metadata"]["labels"][LABEL_VERSION] == "v2" and again.delete == ()
 
@@ -385,9 +390,90 @@ def test_adapter_fine_tunes_on_the_latest_version_and_retrains_on_a_new_one() ->
 def test_production_example_renders_for_8_gpus() -> None:
     obj = load_example("production/foundationmodel.yaml")
     obj["metadata"].update(namespace="recsys", uid="u", generation=1)
-    plan = plan_foundation_model(obj, [], IMAGE, NOW)
+    plan = planner.plan(obj, [], NOW, image=IMAGE)
     assert plan.create is not None, plan.verdict.message
     p = params(plan.create)
     assert (p["nproc-per-node"], p["data"], p["version-dir"]) == ("8", "parquet:s3://recsys-events/interactions/2026/",
                                                                   "recsys/foundation/events-fm/v1")
     assert plan.create["spec"]["nodeSelector"] == {"node.kubernetes.io/instance-type": "p5.48xlarge"}
+
+
+# ---------------------------------------------------------------- the four cases, both kinds
+def _planned(kind: str, workflows: list[dict[str, Any]], status: dict[str, Any] | None = None) -> planner.Plan:
+    if kind == "FoundationModel":
+        return planner.plan(fm_obj(status=status), workflows, NOW, image=IMAGE)
+    return planner.plan(ta_obj(status=status), workflows, NOW, image=IMAGE, foundation_model=fm_with("v1"))
+
+
+def _failed(wf: dict[str, Any]) -> dict[str, Any]:
+    bad = finished(wf, "Failed")
+    bad["status"]["nodes"]["pod-1"] = {"id": "pod-1", "type": "Pod", "displayName": "train", "phase": "Failed",
+                                       "message": "Error (exit code 2)", "finishedAt": NOW}
+    return bad
+
+
+TRAINED = {"FoundationModel": {"latestVersion": "v1", "versions": [{"version": "v1", "artifactUri": "pvc://fmop-models/x", "specGeneration": 1,
+                                                                   "workflow": "movielens-v1-g1"}]},
+           "TaskAdapter": {"latestVersion": "v1", "versions": [{"version": "v1", "foundationModelVersion": "v1", "artifactUri": "pvc://fmop-models/y",
+                                                               "specGeneration": 1, "workflow": "west-coast-v1-g1"}]}}
+# What each case finds of the Workflow the kind's first plan submits.
+FOUND: dict[str, Any] = {"none": lambda wf: [], "trained": lambda wf: [], "running": lambda wf: [finished(wf, "Running")],
+                         "failed": lambda wf: [_failed(wf)], "succeeded": lambda wf: [finished(wf, "Succeeded", {"NDCG@10": 0.1})]}
+
+
+@pytest.mark.parametrize(("kind", "case", "phase", "reason", "says"), [
+    pytest.param("FoundationModel", "none", "Training", "WorkflowSubmitted", "training v1 (spec generation 1) in Workflow movielens-v1-g1",
+                 id="fm-no-workflow-submits"),
+    pytest.param("TaskAdapter", "none", "Training", "WorkflowSubmitted", "fine-tuning v1 on movielens v1 in Workflow west-coast-v1-g1",
+                 id="ta-no-workflow-submits"),
+    pytest.param("FoundationModel", "trained", "Ready", None, "latest version v1", id="fm-no-workflow-trained-already"),
+    pytest.param("TaskAdapter", "trained", "Ready", None, "adapter v1 on v1", id="ta-no-workflow-trained-already"),
+    pytest.param("FoundationModel", "running", "Training", "WorkflowRunning", "training v1 in Workflow movielens-v1-g1: Running, 1/4 steps",
+                 id="fm-running"),
+    pytest.param("TaskAdapter", "running", "Training", "WorkflowRunning", "fine-tuning v1 in Workflow west-coast-v1-g1: Running, 1/4 steps",
+                 id="ta-running"),
+    pytest.param("FoundationModel", "failed", "Failed", "WorkflowFailed",
+                 "training v1 failed in Workflow movielens-v1-g1: step train failed: Error (exit code 2)", id="fm-failed"),
+    pytest.param("TaskAdapter", "failed", "Failed", "WorkflowFailed",
+                 "fine-tuning v1 failed in Workflow west-coast-v1-g1: step train failed: Error (exit code 2)", id="ta-failed"),
+    pytest.param("FoundationModel", "succeeded", "Ready", "Succeeded", "trained v1 in Workflow movielens-v1-g1; latest version v1",
+                 id="fm-succeeded-records-v1"),
+    pytest.param("TaskAdapter", "succeeded", "Ready", "Succeeded", "fine-tuned v1 on movielens v1 in Workflow west-coast-v1-g1",
+                 id="ta-succeeded-records-v1"),
+])
+def test_the_four_cases_of_the_training_workflow(kind: str, case: str, phase: str, reason: str | None, says: str) -> None:
+    submitted = _planned(kind, []).create
+    assert submitted is not None
+    p = _planned(kind, FOUND[case](submitted), TRAINED[kind] if case == "trained" else None)
+    training = next((c for c in p.verdict.conditions if c.type == "Training"), None)
+    assert (p.verdict.phase, training and training.reason, p.verdict.message) == (phase, reason, says)
+    assert cond(p.verdict.conditions, "Ready").status == ("True" if case in ("trained", "succeeded") else "False")
+    assert (p.create is not None) == (case == "none") and p.delete == ()
+    assert p.read_log == (StepLog(submitted["metadata"]["name"], "pod-1") if case == "failed" else None)
+    if case == "succeeded":
+        assert [v["version"] for v in p.verdict.extra["versions"]] == ["v1"] and p.verdict.extra["latestVersion"] == "v1"
+    if kind == "TaskAdapter":
+        assert p.verdict.extra["baseVersion"] == "v1"
+
+
+@pytest.mark.parametrize(("tail", "expected"), [
+    pytest.param("", "step train failed: Error (exit code 2)", id="empty-tail-leaves-the-message"),
+    pytest.param("Traceback\nValueError: bad slice\n", "Error (exit code 2); log tail: Traceback\nValueError: bad slice", id="tail-appended"),
+    pytest.param("x" * 5000, "; log tail: " + "x" * 600, id="long-tail-cut-to-its-end"),
+])
+def test_with_log_merges_the_tail_into_the_message_and_condition(tail: str, expected: str) -> None:
+    wf = _planned("FoundationModel", []).create
+    assert wf is not None
+    p = planner.with_log(_planned("FoundationModel", [_failed(wf)]), tail)
+    assert p.verdict.message.endswith(expected) and cond(p.verdict.conditions, "Training").message == p.verdict.message
+    assert p.read_log is None and p.verdict.phase == "Failed"
+
+
+def test_with_log_changes_nothing_when_the_plan_asks_for_no_log() -> None:
+    p = _planned("FoundationModel", [])
+    assert p.read_log is None and planner.with_log(p, "some log") == p
+
+
+def test_the_planner_plans_only_its_two_kinds() -> None:
+    with pytest.raises(ValueError, match="not 'Rollout'"):
+        planner.plan(load_example("rollout.yaml"), [], NOW, image=IMAGE)

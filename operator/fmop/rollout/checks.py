@@ -11,7 +11,7 @@ replaces the built-in (to change a threshold, copy the query from `BUILTIN` and 
 
 The queries read Triton's own metrics and the served model's custom metrics
 (model/fmrec/serving/metrics.py) with the target labels of `naming` (inferenceservice, namespace),
-which the local Prometheus' relabelling sets (fmop.local.monitoring); on a real cluster a
+which the local Prometheus' relabelling sets (fmdev.local.monitoring); on a real cluster a
 PodMonitor must relabel the same way. Windows are 1m, so a Prometheus scraping every 15-30 s still
 has the two samples rate() needs, and a 1 s local scrape reacts within seconds.
 

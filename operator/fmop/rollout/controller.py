@@ -27,20 +27,17 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from fmop import metrics
-from fmop.api import GROUP, VERSION
 from fmop.api.rollout import Rollout, RolloutSpec, RolloutStatus
 from fmop.assess import assess_rollout
 from fmop.conditions import Cond, Transition, merge
-from fmop.kube import KubeUnavailable
+from fmop.kinds import FOUNDATION_MODEL, INFERENCE_SERVICE, ROLLOUT, TASK_ADAPTER
+from fmop.kube import Conflict, Kube, KubeError
 from fmop.rollout import analysis, naming
 from fmop.rollout.clock import parse_ts, ts
 from fmop.rollout.engine import decide
-from fmop.rollout.serving import GROUP as KSERVE_GROUP
-from fmop.rollout.serving import PLURAL as ISVC_PLURAL
 from fmop.rollout.providers import kube as provider_io
 from fmop.rollout.providers.kube import TrafficError
 from fmop.rollout.providers import provider_for
@@ -66,7 +63,6 @@ from fmop.rollout.types import (
 )
 
 log = logging.getLogger("fmop.rollout")
-FM, TA, RO = "foundationmodels", "taskadapters", "rollouts"
 
 
 # ---------------------------------------------------------------- what the controller needs from the outside
@@ -143,16 +139,12 @@ class Outcome:
 
 @dataclass
 class Controller:
-    api: client.ApiClient
+    kube: Kube
     traffic_for: Callable[[RolloutSpec], Traffic]
     analysis: Analysis | None = None  # None: measurements come back as Error naming the missing Prometheus
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict, init=False)
     _guard: threading.Lock = field(default_factory=threading.Lock, init=False)
-
-    def __post_init__(self) -> None:
-        self.custom = client.CustomObjectsApi(self.api)
-        self.core = client.CoreV1Api(self.api)
 
     # ------------------------------------------------------------ entry point
     def reconcile(self, namespace: str, name: str, alerts: Iterable[Alert] = (), attempts: int = 3) -> Outcome:
@@ -183,7 +175,7 @@ class Controller:
 
     # ------------------------------------------------------------ one pass
     def _reconcile(self, namespace: str, name: str, alerts: tuple[Alert, ...]) -> Outcome:
-        body = self._get(GROUP, VERSION, namespace, RO, name)
+        body = self.kube.get(ROLLOUT, namespace, name)
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             return Outcome("gone")
         meta = body["metadata"]
@@ -197,8 +189,8 @@ class Controller:
         spec = ro.spec
 
         # References: the FoundationModel version and adapters must exist before anything is served.
-        fm = self._get(GROUP, VERSION, namespace, FM, spec.model.foundationModel.name)
-        adapters = {a.name: self._get(GROUP, VERSION, namespace, TA, a.name) for a in spec.model.adapters}
+        fm = self.kube.get(FOUNDATION_MODEL, namespace, spec.model.foundationModel.name)
+        adapters = {a.name: self.kube.get(TASK_ADAPTER, namespace, a.name) for a in spec.model.adapters}
         verdict = assess_rollout(body, fm, adapters)
         if "version" in verdict.extra:  # FollowLatest: serve the newest complete bundle assess_rollout resolved, as if named;
             # a served revision is pinned to what it serves (status has the spec's schema rules too)
@@ -221,7 +213,7 @@ class Controller:
             seen = traffic.observe(ref, spec)
         except TrafficError as err:
             if not err.retry:
-                raise KubeUnavailable(str(err)) from err
+                raise
             seen = "unknown"
         isvcs = self._inference_services(ref)
         obs = Observations(
@@ -264,7 +256,7 @@ class Controller:
                 wanted = render_isvc(ref, action.revision, spec.serving, served) if served else None
                 if wanted is None or (found is not None and contains(found, wanted)):
                     continue  # as wanted already: no write, so KServe's webhooks are not called on every tick
-                self._apply(KSERVE_GROUP, "v1beta1", namespace, ISVC_PLURAL, wanted)
+                self.kube.apply(INFERENCE_SERVICE, wanted)
                 done.append(f"ensure {naming.isvc_name(name, action.revision)}")
             elif isinstance(action, SetTraffic):  # always applied: an unchanged server-side apply writes nothing
                 canary = isvcs.get(action.canary_revision) if action.canary_revision is not None else None
@@ -275,12 +267,12 @@ class Controller:
                 try:
                     traffic.apply(ref, spec, action)
                 except TrafficError as err:
-                    raise KubeUnavailable(f"Rollout {namespace}/{name}: {err}") from err
+                    raise KubeError(f"Rollout {namespace}/{name}: {err}", retry=err.retry, status=err.status) from err
                 traffic_at = time.monotonic()
                 if obs.traffic == "unknown" or _differs(obs.traffic, action):
                     done.append(f"traffic {100 - action.canary_weight}/{action.canary_weight} mirror {action.mirror_percent}")
             elif isinstance(action, RemoveInferenceService):
-                self._delete(KSERVE_GROUP, "v1beta1", namespace, ISVC_PLURAL, naming.isvc_name(name, action.revision))
+                self.kube.delete(INFERENCE_SERVICE, namespace, naming.isvc_name(name, action.revision))
                 done.append(f"remove {naming.isvc_name(name, action.revision)}")
 
         result: Literal["changed", "unchanged", "conflict"] = "unchanged"
@@ -298,14 +290,8 @@ class Controller:
     # ------------------------------------------------------------ observations
     def _inference_services(self, ref: RolloutRef) -> dict[int, tuple[InferenceServiceState, dict[str, Any]]]:
         """The Rollout's InferenceServices by revision: their state, and the object as found."""
-        try:
-            found: Any = self.custom.list_namespaced_custom_object(KSERVE_GROUP, "v1beta1", ref.namespace, ISVC_PLURAL,
-                                                              label_selector=f"{naming.LABEL_ROLLOUT}={ref.name}")
-        except ApiException as err:
-            raise KubeUnavailable(f"LIST inferenceservices in {ref.namespace}: HTTP {err.status} {err.reason}"
-                                  + ("; install KServe's CRDs" if err.status == 404 else "")) from err
         out: dict[int, tuple[InferenceServiceState, dict[str, Any]]] = {}
-        for item in found.get("items", []):
+        for item in self.kube.list(INFERENCE_SERVICE, ref.namespace, {naming.LABEL_ROLLOUT: ref.name}):
             state = observe_isvc(item)
             if state is not None:
                 out[state.revision] = (state, item)
@@ -349,60 +335,19 @@ class Controller:
 
     def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> bool:
         """Replace status with the resourceVersion read: False on a conflict (someone wrote in between)."""
-        meta = body["metadata"]
-        obj = {"apiVersion": body["apiVersion"], "kind": body["kind"], "status": status,
-               "metadata": {"name": meta["name"], "namespace": meta["namespace"], "resourceVersion": meta["resourceVersion"]}}
         try:
-            self.custom.replace_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], RO, meta["name"], obj)
+            self.kube.replace_status(ROLLOUT, body, status)
             return True
-        except ApiException as err:
-            if err.status == 409:
-                return False
-            raise KubeUnavailable(f"PUT status of Rollout {meta['namespace']}/{meta['name']}: HTTP {err.status} {_reason(err)}") from err
-
-    def _apply(self, group: str, version: str, namespace: str, plural: str, obj: dict[str, Any]) -> None:
-        name = obj["metadata"]["name"]
-        try:
-            self.custom.patch_namespaced_custom_object(group, version, namespace, plural, name, obj,
-                                                       field_manager=naming.FIELD_MANAGER, force=True,
-                                                       _content_type="application/apply-patch+yaml")
-        except ApiException as err:
-            raise KubeUnavailable(f"apply {plural}.{group} {namespace}/{name}: HTTP {err.status} {_reason(err)}") from err
-
-    def _delete(self, group: str, version: str, namespace: str, plural: str, name: str) -> None:
-        try:
-            self.custom.delete_namespaced_custom_object(group, version, namespace, plural, name)
-        except ApiException as err:
-            if err.status != 404:
-                raise KubeUnavailable(f"delete {plural}.{group} {namespace}/{name}: HTTP {err.status} {_reason(err)}") from err
-
-    def _get(self, group: str, version: str, namespace: str, plural: str, name: str) -> dict[str, Any] | None:
-        try:
-            obj: Any = self.custom.get_namespaced_custom_object(group, version, namespace, plural, name)
-            return dict(obj)
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise KubeUnavailable(f"GET {plural}.{group} {namespace}/{name}: HTTP {err.status} {err.reason}") from err
-        except OSError as err:
-            raise KubeUnavailable(f"GET {plural}.{group} {namespace}/{name}: {err}") from err
+        except Conflict:
+            return False
 
     def _event(self, body: dict[str, Any], event: EmitEvent) -> None:
         """A core/v1 Event on the Rollout (posted directly: the webhook path runs outside kopf's handlers)."""
         meta = body["metadata"]
-        now = datetime.now(UTC)
-        ev = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
-            involved_object=client.V1ObjectReference(api_version=body["apiVersion"], kind=body["kind"], name=meta["name"],
-                                                     namespace=meta["namespace"], uid=meta["uid"],
-                                                     resource_version=meta.get("resourceVersion")),
-            reason=event.reason, message=event.message[:1024], type=event.type, count=1,
-            first_timestamp=now, last_timestamp=now, source=client.V1EventSource(component="fm-operator"),
-            reporting_component="fm-operator", reporting_instance="fm-operator")
         try:
-            self.core.create_namespaced_event(meta["namespace"], ev)
-        except ApiException as err:  # an Event is worth a log line, never a failed reconcile
-            log.warning(f"could not post Event {event.reason} on Rollout {meta['namespace']}/{meta['name']}: HTTP {err.status}")
+            self.kube.event(body, event.type, event.reason, event.message)
+        except KubeError as err:  # an Event is worth a log line, never a failed reconcile
+            log.warning(f"could not post Event {event.reason} on Rollout {meta['namespace']}/{meta['name']}: {err}")
         (log.info if event.type == "Normal" else log.warning)(f"Rollout {meta['namespace']}/{meta['name']}: {event.reason}: {event.message}")
 
 
@@ -460,11 +405,3 @@ def _invalid(err: ValidationError) -> str:
     path = ".".join(str(p) for p in first["loc"])
     return f"{path}: {first['msg']}; fix the field, or upgrade the CRDs to match this operator"
 
-
-def _reason(err: ApiException) -> str:
-    import json
-
-    try:
-        return str(json.loads(err.body or "{}").get("message") or err.reason)
-    except ValueError:
-        return str(err.reason)

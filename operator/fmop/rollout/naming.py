@@ -20,7 +20,7 @@ FIELD_MANAGER = "fm-operator"  # server-side apply field manager
 PREDICTOR_PORT = 80
 ISVC_POD_LABEL = "serving.kserve.io/inferenceservice"
 
-# The local Prometheus relabels pod metadata to these target labels (see fmop.local.monitoring); on a
+# The local Prometheus relabels pod metadata to these target labels (see fmdev.local.monitoring); on a
 # real cluster a PodMonitor/ServiceMonitor must do the same for the built-in analysis checks to work.
 PROM_ISVC_LABEL = "inferenceservice"  # from the pod label serving.kserve.io/inferenceservice
 PROM_NAMESPACE_LABEL = "namespace"

@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from fmop.api.rollout import Serving, ServeTarget
+from fmop.kinds import INFERENCE_SERVICE
 from fmop.rollout import naming
 from fmop.rollout.providers.base import RolloutRef
 from fmop.rollout.types import InferenceServiceState, ModelRef
 
-API_VERSION, KIND, GROUP, PLURAL = "serving.kserve.io/v1beta1", "InferenceService", "serving.kserve.io", "inferenceservices"
+API_VERSION, KIND = INFERENCE_SERVICE.api_version, INFERENCE_SERVICE.kind
 
 
 class StorageError(ValueError):

@@ -1,1 +1,1 @@
-"""Training: Workflow rendering (render.py) and version bookkeeping (status.py), pure functions."""
+"""Training: Workflow rendering (render.py) and the planner of versions (planner.py), pure functions."""

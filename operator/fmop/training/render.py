@@ -31,11 +31,12 @@ from fmop.api.common import API_VERSION, GROUP
 from fmop.api.common import GPUResources
 from fmop.api.foundationmodel import FoundationModel
 from fmop.api.taskadapter import BottleneckConfig, DistilledConfig, LoRAConfig, TaskAdapter
+from fmop.kinds import FOUNDATION_MODEL, TASK_ADAPTER, WORKFLOW
 
-MODELS_CLAIM = "fmop-models"  # the claim the templates mount (fmop.local.kserve.MODELS_CLAIM locally)
+MODELS_CLAIM = "fmop-models"  # the claim the templates mount; its one definition (the local cluster's volume imports it)
 FM_TEMPLATE = "fmop-foundation-model"
 TA_TEMPLATE = "fmop-task-adapter"
-WORKFLOW_API = "argoproj.io/v1alpha1"
+WORKFLOW_API = WORKFLOW.api_version
 
 LABEL_KIND = f"{GROUP}/kind"
 LABEL_OWNER = f"{GROUP}/owner"
@@ -128,7 +129,7 @@ def _workflow(kind: str, plural: str, t: Target, template: str, params: dict[str
         labels[LABEL_DATA_REVISION] = data_revision_label(t.data_revision)
     wf = Workflow(
         api_version=WORKFLOW_API,
-        kind="Workflow",
+        kind=WORKFLOW.kind,
         metadata=ObjectMeta(
             name=workflow_name(t.name, t.version, t.generation, t.data_revision),
             namespace=t.namespace,
@@ -165,7 +166,7 @@ def render_foundation_model(fm: FoundationModel, t: Target, image: str) -> dict[
     horizon = next((o.horizon for o in s.objectives if o.type == "multiToken" and o.horizon), 0)
     params = {
         "image": image,
-        "version-dir": version_dir(fm, "foundationmodels", t),
+        "version-dir": version_dir(fm, FOUNDATION_MODEL.plural, t),
         "data": data,
         "epochs": str(tr.epochs),
         "batch-size": str(tr.batchSize),
@@ -192,18 +193,18 @@ def render_foundation_model(fm: FoundationModel, t: Target, image: str) -> dict[
         "int8": str("tritonInt8" in s.export.formats).lower(),
         "embeddings": str("embeddings" in s.export.formats).lower(),
     }
-    return _workflow("FoundationModel", "foundationmodels", t, FM_TEMPLATE, params, _hardware(s.resources), {})
+    return _workflow(FOUNDATION_MODEL.kind, FOUNDATION_MODEL.plural, t, FM_TEMPLATE, params, _hardware(s.resources), {})
 
 
 def fm_artifacts(fm: FoundationModel, t: Target) -> tuple[str, str]:
     """(artifactUri, checkpointUri) of a FoundationModel version: its Triton repository and checkpoint."""
-    folder = version_dir(fm, "foundationmodels", t)
+    folder = version_dir(fm, FOUNDATION_MODEL.plural, t)
     return pvc_uri(f"{folder}/triton"), pvc_uri(f"{folder}/checkpoint")
 
 
 def ta_artifact(t: Target) -> str:
     """A TaskAdapter version's Triton repository (FM + adapter)."""
-    return pvc_uri(f"{version_dir(None, 'taskadapters', t)}/triton")
+    return pvc_uri(f"{version_dir(None, TASK_ADAPTER.plural, t)}/triton")
 
 
 def _adapter_params(ta: TaskAdapter) -> dict[str, str]:
@@ -229,7 +230,7 @@ def render_task_adapter(ta: TaskAdapter, t: Target, base_version: str, base_chec
     slice_ = f"{s.task.slice.attribute}={','.join(s.task.slice.values)}" if s.task.slice else ""
     params = {
         "image": image,
-        "version-dir": version_dir(None, "taskadapters", t),
+        "version-dir": version_dir(None, TASK_ADAPTER.plural, t),
         "base-checkpoint": pvc_path(base_checkpoint_uri),
         "task": s.task.name,
         "slice": slice_,
@@ -241,4 +242,4 @@ def render_task_adapter(ta: TaskAdapter, t: Target, base_version: str, base_chec
         "seed": str(s.training.seed),
         "threads": str(_threads(s.resources.cpu)),
     }
-    return _workflow("TaskAdapter", "taskadapters", t, TA_TEMPLATE, params, _hardware(s.resources), {LABEL_BASE: base_version})
+    return _workflow(TASK_ADAPTER.kind, TASK_ADAPTER.plural, t, TA_TEMPLATE, params, _hardware(s.resources), {LABEL_BASE: base_version})

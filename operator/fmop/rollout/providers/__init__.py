@@ -1,9 +1,10 @@
 """Traffic providers, one file each, behind `TrafficProvider` (base.py); I/O in `providers.kube`.
 
     provider = provider_for(spec.trafficRouting)
+    refs = provider.objects(rollout, spec.trafficRouting)                      # pure
     objs = provider.render(rollout, spec.trafficRouting, set_traffic)          # pure
-    kube.apply(api, provider, objs)                                            # server-side apply
-    found = kube.read(api, rollout.namespace, provider.objects(rollout, spec.trafficRouting))
+    kube.apply(api, provider, refs, objs)                                      # server-side apply (fmop.kube)
+    found = kube.read(api, provider, rollout.namespace, refs)
     observations.traffic = provider.observe(found)                             # pure
 """
 

@@ -23,8 +23,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from fmop.api import GROUP, VERSION
 from fmop.api.rollout import TrafficRouting
+from fmop.kinds import ROLLOUT, Kind
 from fmop.rollout import naming
 from fmop.rollout.types import ObservedTraffic, SetTraffic
 
@@ -44,7 +44,7 @@ class RolloutRef:
     uid: str
 
     def owner_reference(self) -> Obj:
-        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Rollout", "name": self.name, "uid": self.uid,
+        return {"apiVersion": ROLLOUT.api_version, "kind": ROLLOUT.kind, "name": self.name, "uid": self.uid,
                 "controller": True, "blockOwnerDeletion": True}
 
     def labels(self, revision: int | None = None) -> dict[str, str]:
@@ -76,6 +76,14 @@ class ObjectRef:
     @property
     def version(self) -> str:
         return self.api_version.split("/")[1]
+
+    @classmethod
+    def of(cls, kind: Kind, name: str) -> ObjectRef:
+        return cls(kind.api_version, kind.kind, kind.plural, name)
+
+    def as_kind(self, install: str) -> Kind:
+        """The kind's typed reference, with what to install when the API server does not serve it."""
+        return Kind(self.group, self.version, self.plural, self.kind, install)
 
     def __str__(self) -> str:
         return f"{self.kind} {self.name} ({self.plural}.{self.api_version})"

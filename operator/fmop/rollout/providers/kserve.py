@@ -23,22 +23,23 @@ from __future__ import annotations
 from typing import ClassVar
 
 from fmop.api.rollout import TrafficRouting
+from fmop.kinds import INFERENCE_SERVICE
 from fmop.rollout import naming
 from fmop.rollout.providers.base import UNKNOWN, Obj, ObjectRef, RolloutRef, TrafficProvider, Unknown, check, dig
 from fmop.rollout.types import ObservedTraffic, SetTraffic
 
-API_VERSION = "serving.kserve.io/v1beta1"
+API_VERSION = INFERENCE_SERVICE.api_version
 CANARY_REVISION_ANNOTATION = "fmops.dev/canary-revision"
 
 
 class KServe(TrafficProvider):
     name: ClassVar[str] = "kserve"
-    install_hint: ClassVar[str] = "install KServe's CRDs (serving.kserve.io)"
+    install_hint: ClassVar[str] = INFERENCE_SERVICE.install
     field_manager: ClassVar[str] = f"{naming.FIELD_MANAGER}-traffic"
     creates: ClassVar[bool] = False
 
     def objects(self, rollout: RolloutRef, routing: TrafficRouting) -> list[ObjectRef]:
-        return [ObjectRef(API_VERSION, "InferenceService", "inferenceservices", naming.traffic_object_name(rollout.name))]
+        return [ObjectRef.of(INFERENCE_SERVICE, naming.traffic_object_name(rollout.name))]
 
     def render(self, rollout: RolloutRef, routing: TrafficRouting, t: SetTraffic) -> list[Obj]:
         _, canary_weight = check(t)
@@ -49,7 +50,7 @@ class KServe(TrafficProvider):
         if t.canary_revision is not None:
             metadata["annotations"] = {CANARY_REVISION_ANNOTATION: str(t.canary_revision)}
         percent = canary_weight if t.canary_revision is not None else 100
-        return [{"apiVersion": API_VERSION, "kind": "InferenceService", "metadata": metadata,
+        return [{"apiVersion": API_VERSION, "kind": INFERENCE_SERVICE.kind, "metadata": metadata,
                  "spec": {"predictor": {"canaryTrafficPercent": percent}}}]
 
     def observe(self, found: list[Obj | None]) -> ObservedTraffic | Unknown:

@@ -13,7 +13,7 @@ from fmrec.data.split import LeaveOneOut
 from fmrec.nn.adapters import AdaptedModel
 from fmrec.nn.fm import FoundationModel
 from fmrec.serving.request import Query
-from fmrec.train import ranked_scores
+from fmrec.eval.evaluate import ranked_scores
 
 TIE = 1e-6  # scores this close are a tie that float rounding in another batch may order either way (seen: 4e-7)
 

@@ -16,7 +16,10 @@ from fmrec.data.synthetic import generate
 from fmrec.nn.adapters import AdaptedModel, AdapterBase, Distilled, LoRA, build_adapter
 from fmrec.nn.fm import FoundationModel
 from fmrec.tokens import tokenize
-from fmrec.train import TrainSettings, build_model, finetune, history_tensors
+from fmrec.train.batching import history_tensors
+from fmrec.train.finetune import finetune
+from fmrec.train.loop import TrainSettings
+from fmrec.train.pretrain import build_model
 
 T = 12
 SETTINGS = {"lora": {"rank": 4, "alpha": 8.0}, "distilled": {"layers": 1, "width": 8}}

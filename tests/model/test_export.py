@@ -20,7 +20,7 @@ from fmrec.serving.artifact import Manifest, load_version
 from fmrec.serving.infer import Recommender
 from fmrec.serving.export import ExportError, export_triton
 from fmrec.serving.request import Query
-from fmrec.train import build_model
+from fmrec.train.pretrain import build_model
 from fmrec.vocab import Vocabulary
 
 from .serving_cases import with_device

@@ -14,7 +14,10 @@ from fmrec.data.split import leave_one_out
 from fmrec.data.synthetic import generate
 from fmrec.nn.fm import FMConfig
 from fmrec.tokens import gap_buckets, tokenize, windows
-from fmrec.train import TrainSettings, build_model, evaluate, rank_targets, ranking_metrics, train
+from fmrec.eval.evaluate import evaluate
+from fmrec.eval.metrics import rank_targets, ranking_metrics
+from fmrec.train.loop import TrainSettings
+from fmrec.train.pretrain import build_model, pretrain
 
 VARIANTS = {
     "item-only": {"event_fields": ("item",)},
@@ -58,7 +61,7 @@ def test_contract(small, variant: str, tmp_path: Path) -> None:  # type: ignore[
     log, split = small
     model = make(log, **VARIANTS[variant])
     tok = tokenize(split.log)
-    from fmrec.train import batch_tensors, history_tensors
+    from fmrec.train.batching import batch_tensors, history_tensors
 
     rows = windows(split.offsets, split.train_mask(), 16, 8)[:8]
     H = model.cfg.horizon if "multiToken" in model.cfg.objectives else 1
@@ -131,7 +134,7 @@ def test_training_learns_and_beats_popularity(small) -> None:  # type: ignore[no
     log, split = small
     model = make(log, event_fields=("item", "action"), dropout=0.1)
     before = evaluate(model, split, "val")
-    hist = train(model, split, TrainSettings(epochs=8, batch_size=64, lr=3e-3, warmup_steps=10), stage="val", log=lambda m: None)
+    hist = pretrain(model, split, TrainSettings(epochs=8, batch_size=64, lr=3e-3, warmup_steps=10), stage="val", log=lambda m: None)
     after = evaluate(model, split, "val")
     assert hist[-1]["loss"] < hist[0]["loss"]
     counts = np.bincount(split.log.item[split.train_mask("val")], minlength=log.n_items + 1)
@@ -161,7 +164,7 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_untrained_adapter_scores_like_the_frozen_fm_and_is_small(small) -> None:  # type: ignore[no-untyped-def]
     from fmrec.nn.adapters import AdaptedModel, Adapter
-    from fmrec.train import history_tensors
+    from fmrec.train.batching import history_tensors
 
     log, split = small
     fm = make(log).eval()
@@ -176,7 +179,7 @@ def test_untrained_adapter_scores_like_the_frozen_fm_and_is_small(small) -> None
 
 def test_finetune_trains_only_the_adapter(small) -> None:  # type: ignore[no-untyped-def]
     from fmrec.nn.adapters import AdaptedModel, Adapter
-    from fmrec.train import finetune, slice_users
+    from fmrec.train.finetune import finetune, slice_users
 
     log, split = small
     fm = make(log)
@@ -192,7 +195,7 @@ def test_finetune_trains_only_the_adapter(small) -> None:  # type: ignore[no-unt
 
 
 def test_weight_average_updates_swaps_and_is_what_training_evaluates_and_keeps(small) -> None:  # type: ignore[no-untyped-def]
-    from fmrec.train import WeightAverage
+    from fmrec.train.loop import WeightAverage
 
     lin = torch.nn.Linear(1, 1, bias=False)
     with torch.no_grad():
@@ -216,8 +219,8 @@ def test_weight_average_updates_swaps_and_is_what_training_evaluates_and_keeps(s
 
     settings = dict(epochs=2, batch_size=64, lr=3e-3, warmup_steps=5)
     model = make(log, event_fields=("item", "action"))
-    train(model, split, TrainSettings(**settings, ema=0.9), stage="val", log=lambda m: None, on_epoch=on_epoch)  # type: ignore[arg-type]
+    pretrain(model, split, TrainSettings(**settings, ema=0.9), stage="val", log=lambda m: None, on_epoch=on_epoch)  # type: ignore[arg-type]
     assert evaluate(model, split, "val")["NDCG@10"] == seen[-1], "the model ends with the weights its last check saw"
     plain = make(log, event_fields=("item", "action"))
-    train(plain, split, TrainSettings(**settings), stage="val", log=lambda m: None)  # type: ignore[arg-type]
+    pretrain(plain, split, TrainSettings(**settings), stage="val", log=lambda m: None)  # type: ignore[arg-type]
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), plain.parameters(), strict=True))

@@ -12,12 +12,12 @@ import torch
 from fmrec import checkpoint
 from fmrec.data.split import LeaveOneOut, leave_one_out
 from fmrec.data.synthetic import generate
-from fmrec.serving.artifact import load_version
-from fmrec.serving.bench import dir_bytes
+from fmrec.eval.evaluate import evaluate, ranked_scores
+from fmrec.serving.artifact import dir_bytes, load_version
 from fmrec.serving.export import export_triton
 from fmrec.serving.infer import quantize_int8
 from fmrec.serving.quant import FORMAT_V1, GROUP, HalfEmbedding, Int8Embedding, Int8Linear, dequantize, is_int8, quantize_groups
-from fmrec.train import build_model, evaluate, ranked_scores
+from fmrec.train.pretrain import build_model
 from fmrec.vocab import Vocabulary
 
 from .serving_cases import assert_same_ranking, evaluated_scores, query

@@ -14,7 +14,7 @@ from fmrec.nn.adapters import AdaptedModel, Adapter, AdapterBase, Distilled, LoR
 from fmrec.nn.fm import FoundationModel
 from fmrec.serving.infer import Recommendation, Recommender
 from fmrec.serving.request import Query, RequestError, encode
-from fmrec.train import build_model
+from fmrec.train.pretrain import build_model
 from fmrec.vocab import Vocabulary
 
 from .serving_cases import assert_same_ranking, evaluated_scores, query, with_device

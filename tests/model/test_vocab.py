@@ -15,7 +15,7 @@ from fmrec.data.movielens import load_ml100k
 from fmrec.data.synthetic import generate
 from fmrec.data.tabular import FeatureSchema, load_table
 from fmrec.nn.adapters import Adapter
-from fmrec.train import build_model
+from fmrec.train.pretrain import build_model
 from fmrec.vocab import Vocabulary, popularity_deciles
 
 

@@ -95,3 +95,8 @@ def item_deciles(vocab: Vocabulary) -> IntArray:
     """Popularity decile per item code (0 for padding, and for every item when the vocabulary has none)."""
     out: IntArray = np.asarray(vocab.item_decile or [0] * (len(vocab.items) + 1), dtype=np.int64)
     return out
+
+
+def dir_bytes(folder: Path) -> int:
+    """Bytes of every file under folder: what a model server downloads and keeps."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())

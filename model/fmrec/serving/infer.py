@@ -5,7 +5,7 @@ adapters (they transform its final state); each LoRA task present runs the backb
 low-rank updates on its own rows, and each distilled task runs its student on its own rows. So
 one batch can mix tasks and every row gets its own task's ranking. Scores are computed exactly as
 FoundationModel.score_next / AdaptedModel.score_next compute them and ranked exactly as
-evaluation ranks them (fmrec.train.ranked_scores): items of the history are never returned.
+evaluation ranks them (fmrec.eval.evaluate.ranked_scores): items of the history are never returned.
 """
 
 from __future__ import annotations

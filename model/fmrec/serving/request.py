@@ -2,7 +2,7 @@
 
 The client sends the user's history as raw values: item IDs, optional timestamps (seconds since
 the epoch), action values and context values, one per event. From it the server builds exactly
-what fmrec.train.ranked_scores feeds the model for the same history:
+what fmrec.eval.evaluate.ranked_scores feeds the model for the same history:
 
 - events in timestamp order, events with the same timestamp by the tie key training uses
   (fmrec.data.schema.tie_keys, from the raw item ID and the timestamp), so the order the client

@@ -3,7 +3,8 @@ models (each the FM plus one adapter), on the real Triton server: resident memor
 and its python-backend processes, artifact size, throughput and p99 at several concurrencies.
 
 Requests cycle through the N tasks; in the separate layout each goes to its task's own model.
-Every model has Triton's default here: one CPU instance with one torch thread.
+Every model has Triton's default here: one CPU instance with one torch thread. The command:
+`python -m fmdev.bench consolidation-bench` (make consolidation-bench).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from pathlib import Path
 
 import torch
 
+from fmdev.bench.serving import load, request_histories
 from fmrec import checkpoint
 from fmrec.data.split import LeaveOneOut
 from fmrec.nn.adapters import Adapter
-from fmrec.serving.bench import load, request_histories
+from fmrec.serving.artifact import dir_bytes
 from fmrec.serving.export import export_triton
 from fmrec.serving.server import TritonServer
 
@@ -65,10 +67,6 @@ def memory_mib(pid: int) -> dict[str, float]:
     return total
 
 
-def _size_mib(root: Path) -> float:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 2**20
-
-
 def consolidation_bench(model_dir: Path, split: LeaveOneOut, ns: tuple[int, ...] = (1, 4, 16),
                         concurrencies: tuple[int, ...] = (8, 32), per_level: int = 300, k: int = 100) -> list[dict[str, float | str]]:
     histories = request_histories(split, 128)
@@ -93,5 +91,5 @@ def consolidation_bench(model_dir: Path, split: LeaveOneOut, ns: tuple[int, ...]
                     for c in concurrencies:
                         r = load(server.http_url, targets, histories, c, per_level)
                         rows.append({"tasks": float(n), "layout": layout, "concurrency": float(c),
-                                     "artifact_mib": _size_mib(repo), **memory_mib(server.proc.pid), **r})
+                                     "artifact_mib": dir_bytes(repo) / 2**20, **memory_mib(server.proc.pid), **r})
     return rows

@@ -1,4 +1,5 @@
-"""Serving benchmark: the real Triton server, fp32 vs int8, at several client concurrencies."""
+"""Serving benchmark: the real Triton server, fp32 vs int8, at several client concurrencies
+(`python -m fmdev.bench serve-bench`)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import numpy as np
 
 from fmrec import checkpoint
 from fmrec.data.split import LeaveOneOut
+from fmrec.eval.evaluate import evaluate
+from fmrec.serving.artifact import dir_bytes
 from fmrec.serving.client import Event, RecommenderClient
 from fmrec.serving.export import export_triton
 from fmrec.serving.infer import quantize_int8
 from fmrec.serving.server import TritonServer
-from fmrec.train import evaluate
 
 
 def request_histories(split: LeaveOneOut, n: int) -> list[list[Event]]:
@@ -60,11 +62,6 @@ def load(url: str, targets: list[tuple[str, str]], histories: list[list[Event]],
     lat = np.array(latencies) * 1000
     return {"requests": float(len(lat)), "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
             "throughput_rps": len(lat) / elapsed}
-
-
-def dir_bytes(folder: Path) -> int:
-    """Bytes of every file under folder: what a model server downloads and keeps."""
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def serve_bench(model_dir: Path, split: LeaveOneOut, concurrencies: tuple[int, ...] = (1, 8, 32), per_level: int = 600,

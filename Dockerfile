@@ -3,7 +3,7 @@
 #   docker build -t ghcr.io/fm-operator/fm-operator:0.1.0 .
 # (`make operator-image` runs both.) The image build itself needs no package index and no pip: the
 # wheels are unpacked into site-packages, so any BASE with python3.11 works, e.g. the local
-# debootstrap image (`--build-arg BASE=localhost/fmop/base:...`, see operator/fmop/local/images.py).
+# debootstrap image (`--build-arg BASE=localhost/fmop/base:...`, see devtools/fmdev/local/images.py).
 ARG BASE=python:3.11-slim
 
 FROM ${BASE} AS build
@@ -11,11 +11,17 @@ COPY build/wheels /wheels
 COPY hack/install-wheels.py /install-wheels.py
 # Left out, as code the operator never imports: the model package the project's wheel also carries
 # (fmrec, which needs torch) and the kubernetes client's asyncio twin (41 MB; kopf talks aiohttp itself).
-# Byte-compile at build time: the root filesystem is read-only at run time. Then prove the install imports.
+# Byte-compile at build time: the root filesystem is read-only at run time. Then prove the install:
+# every module of the operator imports, and neither the model (fmrec) nor the developer tooling (fmdev,
+# not in the wheel at all) is there.
 RUN python3 /install-wheels.py /wheels /install --exclude fmrec --exclude kubernetes/aio \
  && python3 -m compileall -q -s /install -p / /install \
- && PYTHONPATH="/install$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
-    python3 -c 'import fmop.__main__'
+ && PYTHONPATH="/install$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" python3 -c '\
+import importlib, importlib.util, pkgutil, fmop; \
+mods = [m.name for m in pkgutil.walk_packages(fmop.__path__, "fmop.")]; [importlib.import_module(m) for m in mods]; \
+extra = [p for p in ("fmrec", "fmdev", "torch") if importlib.util.find_spec(p)]; \
+assert not extra, f"the operator image must not hold {extra}"; \
+print(f"fm-operator image: all {len(mods) + 1} fmop modules import; no model or devtools code")'
 
 FROM ${BASE}
 COPY --from=build /install/ /

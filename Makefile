@@ -13,8 +13,9 @@ help: ## list targets
 setup: ## install everything: Debian packages, Python venv, Kubernetes/etcd/helm/KServe/Argo from Go modules, CRDs
 	bash hack/setup.sh
 
-lint: ## strict type check of the operator, and CRDs in sync with the API types
+lint: ## strict type check, import contracts (.importlinter: layers, pure core, operator alone), CRDs in sync with the API types
 	$(PY) -m mypy
+	.venv/bin/lint-imports --no-cache
 	$(PY) -m fmop.crdgen --check
 
 test: ## all tests: fast unit tests, then integration tests against the real local control plane
@@ -33,48 +34,48 @@ check-crds: ## fail if the committed CRDs differ from the API types
 	$(PY) -m fmop.crdgen --check
 
 cluster-up: ## start the local single-node Kubernetes: control plane, kubelet + containerd, KServe, Argo (root)
-	$(PY) -m fmop.local up
+	$(PY) -m fmdev up
 
 cluster-down: ## stop it and remove every process, container, netns, bridge and mount it made
-	$(PY) -m fmop.local down
+	$(PY) -m fmdev down
 
 cluster-status: ## show what runs and where
-	$(PY) -m fmop.local status
+	$(PY) -m fmdev status
 
 run: ## run the operator against the local cluster (make cluster-up first), with its Prometheus and Alertmanager webhook
-	eval "$$($(PY) -m fmop.local env)" && $(PY) -m fmop --log-format=plain --bind-address=127.0.0.1
+	eval "$$($(PY) -m fmdev env)" && $(PY) -m fmop --log-format=plain --bind-address=127.0.0.1
 
 examples: ## apply the examples to the local control plane and show them
 	kubectl --kubeconfig=$(KUBECONFIG_LOCAL) apply -f examples/
 	kubectl --kubeconfig=$(KUBECONFIG_LOCAL) get fmops
 
 bench-rollouts: ## 500 Rollouts on the local control plane: operator CPU/RSS, reconcile p50/p99, API requests/s (~5 min)
-	$(PY) -m fmop.bench_rollouts --rollouts 500 --steady 60
+	$(PY) -m fmdev.bench.rollouts --rollouts 500 --steady 60
 
 bench-webhook: ## Alertmanager webhook -> traffic patched, 20 trials on the local control plane (p50/p99; ~2 min)
-	$(PY) -m fmop.bench_webhook --trials 20
+	$(PY) -m fmdev.bench.webhook --trials 20
 
 bench-alert: ## alert fired in Prometheus -> traffic restored, 20 trials on the local node (real KServe, Triton, Traefik, Alertmanager; ~9 min; root)
-	$(PY) -m fmop.local up
-	$(PY) -m fmop.local bench-alert --trials 20
+	$(PY) -m fmdev up
+	$(PY) -m fmdev bench-alert --trials 20
 
 demo: ## the whole product on the local node: train through Argo, fine-tune, serve, shadow + canary, alert rollback (~20 min; root)
-	$(PY) -m fmop.local up
-	$(PY) -m fmop.local demo
+	$(PY) -m fmdev up
+	$(PY) -m fmdev demo
 
 test-e2e: ## the rollout scenarios end to end on the real node (Traefik, Prometheus, Alertmanager)
 	$(PY) -m pytest tests/integration/test_rollouts_e2e.py
 
 bench: ## the tuned configurations (benchmarks/tuning.json) of our FM and RecTools SASRec/BERT4Rec/HSTU, 3 seeds: table + bootstrap interval (hours on 2 cores; resumes)
-	$(PY) -m fmrec bench
+	$(PY) -m fmdev.bench bench
 
 tune: ## the grid behind benchmarks/tuning.json, chosen on validation (hours on 2 cores; resumes from the file)
-	$(PY) -m fmrec tune
+	$(PY) -m fmdev.bench tune
 
 bench-report: ## print the benchmark table from benchmarks/results.json without training
-	$(PY) -m fmrec report
+	$(PY) -m fmdev.bench report
 
-train-fm: ## train the FM on ML-100K on CPU into runs/fm (~2.5 min on 2 cores)
+train-fm: ## train the FM (the recipe the benchmark chose, fmrec.train.recipe) on ML-100K on CPU into runs/fm (~2 min on 2 idle cores, 7-15 min beside other jobs)
 	$(PY) -m fmrec train --data movielens100k --out runs/fm --threads 2
 
 finetune: ## fine-tune a "liked items" task adapter (next item rated >= 4) on the frozen FM in runs/fm (make train-fm first)
@@ -88,10 +89,10 @@ export: ## write a Triton model repository for runs/fm into runs/triton (fp32 an
 	$(PY) -m fmrec export --model runs/fm --repo runs/triton --name fmrec_int8 --int8
 
 serve-bench: ## real Triton on runs/fm: p50/p99/throughput at concurrency 1, 8, 32, fp32 vs int8 (make train-fm first)
-	$(PY) -m fmrec serve-bench --model runs/fm --threads 2
+	$(PY) -m fmdev.bench serve-bench --model runs/fm --threads 2
 
 consolidation-bench: ## real Triton: 1/4/16 tasks as one model with adapters vs separate models (memory, size, req/s, p99; make train-fm first)
-	$(PY) -m fmrec consolidation-bench --model runs/fm --requests 1000
+	$(PY) -m fmdev.bench consolidation-bench --model runs/fm --requests 1000
 
 IMAGE ?= ghcr.io/fm-operator/fm-operator:0.1.0
 operator-image: ## the operator image: wheelhouse on the host (hack/operator-wheels.sh), then `docker build` (BASE=..., IMAGE=...)

@@ -5,6 +5,7 @@
     python -m fmdev.bench report                # the table again from benchmarks/results.json, no training
     python -m fmdev.bench serve-bench --model runs/fm          # real Triton: latency and throughput, fp32 vs int8
     python -m fmdev.bench consolidation-bench --model runs/fm  # real Triton: N tasks as one model vs N models
+    python -m fmdev.bench int8 --model runs/fm-s0 runs/fm-s1   # int8 vs fp32 offline: quality, top-10 agreement, size
 
 The FM point `tune` chooses is fmrec's default recipe (fmrec.train.recipe), which `fmrec train` trains.
 """
@@ -120,6 +121,21 @@ def cmd_consolidation_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_int8(args: argparse.Namespace) -> int:
+    from fmdev.bench.int8 import compare, table
+
+    _threads(args)
+    rows = {}
+    for model in args.model:
+        _, meta = checkpoint.load(Path(model))
+        rows[model] = compare(Path(model), leave_one_out(load_data(meta.get("data", "movielens100k"))))
+        log_stderr(f"{model}: {rows[model]}")
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fmdev.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -165,6 +181,12 @@ def parser() -> argparse.ArgumentParser:
     cb.add_argument("--top-k", type=int, default=100)
     cb.add_argument("--json")
     cb.set_defaults(func=cmd_consolidation_bench)
+
+    i8 = sub.add_parser("int8", help="int8 vs fp32 on trained FMs, offline: NDCG/HR@10, users whose top-10 changes, exported sizes")
+    i8.add_argument("--model", required=True, nargs="+", help="one or more `fmrec train` output folders")
+    i8.add_argument("--json")
+    i8.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    i8.set_defaults(func=cmd_int8)
     return p
 
 

@@ -6,6 +6,7 @@
     python -m fmdev.bench serve-bench --model runs/fm          # real Triton: latency and throughput, fp32 vs int8
     python -m fmdev.bench consolidation-bench --model runs/fm  # real Triton: N tasks as one model vs N models
     python -m fmdev.bench int8 --model runs/fm-s0 runs/fm-s1   # int8 vs fp32 offline: quality, top-10 agreement, size
+    python -m fmdev.bench adapter-latency --model runs/fm --adapter lora=runs/liked-lora ...  # in-process cost per task
 
 The FM point `tune` chooses is fmrec's default recipe (fmrec.train.recipe), which `fmrec train` trains.
 """
@@ -136,6 +137,26 @@ def cmd_int8(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapter_latency(args: argparse.Namespace) -> int:
+    from fmdev.bench.adapters import latency
+
+    _threads(args)
+    _, meta = checkpoint.load(Path(args.model))
+    split = leave_one_out(load_data(meta.get("data", "movielens100k")))
+    adapters = {}
+    for item in args.adapter:
+        task, _, path = item.partition("=")
+        if not task or not path:
+            raise ValueError(f"--adapter {item!r}: expected TASK=FOLDER, e.g. lora=runs/liked-lora")
+        adapters[task] = Path(path)
+    rows = latency(Path(args.model), adapters, split, batch=args.batch, repeats=args.repeats)
+    print(f"{'task':12} {'median ms':>9} {'fastest ms':>10}   (Recommender.run, {args.batch} whole histories, "
+          f"{args.repeats} batches after 3 warm-up, {torch.get_num_threads()} thread(s))")
+    for task, r in rows.items():
+        print(f"{task:12} {r['median_ms']:9.1f} {r['min_ms']:10.1f}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fmdev.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -187,6 +208,14 @@ def parser() -> argparse.ArgumentParser:
     i8.add_argument("--json")
     i8.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     i8.set_defaults(func=cmd_int8)
+
+    al = sub.add_parser("adapter-latency", help="in-process Recommender.run per task over one batch of whole histories (median, fastest)")
+    al.add_argument("--model", required=True)
+    al.add_argument("--adapter", action="append", default=[], metavar="TASK=FOLDER", help="an adapter to serve beside the FM (repeatable)")
+    al.add_argument("--batch", type=int, default=64)
+    al.add_argument("--repeats", type=int, default=20)
+    al.add_argument("--threads", type=int, default=1, help="torch CPU threads (default %(default)s)")
+    al.set_defaults(func=cmd_adapter_latency)
     return p
 
 

@@ -203,3 +203,83 @@ def test_prometheus_stopped_is_an_error_naming_the_address(tmp_path: Path, expor
     assert f"Prometheus at {mon.prometheus_url} is unreachable" in m.message
     split = analysis.observed_split(mon.prometheus_url, NS, ROLLOUT, 1, 2, datetime.now(UTC), datetime.now(UTC))
     assert isinstance(split, analysis.SplitUnknown) and mon.prometheus_url in split.message
+
+
+class NotPrometheus:
+    """A real HTTP server on a free port that answers every GET with one fixed status and body: what a
+    Rollout meets when spec.analysis.prometheusAddress names something that is not Prometheus."""
+
+    SECRET = "another-team's-page-7f3a"
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.status, self.body = 200, b""
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                self.send_response(outer.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(outer.body)))
+                self.end_headers()
+                self.wfile.write(outer.body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+
+@pytest.fixture(scope="module")
+def not_prometheus() -> Iterator[NotPrometheus]:
+    s = NotPrometheus()
+    yield s
+    s.server.shutdown()
+    s.server.server_close()
+
+
+S = NotPrometheus.SECRET
+GARBAGE = [
+    (200, f"<html>{S}</html>", "with a body that is not JSON"),
+    (200, f'["{S}"]', "with JSON that is not an object (a list)"),
+    (200, f'"{S}"', "with JSON that is not an object (a str)"),
+    (200, f'{{"status": "success", "data": "{S}"}}', "without data.resultType scalar or vector"),
+    (200, f'{{"status": "success", "data": {{"resultType": "vector", "result": [{{"metric": {{}}, "value": [1, "{S}"]}}]}}}}',
+     "with a vector not shaped like a query result"),
+    (200, f'{{"status": "success", "data": {{"resultType": "vector", "result": "{S}"}}}}', "with a vector not shaped like a query result"),
+    (200, f'{{"status": "success", "data": {{"resultType": "scalar", "result": {{"{S}": 1}}}}}}', "with a scalar not shaped like a query result"),
+    (200, "\xff\xfe" + S, "with a body that is not JSON"),
+    (500, f"<html>{S}</html>", "answered HTTP 500: a body that is not a Prometheus error"),
+    (404, f'["{S}"]', "answered HTTP 404: a body that is not a Prometheus error"),
+]
+
+
+@pytest.mark.parametrize(("status", "body", "says"), GARBAGE, ids=[
+    "html", "json-list", "json-string", "data-not-object", "value-not-a-number", "result-not-a-list", "scalar-not-a-pair",
+    "not-utf8", "http-500-html", "http-404-json-list"])
+def test_an_answer_that_is_not_prometheus_is_an_error_naming_the_address_never_the_body(
+        not_prometheus: NotPrometheus, status: int, body: str, says: str) -> None:
+    not_prometheus.status, not_prometheus.body = status, body.encode("latin-1") if body.startswith("\xff") else body.encode()
+    metric = gauge_metric("m", 'sum(up{namespace="{{namespace}}"})')
+    (m,) = list(analysis.measure(Measure(("m",), 1, 2, "strategy.steps[1]"), spec_with(metric, address=not_prometheus.url),
+                                 NS, ROLLOUT, "http://127.0.0.1:1", datetime.now(UTC)))
+    assert m.phase == "Error" and m.address == not_prometheus.url, m
+    assert f"Prometheus at {not_prometheus.url}" in m.message and says in m.message, m.message
+    assert S not in m.message, m.message  # whatever answered is never readable through status
+    split = analysis.observed_split(not_prometheus.url, NS, ROLLOUT, 1, 2, datetime.now(UTC), datetime.now(UTC))
+    assert isinstance(split, analysis.SplitUnknown) and not_prometheus.url in split.message and S not in split.message
+
+
+def test_a_real_service_that_is_not_prometheus_is_an_error_without_its_page(exporter: Exporter) -> None:
+    """The exporter (prometheus_client) answers every path with its metrics page, 200 text/plain."""
+    url = f"http://127.0.0.1:{exporter.port}"
+    exporter.gauge.labels(NS, CANARY, "secret").set(42)
+    (m,) = list(analysis.measure(Measure(("m",), 1, 2, "strategy.steps[1]"), spec_with(gauge_metric("m", "sum(up)"), address=url),
+                                 NS, ROLLOUT, "http://127.0.0.1:1", datetime.now(UTC)))
+    assert m.phase == "Error" and "answered HTTP 200 with a body that is not JSON" in m.message, m.message
+    assert "test_value" not in m.message and "nv_inference" not in m.message, m.message

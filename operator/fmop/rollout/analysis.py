@@ -111,25 +111,45 @@ class Prometheus:
         url = f"{self.address.rstrip('/')}/api/v1/query?" + urllib.parse.urlencode({"query": promql, "time": f"{at.timestamp():.3f}"})
         try:
             with urllib.request.urlopen(url, timeout=self.timeout) as resp:
-                body = resp.read()
+                status, body = resp.status, resp.read()
         except urllib.error.HTTPError as err:  # Prometheus says why in JSON (bad_data, execution, timeout)
             raise PrometheusError(f"Prometheus at {self.address} answered HTTP {err.code}: {_error_text(err.read())}") from err
         except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError) as err:
             reason = getattr(err, "reason", err)
             raise PrometheusError(f"Prometheus at {self.address} is unreachable: {reason}") from err
+        return self._series(status, body)
+
+    def _series(self, status: int, body: bytes) -> list[tuple[dict[str, str], float]]:
+        """The answer's series, or a PrometheusError that names the address, the status and what is wrong
+        with the answer, never its content: whatever answers at the address (maybe not Prometheus at all,
+        maybe another team's service) must not be readable through a Rollout's status."""
+        where = f"Prometheus at {self.address} answered HTTP {status}"
         try:
             doc = json.loads(body)
         except ValueError as err:
-            raise PrometheusError(f"Prometheus at {self.address} answered something that is not JSON: {body[:200]!r}") from err
+            msg = f"{err.msg} at byte {err.pos}" if isinstance(err, json.JSONDecodeError) else "not UTF-8 text"
+            raise PrometheusError(f"{where} with a body that is not JSON ({msg}, {len(body)} bytes): "
+                                  "is spec.analysis.prometheusAddress the base URL of a Prometheus server?") from err
+        if not isinstance(doc, dict):
+            raise PrometheusError(f"{where} with JSON that is not an object (a {type(doc).__name__}): "
+                                  "is spec.analysis.prometheusAddress the base URL of a Prometheus server?")
         if doc.get("status") != "success":
-            raise PrometheusError(f"Prometheus at {self.address} rejected the query: {doc.get('errorType', '')} {doc.get('error', '')}".rstrip())
-        data = doc["data"]
-        if data["resultType"] == "scalar":
-            return [({}, float(data["result"][1]))]
-        if data["resultType"] != "vector":
-            raise PrometheusError(f"Prometheus at {self.address} returned a {data['resultType']}, not a vector: "
+            raise PrometheusError(f"Prometheus at {self.address} rejected the query: {_text(doc.get('errorType'))} {_text(doc.get('error'))}".rstrip())
+        data = doc.get("data")
+        kind = data.get("resultType") if isinstance(data, dict) else None
+        try:
+            if kind == "scalar":
+                return [({}, _value(data["result"]))]  # type: ignore[index]
+            if kind == "vector":
+                return [(_metric(s["metric"]), _value(s["value"])) for s in data["result"]]  # type: ignore[index]
+        except (KeyError, TypeError, IndexError, ValueError) as err:
+            raise PrometheusError(f"{where} with a {kind} not shaped like a query result "
+                                  "(each series needs a metric object and a [time, \"number\"] value)") from err
+        if kind in ("matrix", "string"):
+            raise PrometheusError(f"Prometheus at {self.address} returned a {kind}, not a vector: "
                                   "write the query so it gives one number (e.g. wrap it in sum(...))")
-        return [(s["metric"], float(s["value"][1])) for s in data["result"]]
+        raise PrometheusError(f"{where} without data.resultType scalar or vector: "
+                              "is spec.analysis.prometheusAddress the base URL of a Prometheus server?")
 
     def number(self, promql: str, at: datetime) -> float:
         """The one finite number a query returns; NoData when it returns none, several, NaN or Inf."""
@@ -145,11 +165,32 @@ class Prometheus:
 
 
 def _error_text(body: bytes) -> str:
+    """Prometheus' own error (errorType: error) from an error answer; of anything else only its size."""
     try:
         doc = json.loads(body)
-        return f"{doc.get('errorType', '')}: {doc.get('error', '')}"
     except ValueError:
-        return body[:200].decode(errors="replace")
+        doc = None
+    if isinstance(doc, dict) and ("errorType" in doc or "error" in doc):
+        return f"{_text(doc.get('errorType'))}: {_text(doc.get('error'))}"
+    return f"a body that is not a Prometheus error ({len(body)} bytes)"
+
+
+def _text(value: object) -> str:
+    """A field of Prometheus' error answer, as text of bounded length."""
+    return (value if isinstance(value, str) else "" if value is None else type(value).__name__)[:300]
+
+
+def _value(sample: object) -> float:
+    """A sample's value: [time, "number"] as Prometheus writes it."""
+    if not isinstance(sample, list) or len(sample) != 2 or not isinstance(sample[1], str | int | float):
+        raise ValueError("not a [time, value] pair")
+    return float(sample[1])
+
+
+def _metric(labels: object) -> dict[str, str]:
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise TypeError("labels are not an object of strings")
+    return labels
 
 
 def _labels(labels: dict[str, str]) -> str:

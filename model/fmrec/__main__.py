@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fmrec.cli import adapter, cold, export, fm
+from fmrec.cli import adapter, cold, export, fm, run
 
 
 def parser() -> argparse.ArgumentParser:
@@ -25,12 +25,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (FileNotFoundError, ValueError) as err:  # bad input: say what and how to fix, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run(parser, argv)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import torch
 
 from fmdev.bench.recsys.protocol import BASELINES, Protocol
 from fmrec import checkpoint
+from fmrec.cli import run
 from fmrec.data.sources import load_data
 from fmrec.data.split import leave_one_out
 
@@ -220,12 +221,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (FileNotFoundError, ValueError) as err:  # bad input: say what and how to fix, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run(parser, argv)
 
 
 if __name__ == "__main__":

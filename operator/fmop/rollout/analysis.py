@@ -135,13 +135,13 @@ class Prometheus:
                                   "is spec.analysis.prometheusAddress the base URL of a Prometheus server?")
         if doc.get("status") != "success":
             raise PrometheusError(f"Prometheus at {self.address} rejected the query: {_text(doc.get('errorType'))} {_text(doc.get('error'))}".rstrip())
-        data = doc.get("data")
-        kind = data.get("resultType") if isinstance(data, dict) else None
+        data = doc["data"] if isinstance(doc.get("data"), dict) else {}
+        kind = data.get("resultType")
         try:
             if kind == "scalar":
-                return [({}, _value(data["result"]))]  # type: ignore[index]
+                return [({}, _value(data["result"]))]
             if kind == "vector":
-                return [(_metric(s["metric"]), _value(s["value"])) for s in data["result"]]  # type: ignore[index]
+                return [(_metric(s["metric"]), _value(s["value"])) for s in data["result"]]
         except (KeyError, TypeError, IndexError, ValueError) as err:
             raise PrometheusError(f"{where} with a {kind} not shaped like a query result "
                                   "(each series needs a metric object and a [time, \"number\"] value)") from err

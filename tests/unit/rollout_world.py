@@ -33,6 +33,7 @@ from fmop.rollout import (
     SplitSample,
     decide,
 )
+from fmop.rollout.types import SampleSplit, SplitUnknown
 from fmop.rollout.types import MeasurementPhase
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -84,7 +85,8 @@ class World:
     script: dict[str, list[MeasurementPhase]] = field(default_factory=dict)  # per metric: the next results, then Successful
     measurements: dict[str, Measurement] = field(default_factory=dict)  # the newest per metric, as the handler keeps them
     alerts: list[Alert] = field(default_factory=list)
-    split: SplitSample | None = None
+    split: SplitSample | SplitUnknown | None = None
+    split_fixed: bool = False  # a scenario set the split: SampleSplit does not replace it with what the provider routed
     promote: str | None = None
     retry: str | None = None
     abort: str | None = None
@@ -133,6 +135,9 @@ class World:
                 self.measured.append(self.now)
                 for metric in action.metrics:
                     self.measurements[metric] = self._measure(metric)
+            elif isinstance(action, SampleSplit) and not self.split_fixed:  # the backends counted exactly what was routed
+                weight = self.traffic.canary_weight if self.traffic != "unknown" else self.status.canaryWeight
+                self.split = SplitSample(10 * weight, 1000, action.since)
             elif isinstance(action, RemoveInferenceService):
                 self.isvcs.pop(action.revision, None)
                 self.removed.append(action.revision)

@@ -30,7 +30,7 @@ from fmop.rollout import (
     split_within_sigma,
 )
 from fmop.rollout.clock import parse_duration, parse_ts, ts
-from fmop.rollout.types import MeasurementPhase
+from fmop.rollout.types import MeasurementPhase, SampleSplit, SplitUnknown
 from fmop.rollout.verdicts import record
 from tests.unit.rollout_world import PROMETHEUS, T0, World, edited, make_spec, stable_world, with_model
 
@@ -85,7 +85,9 @@ def traffic(mode: str) -> Do:
 
 
 def split(canary: int, total: int, since: float) -> Do:
-    return lambda w: setattr(w, "split", SplitSample(canary, total, at(since)))
+    def do(w: World) -> None:
+        w.split, w.split_fixed = SplitSample(canary, total, at(since)), True
+    return do
 
 
 def ready(value: bool) -> Do:
@@ -521,7 +523,7 @@ def test_conditions_say_why_it_is_paused() -> None:
             do(w)
         w.tick()
     conds = {c.type: (c.status, c.reason) for c in w.status.conditions}
-    assert conds == {"Progressing": ("False", "AnalysisInconclusive"), "Analysis": ("Unknown", "Inconclusive")}
+    assert conds == {"Ready": ("True", "Serving"), "Progressing": ("False", "AnalysisInconclusive"), "Analysis": ("Unknown", "Inconclusive")}
     assert all(c.observedGeneration == 1 for c in w.status.conditions)
 
 
@@ -529,7 +531,7 @@ def test_conditions_owned_by_others_are_kept() -> None:
     status = RolloutStatus.model_validate({"conditions": [{"type": "Accepted", "status": "True", "reason": "SpecValid",
                                                            "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
     d = decide(BASE, status, Observations(), T0)
-    assert [c.type for c in d.status.conditions] == ["Progressing", "Accepted"]
+    assert [c.type for c in d.status.conditions] == ["Ready", "Progressing", "Accepted"]
 
 
 def test_decide_is_deterministic_and_does_not_touch_its_input() -> None:
@@ -575,10 +577,47 @@ def test_split_counted_before_the_step_began_is_not_evidence() -> None:
     w.spec = with_model(BASE, "v2")
     w.tick()
     w.tick()
-    stale = replace(w.observations(), split=SplitSample(900, 1000, at(3)))  # step 0 began at minute 4
-    assert decide(w.spec, w.status, stale, at(5)).status.currentStepIndex == 1
-    fresh = replace(stale, split=SplitSample(900, 1000, at(4)))
-    assert decide(w.spec, w.status, fresh, at(5)).status.currentStepIndex == 0
+    stale = replace(w.observations(), split=SplitSample(50, 1000, at(3)))  # step 0 began at minute 4
+    held = decide(w.spec, w.status, stale, at(5))
+    assert held.status.currentStepIndex == 0 and "checking the split" in held.status.message
+    assert [a for a in held.actions if isinstance(a, SampleSplit)] == [SampleSplit(1, 2, at(4))], "a fresh sample is asked for"
+    off = replace(stale, split=SplitSample(900, 1000, at(4)))
+    assert decide(w.spec, w.status, off, at(5)).status.currentStepIndex == 0
+    fresh = replace(stale, split=SplitSample(50, 1000, at(4)))
+    assert decide(w.spec, w.status, fresh, at(5)).status.currentStepIndex == 1
+
+
+def test_a_weight_step_never_passes_without_a_split_sample() -> None:
+    """The old controller passed a weight step whenever no sample was at hand (it sampled after deciding): no sample, no pass."""
+    w = stable_world(BASE)
+    w.spec = with_model(BASE, "v2")
+    w.tick()
+    w.tick()
+    assert w.status.currentStepIndex == 0
+    d = decide(w.spec, w.status, replace(w.observations(), split=None), at(9))
+    assert d.status.currentStepIndex == 0 and d.status.phase == "Progressing"
+
+
+def test_a_split_that_cannot_be_read_pauses_and_fails_at_the_deadline() -> None:
+    """Prometheus cannot say how traffic is split: Paused (SplitUnknown), never a pass; past progressDeadline, Failed
+    with the reason, and all traffic back on the stable. Without any Prometheus the provider's word is taken."""
+    w = stable_world(BASE)
+    w.spec = with_model(BASE, "v2")
+    w.tick()
+    w.tick()
+    w.split, w.split_fixed = SplitUnknown("cannot read the observed split from sum(x): HTTP 502 from http://prom"), True
+    w.tick()
+    assert w.seen() == ("Paused", 0, 5) and "cannot be read (cannot read the observed split from sum(x): HTTP 502" in w.status.message
+    for _ in range(11):
+        w.tick()
+    assert w.status.phase == "Failed" and "spec.progressDeadline 10m" in (w.status.rollbackReason or "")
+    assert w.last is not None and [a for a in w.last.actions if isinstance(a, SetTraffic)] == [SetTraffic(1, None, 0, 0)]
+    no_prometheus = stable_world(BASE)
+    no_prometheus.spec = with_model(BASE, "v2")
+    no_prometheus.split, no_prometheus.split_fixed = SplitUnknown("the operator runs without Prometheus", checkable=False), True
+    for _ in range(4):
+        no_prometheus.tick()
+    assert no_prometheus.status.currentStepIndex == 1
 
 
 def test_unowned_revisions_are_removed_after_traffic_moved() -> None:
@@ -706,3 +745,22 @@ def test_model_identity_ignores_adapter_order() -> None:
 def _assert_ignored_because(w: World, text: str) -> None:
     ignored = [e.message for e in w.events if e.reason == "AlertIgnored"]
     assert any(text in m for m in ignored), ignored
+
+
+@pytest.mark.parametrize("phase", ["Inconclusive", "Error"])
+def test_an_analysis_without_data_or_erroring_fails_at_the_progress_deadline(phase: MeasurementPhase) -> None:
+    """It used to pause for ever, the canary keeping its share: now the pause counts towards spec.progressDeadline,
+    and then the revision fails with the reason and all traffic goes back to the stable."""
+    w = stable_world(BASE)
+    for do in (model("v2"), None, script(*[phase] * 40)):
+        if do:
+            do(w)
+        w.tick()
+    w.tick()
+    w.tick()
+    assert w.status.phase == "Paused" and w.status.heldSince is not None, w.status.message
+    for _ in range(12):
+        w.tick()
+    assert w.status.phase == "Failed", w.status.message
+    assert "no progress for spec.progressDeadline 10m" in (w.status.rollbackReason or "") and f"analysis at spec.strategy.steps[1]" in (w.status.rollbackReason or "")
+    assert w.last is not None and [a for a in w.last.actions if isinstance(a, SetTraffic)] == [SetTraffic(1, None, 0, 0)]

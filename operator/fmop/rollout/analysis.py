@@ -33,7 +33,7 @@ from datetime import datetime
 
 from fmop.api.rollout import CONDITION_PATTERN, Metric, RolloutSpec
 from fmop.rollout import checks, naming
-from fmop.rollout.types import Measure, Measurement, MeasurementPhase, SplitSample
+from fmop.rollout.types import Measure, Measurement, MeasurementPhase, SplitSample, SplitUnknown
 
 TIMEOUT_SECONDS = 5.0
 _CONDITION = re.compile(CONDITION_PATTERN)
@@ -245,13 +245,6 @@ def measure_one(prom: Prometheus, metric: Metric, namespace: str, canary: str, s
         return result("Error", str(err), query)
     phase, message = judge(metric, value)
     return result(phase, message, query, value)
-
-
-@dataclass(frozen=True)
-class SplitUnknown:
-    """The observed split could not be read; `message` says why (the engine then holds the step)."""
-
-    message: str
 
 
 def split_query(namespace: str, isvc: str, window_seconds: int | None = None) -> str:

@@ -4,24 +4,35 @@ One reconcile of one Rollout, the same whoever asks (the kopf daemon's tick, a w
 of its InferenceServices, a spec edit, or the Alertmanager webhook with alerts in hand):
 
 1. read the Rollout, the objects it references, its InferenceServices and its traffic object;
-2. `decide(spec, status, observations, now)`; if it asks for measurements, take them and decide
-   again with the results, so a measurement is counted in the same reconcile that took it;
-3. carry out the level-triggered actions in order (InferenceServices, traffic, deletions): traffic
-   first of all when the revision is rolled back, so a rollback costs one patch;
-4. write status once, only when it changed, with the resourceVersion read in step 1 (a concurrent
-   writer makes this a conflict, and the reconcile is tried again on fresh data);
-5. post the Events and count the metrics of the transitions just written.
+2. `decide(spec, status, observations, now)`; if it asks for measurements (Measure, SampleSplit),
+   take them and decide again with the results, so a measurement is counted in the reconcile that took it;
+3. write status first, with the resourceVersion read: it is the intent. A concurrent writer makes this
+   a conflict and the reconcile is tried again on fresh data; a conflict that persists is an error
+   (the webhook answers 500, so Alertmanager resends), never a result;
+4. carry out the actions in the order decide gave (traffic first on a rollback). Every action is
+   level-triggered from status, so an operator killed anywhere after step 3 finishes the job on its
+   next reconcile, and one killed before it left the old state whole: a recorded rollback is never undone;
+5. post the Events and count the metrics of the transitions just written (at most once: an Event lost
+   to a crash is not posted twice).
+
+A rollback whose status cannot be written at all (the API server refuses status writes: an admission
+outage) still takes traffic off the canary at once, and this process keeps it off (the rollback is
+fed back into every decision) until status records it; the reconcile fails, so an alert is resent.
 
 Reconciles of the same Rollout never overlap in this process (a lock per Rollout), so a webhook
 rollback and a timer tick cannot decide from the same stale status.
+
+Tests can make the operator exit hard at a named point between two writes (`FMOP_TEST_CRASH_AT`,
+see `crash_from_env`); the chart never sets it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -30,18 +41,18 @@ from kubernetes import client
 from pydantic import ValidationError
 
 from fmop import metrics
-from fmop.api.rollout import Rollout, RolloutSpec, RolloutStatus
+from fmop.api.rollout import Rollout, RolloutSpec, RolloutStatus, TrafficRouting
 from fmop.assess import assess_rollout
-from fmop.conditions import Cond, Transition, merge
-from fmop.kinds import FOUNDATION_MODEL, INFERENCE_SERVICE, ROLLOUT, TASK_ADAPTER
-from fmop.kube import Conflict, Kube, KubeError
+from fmop.conditions import Cond, merge
+from fmop.kinds import FOUNDATION_MODEL, INFERENCE_SERVICE, ROLLOUT, TASK_ADAPTER, Kind
+from fmop.kube import Conflict, KubeError
 from fmop.rollout import analysis, naming
-from fmop.rollout.clock import parse_ts, ts
-from fmop.rollout.engine import decide
+from fmop.rollout.clock import ts
+from fmop.rollout.engine import ACTIVE, decide, decide_invalid, effective_spec
 from fmop.rollout.providers import kube as provider_io
-from fmop.rollout.providers.kube import TrafficError
 from fmop.rollout.providers import provider_for
 from fmop.rollout.providers.base import RolloutRef, TrafficProvider
+from fmop.rollout.providers.kube import TrafficError
 from fmop.rollout.serving import StorageError, observe_isvc, render_isvc, revision_uri, storage_uri
 from fmop.rollout.types import (
     ABORT_ANNOTATION,
@@ -58,20 +69,45 @@ from fmop.rollout.types import (
     ObservedTraffic,
     RecordHistory,
     RemoveInferenceService,
+    SampleSplit,
     SetTraffic,
     SplitSample,
+    SplitUnknown,
+    UnrecordedRollback,
 )
 
 log = logging.getLogger("fmop.rollout")
 
+CRASH_ENV = "FMOP_TEST_CRASH_AT"
+CRASH_POINTS = ("status-written", "inferenceservice-applied", "traffic-applied", "inferenceservice-deleted", "event-posted")
+CRASH_EXIT_CODE = 86
+
 
 # ---------------------------------------------------------------- what the controller needs from the outside
+class Cluster(Protocol):
+    """The calls the controller makes to the API server: fmop.kube.Kube's, with its errors (KubeError, Conflict)."""
+
+    def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def list(self, kind: Kind, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]: ...
+
+    def apply(self, kind: Kind, obj: dict[str, Any], field_manager: str | None = None) -> dict[str, Any]: ...
+
+    def delete(self, kind: Kind, namespace: str, name: str) -> bool: ...
+
+    def replace_status(self, kind: Kind, body: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]: ...
+
+    def event(self, body: dict[str, Any], type_: str, reason: str, message: str, component: str = "fm-operator") -> None: ...
+
+
 class Traffic(Protocol):
     """The traffic provider of a Rollout: route as asked, and tell what the traffic object says now."""
 
-    def apply(self, ref: RolloutRef, spec: RolloutSpec, action: SetTraffic) -> None: ...
+    def apply(self, ref: RolloutRef, routing: TrafficRouting, action: SetTraffic) -> bool:
+        """Route as asked; True when something was written (False: it was so already)."""
+        ...
 
-    def observe(self, ref: RolloutRef, spec: RolloutSpec) -> ObservedTraffic | Literal["unknown"]: ...
+    def observe(self, ref: RolloutRef, routing: TrafficRouting) -> ObservedTraffic | Literal["unknown"]: ...
 
 
 class Analysis(Protocol):
@@ -79,7 +115,7 @@ class Analysis(Protocol):
 
     def measure(self, ref: RolloutRef, spec: RolloutSpec, action: Measure, now: datetime) -> tuple[Measurement, ...]: ...
 
-    def split(self, ref: RolloutRef, spec: RolloutSpec, stable: int, canary: int, since: datetime, now: datetime) -> SplitSample | None: ...
+    def split(self, ref: RolloutRef, spec: RolloutSpec, action: SampleSplit, now: datetime) -> SplitSample | SplitUnknown: ...
 
 
 class ProviderTraffic:
@@ -89,17 +125,18 @@ class ProviderTraffic:
         self.api, self.provider = api, provider
         self._found: list[dict[str, Any] | None] | None = None
 
-    def observe(self, ref: RolloutRef, spec: RolloutSpec) -> ObservedTraffic | Literal["unknown"]:
-        self._found = provider_io.read(self.api, self.provider, ref.namespace, self.provider.objects(ref, spec.trafficRouting))
+    def observe(self, ref: RolloutRef, routing: TrafficRouting) -> ObservedTraffic | Literal["unknown"]:
+        self._found = provider_io.read(self.api, self.provider, ref.namespace, self.provider.objects(ref, routing))
         return self.provider.observe(self._found)
 
-    def apply(self, ref: RolloutRef, spec: RolloutSpec, action: SetTraffic) -> None:
-        objects = self.provider.render(ref, spec.trafficRouting, action)
+    def apply(self, ref: RolloutRef, routing: TrafficRouting, action: SetTraffic) -> bool:
+        objects = self.provider.render(ref, routing, action)
         found = self._found
         if found is not None and len(found) == len(objects) and all(f is not None and contains(f, o) for f, o in zip(found, objects)):
-            return  # as wanted already: an apply would write nothing
-        provider_io.apply(self.api, self.provider, self.provider.objects(ref, spec.trafficRouting), objects)
+            return False  # as wanted already: an apply would write nothing
+        provider_io.apply(self.api, self.provider, self.provider.objects(ref, routing), objects)
         self._found = None
+        return True
 
 
 class PrometheusAnalysis:
@@ -111,17 +148,39 @@ class PrometheusAnalysis:
     def measure(self, ref: RolloutRef, spec: RolloutSpec, action: Measure, now: datetime) -> tuple[Measurement, ...]:
         return analysis.measure(action, spec, ref.namespace, ref.name, self.default_url, now)
 
-    def split(self, ref: RolloutRef, spec: RolloutSpec, stable: int, canary: int, since: datetime, now: datetime) -> SplitSample | None:
-        found = analysis.observed_split(spec.analysis.prometheusAddress or self.default_url, ref.namespace, ref.name, stable, canary, since, now)
-        if isinstance(found, analysis.SplitUnknown):
-            log.debug(f"Rollout {ref.namespace}/{ref.name}: {found.message}")
-            return None  # no evidence either way; the analysis steps say whether Prometheus answers
-        return found
+    def split(self, ref: RolloutRef, spec: RolloutSpec, action: SampleSplit, now: datetime) -> SplitSample | SplitUnknown:
+        return analysis.observed_split(spec.analysis.prometheusAddress or self.default_url, ref.namespace, ref.name,
+                                       action.stable_revision, action.canary_revision, action.since, now)
 
 
-def traffic_for(api: client.ApiClient) -> Callable[[RolloutSpec], Traffic]:
+def traffic_for(api: client.ApiClient) -> Callable[[TrafficRouting], Traffic]:
     """The Traffic of a Rollout's spec.trafficRouting.provider, fresh per reconcile."""
-    return lambda spec: ProviderTraffic(api, provider_for(spec.trafficRouting))
+    return lambda routing: ProviderTraffic(api, provider_for(routing))
+
+
+def crash_from_env(environ: dict[str, str] | None = None) -> Callable[[str, str], None]:
+    """Test only: FMOP_TEST_CRASH_AT=point[@Phase] makes the process exit hard (os._exit, no clean-up, like
+    SIGKILL) the first time it passes `point` while carrying out a decision whose phase is Phase (any phase
+    when none is given). Points: CRASH_POINTS, each right after a write. Unset: does nothing (the chart never sets it)."""
+    wanted = (environ if environ is not None else os.environ).get(CRASH_ENV, "").strip()
+    if not wanted:
+        return lambda point, phase: None
+    point_wanted, _, phase_wanted = wanted.partition("@")
+    if point_wanted not in CRASH_POINTS:
+        raise ValueError(f"{CRASH_ENV}={wanted}: unknown crash point {point_wanted!r}; one of {', '.join(CRASH_POINTS)} (optionally @Phase)")
+    log.warning(f"{CRASH_ENV}={wanted}: this operator exits hard at that point (a test switch; never set it in production)")
+
+    def crash(point: str, phase: str) -> None:
+        if point == point_wanted and phase_wanted in ("", phase):
+            log.warning(f"{CRASH_ENV}: exiting hard at {point} ({phase})")
+            logging.shutdown()
+            os._exit(CRASH_EXIT_CODE)
+
+    return crash
+
+
+class StatusConflict(Conflict):
+    """The Rollout's status changed underneath every attempt: nothing was acted on; the caller must try again."""
 
 
 @dataclass(frozen=True)
@@ -139,16 +198,21 @@ class Outcome:
 
 @dataclass
 class Controller:
-    kube: Kube
-    traffic_for: Callable[[RolloutSpec], Traffic]
+    kube: Cluster  # fmop.kube.Kube in the operator
+    traffic_for: Callable[[TrafficRouting], Traffic]
     analysis: Analysis | None = None  # None: measurements come back as Error naming the missing Prometheus
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    crash: Callable[[str, str], None] = field(default_factory=crash_from_env)
     _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict, init=False)
     _guard: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _unrecorded: dict[tuple[str, str], UnrecordedRollback] = field(default_factory=dict, init=False)
 
     # ------------------------------------------------------------ entry point
     def reconcile(self, namespace: str, name: str, alerts: Iterable[Alert] = (), attempts: int = 3) -> Outcome:
-        """Reconcile one Rollout now; alerts from the webhook go straight into the observations."""
+        """Reconcile one Rollout now; alerts from the webhook go straight into the observations.
+
+        Raises KubeError when the API server fails, and StatusConflict when status changed underneath every
+        attempt: either way nothing was recorded, and an alert must be resent (the webhook answers 500)."""
         alerts = tuple(alerts)
         with self._lock(namespace, name):
             for attempt in range(attempts):
@@ -163,7 +227,8 @@ class Controller:
                     metrics.RECONCILES.labels("Rollout", result).inc()
                     metrics.DURATION.labels("Rollout").observe(time.perf_counter() - start)
                 log.debug(f"Rollout {namespace}/{name}: status changed underneath (attempt {attempt + 1}); reading it again")
-            return outcome
+            raise StatusConflict(f"update status of Rollout {namespace}/{name}: it changed underneath {attempts} times in a row (another "
+                                 "writer: a second operator without leader election?); nothing was acted on, trying again", retry=True, status=409)
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
         with self._guard:
@@ -177,6 +242,7 @@ class Controller:
     def _reconcile(self, namespace: str, name: str, alerts: tuple[Alert, ...]) -> Outcome:
         body = self.kube.get(ROLLOUT, namespace, name)
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            self._unrecorded.pop((namespace, name), None)
             return Outcome("gone")
         meta = body["metadata"]
         ref = RolloutRef(name=name, namespace=namespace, uid=meta["uid"])
@@ -185,32 +251,29 @@ class Controller:
             ro = Rollout.model_validate({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body})
             status = RolloutStatus.model_validate(old_status)
         except ValidationError as err:
-            return self._blocked(body, ref, old_status, _invalid(err))
+            return self._invalid(body, ref, old_status, _invalid(err), alerts)
         spec = ro.spec
 
         # References: the FoundationModel version and adapters must exist before anything is served.
         fm = self.kube.get(FOUNDATION_MODEL, namespace, spec.model.foundationModel.name)
         adapters = {a.name: self.kube.get(TASK_ADAPTER, namespace, a.name) for a in spec.model.adapters}
         verdict = assess_rollout(body, fm, adapters)
-        if "version" in verdict.extra:  # FollowLatest: serve the newest complete bundle assess_rollout resolved, as if named;
-            # a served revision is pinned to what it serves (status has the spec's schema rules too)
-            target = spec.model.foundationModel.model_copy(update={"version": verdict.extra["version"], "versionPolicy": "Pinned"})
-            spec = spec.model_copy(update={"model": spec.model.model_copy(update={"foundationModel": target})})
+        latest = verdict.extra.get("version")
         refs_ok = verdict.phase != "Failed" and all(c.status == "True" for c in verdict.conditions if c.type in ("Accepted", "ResolvedRefs"))
-        if not refs_ok and status.revision == 0:
-            return self._blocked(body, ref, old_status, verdict.message, verdict)
+        hold = None if refs_ok else verdict.message
+        served = effective_spec(spec, Observations(latest_version=latest))
+        uri = ""  # unknown: keep serving what runs; a new revision cannot start until the artifact is known
         try:
-            uri = storage_uri(spec.model, spec.serving, fm)
+            uri = storage_uri(served.model, served.serving, fm)
         except StorageError as err:
-            if status.revision == 0:
-                return self._blocked(body, ref, old_status, str(err), verdict)
-            uri = ""  # keep serving what runs; a new revision cannot start until the artifact is known
+            if hold is None and status.revision == 0:
+                hold = str(err)
 
         annotations = meta.get("annotations") or {}
-        traffic = self.traffic_for(spec)
+        traffic = self.traffic_for(spec.trafficRouting)
         seen: ObservedTraffic | Literal["unknown"]
         try:
-            seen = traffic.observe(ref, spec)
+            seen = traffic.observe(ref, spec.trafficRouting)
         except TrafficError as err:
             if not err.retry:
                 raise
@@ -224,33 +287,60 @@ class Controller:
             retry_request=annotations.get(RETRY_ANNOTATION),
             abort_request=annotations.get(ABORT_ANNOTATION),
             generation=meta.get("generation"),
-            hold=None if refs_ok else verdict.message,
+            hold=hold,
+            hold_failed=verdict.phase == "Failed",
+            references=tuple(verdict.conditions),
+            latest_version=latest,
+            unrecorded=self._unrecorded.get((namespace, name)),
         )
         now = self.clock()
         first = decide(spec, status, obs, now)
         decision, notes = first, list(first.events)
-        extra = self._measurements(ref, spec, first, now) if not alerts else ()
-        if extra:
-            obs = replace(obs, measurements=extra[0], split=extra[1])
-            later = max([now, *(m.measured_at for m in extra[0])])
-            decision = decide(spec, first.status, obs, later)
-            notes += [e for e in decision.events]
+        taken = self._measurements(ref, served, first, now) if not alerts else None
+        if taken is not None:
+            measured, split = taken
+            later = max([now, *(m.measured_at for m in measured)])
+            decision = decide(spec, first.status, replace(obs, measurements=measured, split=split), later)
+            notes += list(decision.events)
         records = [a for a in (*first.actions, *decision.actions) if isinstance(a, RecordHistory)]
+        if hold is not None and status.revision == 0:
+            return self._write_and_act(body, ref, old_status, status, decision, notes, records, served, spec.trafficRouting, traffic, isvcs,
+                                       fm, uri, "blocked")
+        return self._write_and_act(body, ref, old_status, status, decision, notes, records, served, spec.trafficRouting, traffic, isvcs,
+                                   fm, uri, None)
 
-        # Conditions the engine does not own (Accepted, ResolvedRefs, Ready) come from the reference check.
+    def _write_and_act(self, body: dict[str, Any], ref: RolloutRef, old_status: dict[str, Any], status: RolloutStatus, decision: Decision,
+                       notes: list[EmitEvent], records: list[RecordHistory], spec: RolloutSpec | None,
+                       routing: TrafficRouting | None, traffic: Traffic | None,
+                       isvcs: dict[int, tuple[InferenceServiceState, dict[str, Any]]], fm: dict[str, Any] | None, uri: str,
+                       blocked: Literal["blocked"] | None) -> Outcome:
+        """Write the decided status first (the intent), then carry out the actions in order, then post the Events."""
+        namespace, name = ref.namespace, ref.name
+        key = (namespace, name)
         new = decision.status
-        conditions = [c.model_dump(exclude_none=True) for c in new.conditions]
-        ready = _ready(new)
-        merged, transitions = merge(conditions, [*[c for c in verdict.conditions if c.type != "Ready"], ready], meta.get("generation"), ts(now))
-        notes += _transition_events(transitions)
-        new_status = {**new.model_dump(mode="json", exclude_none=True), "conditions": merged}
+        new_status = new.model_dump(mode="json", exclude_none=True)
+        phase = new.phase
+        takes_off = phase in ("RolledBack", "Failed") and status.phase in ACTIVE and status.canary is not None
+        changed = _strip_times(new_status) != _strip_times(old_status)
+        if changed:
+            try:
+                self.kube.replace_status(ROLLOUT, body, new_status)
+            except Conflict:
+                return Outcome("conflict")
+            except KubeError as err:
+                if not takes_off or traffic is None or routing is None:
+                    raise
+                self._take_off_unrecorded(ref, routing, traffic, status, decision)
+                raise KubeError(f"{err}; the {phase} of revision {status.canary.revision if status.canary else '?'} could not be recorded "
+                                "in status: all traffic is on the stable now and this operator keeps it there until status records it; "
+                                "trying again", retry=True, status=err.status) from err
+            self._unrecorded.pop(key, None)
+            self.crash("status-written", phase)
 
-        # Act: traffic first when the decision takes traffic away from the canary.
         done: list[str] = []
         traffic_at: float | None = None
-        ordered = sorted(decision.actions, key=lambda a: 0 if isinstance(a, SetTraffic) and new.phase in ("RolledBack", "Failed") else 1)
-        for action in ordered:
-            if isinstance(action, EnsureInferenceService):
+        for action in decision.actions:
+            if isinstance(action, EnsureInferenceService) and spec is not None:
                 found = isvcs.get(action.revision, (None, None))[1]
                 served = revision_uri(action.model, spec.model, uri, fm, found)
                 wanted = render_isvc(ref, action.revision, spec.serving, served) if served else None
@@ -258,34 +348,83 @@ class Controller:
                     continue  # as wanted already: no write, so KServe's webhooks are not called on every tick
                 self.kube.apply(INFERENCE_SERVICE, wanted)
                 done.append(f"ensure {naming.isvc_name(name, action.revision)}")
-            elif isinstance(action, SetTraffic):  # always applied: an unchanged server-side apply writes nothing
-                canary = isvcs.get(action.canary_revision) if action.canary_revision is not None else None
-                if action.canary_revision is not None and not (action.canary_weight or action.mirror_percent) and not (canary and canary[0].ready):
-                    # No share for a canary that is not Ready yet: leave its backend out of the route entirely. Gateways
-                    # drop a route whose backend Service has no endpoints (Traefik answers 404 for all of it).
-                    action = replace(action, canary_revision=None)
+                self.crash("inferenceservice-applied", phase)
+            elif isinstance(action, SetTraffic) and traffic is not None and routing is not None:
                 try:
-                    traffic.apply(ref, spec, action)
+                    wrote = traffic.apply(ref, routing, action)
                 except TrafficError as err:
                     raise KubeError(f"Rollout {namespace}/{name}: {err}", retry=err.retry, status=err.status) from err
-                traffic_at = time.monotonic()
-                if obs.traffic == "unknown" or _differs(obs.traffic, action):
+                if wrote:
+                    traffic_at = time.monotonic()
                     done.append(f"traffic {100 - action.canary_weight}/{action.canary_weight} mirror {action.mirror_percent}")
+                    self.crash("traffic-applied", phase)
             elif isinstance(action, RemoveInferenceService):
                 self.kube.delete(INFERENCE_SERVICE, namespace, naming.isvc_name(name, action.revision))
                 done.append(f"remove {naming.isvc_name(name, action.revision)}")
+                self.crash("inferenceservice-deleted", phase)
 
-        result: Literal["changed", "unchanged", "conflict"] = "unchanged"
-        if _strip_times(new_status) != _strip_times(old_status):
-            if not self._write_status(body, new_status):
-                return Outcome("conflict")
-            result = "changed"
+        if changed:
+            _count_transitions(old_status.get("conditions") or [], new_status.get("conditions") or [])
             for event in notes:
                 self._event(body, event)
+                self.crash("event-posted", phase)
             for record in records:
                 metrics.ROLLOUT_OUTCOMES.labels(record.entry.outcome).inc()
-        return Outcome(result, new.phase, tuple(done), traffic_at, new.message, busy=_busy(new, spec),
-                       rolled_back=result == "changed" and new.phase == "RolledBack" and status.phase != "RolledBack")
+        if blocked is not None:
+            return Outcome("blocked", phase, message=new.message)
+        return Outcome("changed" if changed else "unchanged", phase, tuple(done), traffic_at, new.message, busy=decision.busy,
+                       rolled_back=changed and phase == "RolledBack" and status.phase != "RolledBack")
+
+    def _take_off_unrecorded(self, ref: RolloutRef, routing: TrafficRouting, traffic: Traffic, status: RolloutStatus, decision: Decision) -> None:
+        """Status cannot be written, but the canary must not keep serving: route to the stable now, and remember the
+        rollback so that every later decision of this process makes it again until status records it."""
+        new = decision.status
+        assert status.canary is not None
+        for action in decision.actions:
+            if isinstance(action, SetTraffic):
+                traffic.apply(ref, routing, action)
+        self._unrecorded[(ref.namespace, ref.name)] = UnrecordedRollback(
+            status.canary.revision, "RolledBack" if new.phase == "RolledBack" else "Failed", new.rollbackReason or new.message)
+        log.error(f"Rollout {ref.namespace}/{ref.name}: {new.phase} of revision {status.canary.revision} carried out (all traffic on the "
+                  "stable) but its status write failed; holding it until status records it")
+
+    # ------------------------------------------------------------ a spec that no longer validates
+    def _invalid(self, body: dict[str, Any], ref: RolloutRef, old_status: dict[str, Any], problem: str, alerts: tuple[Alert, ...]) -> Outcome:
+        """Nothing new can start; the revision in flight fails (or rolls back on a new matching alert), and its traffic
+        goes to the stable if spec.trafficRouting can still be read. Status that does not validate is only annotated."""
+        meta = body["metadata"]
+        try:
+            status = RolloutStatus.model_validate(old_status)
+        except ValidationError:
+            now = ts(self.clock())
+            conditions, _ = merge(list(old_status.get("conditions") or []), [Cond("Accepted", "False", "InvalidSpec", problem)],
+                                  meta.get("generation"), now)
+            new = {**old_status, "phase": "Failed", "message": problem[:1024], "conditions": conditions, "observedGeneration": meta.get("generation")}
+            if _strip_times(new) != _strip_times(old_status):
+                self.kube.replace_status(ROLLOUT, body, new)
+            return Outcome("blocked", "Failed", message=problem)
+        try:
+            routing: TrafficRouting | None = TrafficRouting.model_validate((body.get("spec") or {}).get("trafficRouting"))
+        except ValidationError as err:
+            routing = None
+            if alerts and status.phase in ACTIVE and status.canary is not None:
+                raise KubeError(f"Rollout {ref.namespace}/{ref.name}: a matching alert cannot take traffic off canary revision "
+                                f"{status.canary.revision}: spec.trafficRouting does not validate ({_invalid(err)})", retry=False) from err
+        obs = Observations(alerts=alerts, generation=meta.get("generation"))
+        decision = decide_invalid(status, obs, self.clock(), problem)
+        if routing is None:
+            decision = replace(decision, actions=tuple(a for a in decision.actions if not isinstance(a, SetTraffic)))
+        traffic = self.traffic_for(routing) if routing is not None else None
+        if traffic is not None and routing is not None:
+            try:
+                traffic.observe(ref, routing)
+            except TrafficError as err:
+                if not err.retry:
+                    raise
+        records = [a for a in decision.actions if isinstance(a, RecordHistory)]
+        out = self._write_and_act(body, ref, old_status, status, decision, list(decision.events), records,
+                                  None, routing, traffic, {}, None, "", "blocked")
+        return replace(out, rolled_back=decision.status.phase == "RolledBack" and status.phase != "RolledBack")
 
     # ------------------------------------------------------------ observations
     def _inference_services(self, ref: RolloutRef) -> dict[int, tuple[InferenceServiceState, dict[str, Any]]]:
@@ -297,50 +436,23 @@ class Controller:
                 out[state.revision] = (state, item)
         return out
 
-    def _measurements(self, ref: RolloutRef, spec: RolloutSpec, d: Decision, now: datetime) -> tuple[tuple[Measurement, ...], SplitSample | None] | None:
+    def _measurements(self, ref: RolloutRef, spec: RolloutSpec, d: Decision, now: datetime) -> tuple[tuple[Measurement, ...], SplitSample | SplitUnknown | None] | None:
+        """Take what the decision asks to measure (Measure, SampleSplit); None when it asks for nothing."""
         measure = next((a for a in d.actions if isinstance(a, Measure)), None)
-        s = d.status
-        weight_step = (s.canary is not None and s.stable is not None and s.canaryWeight > 0 and s.currentStepIndex is not None
-                       and 0 <= s.currentStepIndex < len(spec.strategy.steps) and spec.strategy.steps[s.currentStepIndex].setWeight is not None)
-        if measure is None and not weight_step:
+        sample = next((a for a in d.actions if isinstance(a, SampleSplit)), None)
+        if measure is None and sample is None:
             return None
         if self.analysis is None:
-            taken = tuple(Measurement(m, "Error", now, message="the operator runs without Prometheus (--prometheus-url empty)")
-                          for m in (measure.metrics if measure else ()))
-            return taken, None
+            why = "the operator runs without Prometheus (--prometheus-url empty)"
+            taken = tuple(Measurement(m, "Error", now, message=why) for m in (measure.metrics if measure else ()))
+            return taken, (SplitUnknown(why, checkable=False) if sample else None)
         taken = self.analysis.measure(ref, spec, measure, now) if measure else ()
-        split = None
-        if weight_step and s.canary is not None and s.stable is not None and s.currentStepStartedAt:
-            split = self.analysis.split(ref, spec, s.stable.revision, s.canary.revision, parse_ts(s.currentStepStartedAt), now)
+        split = self.analysis.split(ref, spec, sample, now) if sample else None
+        if isinstance(split, SplitUnknown):
+            log.debug(f"Rollout {ref.namespace}/{ref.name}: {split.message}")
         return taken, split
 
     # ------------------------------------------------------------ writing
-    def _blocked(self, body: dict[str, Any], ref: RolloutRef, old: dict[str, Any], message: str, verdict: Any = None) -> Outcome:
-        """Nothing can be served yet (bad reference, no artifact): say so in status, touch nothing else."""
-        now = ts(self.clock())
-        wanted = list(verdict.conditions) if verdict is not None else [Cond("Accepted", "False", "InvalidSpec", message)]
-        if verdict is not None and not any(c.type == "Ready" and c.status == "False" and c.message == message for c in wanted):
-            wanted = [c for c in wanted if c.type != "Ready"] + [Cond("Ready", "False", "NotServing", message)]
-        conditions, transitions = merge(list(old.get("conditions") or []), wanted, body["metadata"].get("generation"), now)
-        phase = verdict.phase if verdict is not None and verdict.phase == "Failed" else "Failed" if verdict is None else (old.get("phase") or "Pending")
-        new = {**old, "phase": phase, "message": message[:1024], "conditions": conditions,
-               "observedGeneration": body["metadata"].get("generation")}
-        if _strip_times(new) != _strip_times(old):
-            if not self._write_status(body, new):
-                return Outcome("conflict")
-            for event in _transition_events(transitions):
-                self._event(body, event)
-            return Outcome("blocked", new["phase"], message=message)
-        return Outcome("blocked", new["phase"], message=message)
-
-    def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> bool:
-        """Replace status with the resourceVersion read: False on a conflict (someone wrote in between)."""
-        try:
-            self.kube.replace_status(ROLLOUT, body, status)
-            return True
-        except Conflict:
-            return False
-
     def _event(self, body: dict[str, Any], event: EmitEvent) -> None:
         """A core/v1 Event on the Rollout (posted directly: the webhook path runs outside kopf's handlers)."""
         meta = body["metadata"]
@@ -352,33 +464,6 @@ class Controller:
 
 
 # ---------------------------------------------------------------- small pure helpers
-def _ready(s: RolloutStatus) -> Cond:
-    if s.stable is not None and s.stable.promotedAt is not None:
-        return Cond("Ready", "True", "Serving", f"revision {s.stable.revision} ({s.stableVersion}) serves "
-                                                f"{s.stableWeight}% of traffic" + (f", canary {s.canaryVersion} {s.canaryWeight}%" if s.canary else ""))
-    return Cond("Ready", "False", "NotServing", s.message or "no revision serves traffic yet")
-
-
-def _transition_events(transitions: list[Transition]) -> list[EmitEvent]:
-    """An Event per condition whose status changed, with the condition's reason (as for the other kinds)."""
-    out = []
-    for t in transitions:
-        metrics.TRANSITIONS.labels("Rollout", t.cond.type, t.cond.status).inc()
-        out.append(EmitEvent("Normal" if t.cond.status == "True" else "Warning", t.cond.reason, f"{t.cond.type}: {t.cond.message}"))
-    return out
-
-
-# Waiting on these is event-driven (an InferenceService watch event, a spec edit), not time-driven.
-_IDLE_REASONS = ("StableNotReady", "CanaryNotReady", "PausedBySpec")
-
-
-def _busy(s: RolloutStatus, spec: RolloutSpec) -> bool:
-    if s.phase not in ("Pending", "Shadowing", "Progressing", "Paused") or spec.paused:
-        return False
-    progressing = next((c for c in s.conditions if c.type == "Progressing"), None)
-    return progressing is None or progressing.reason not in _IDLE_REASONS
-
-
 def contains(found: Any, wanted: Any) -> bool:
     """Does the object as found carry everything we would write (defaults added by others are fine)?"""
     if isinstance(wanted, dict):
@@ -405,3 +490,11 @@ def _invalid(err: ValidationError) -> str:
     path = ".".join(str(p) for p in first["loc"])
     return f"{path}: {first['msg']}; fix the field, or upgrade the CRDs to match this operator"
 
+
+
+def _count_transitions(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:
+    """Count condition transitions (status changed or appeared) in fmop_condition_transitions_total."""
+    before = {c.get("type"): c.get("status") for c in old}
+    for c in new:
+        if before.get(c.get("type")) != c.get("status"):
+            metrics.TRANSITIONS.labels("Rollout", str(c.get("type")), str(c.get("status"))).inc()

@@ -2,8 +2,13 @@
 
 `decide` reads like Argo Rollouts' rolloutCanary: a list of small `_reconcile_x` steps, each of which
 may settle the call, followed by the level-triggered actions (InferenceServices, traffic, measurements,
-clean-up) and one status summary. No I/O: the kopf handler reads the observations, calls decide,
-writes the returned status once and carries out the actions.
+clean-up) and one status summary. No I/O: the controller reads the observations, calls decide,
+writes the returned status first and then carries out the actions in the order given.
+
+Every decision about a Rollout is made here, so that it can be tested without a cluster: what
+FollowLatest serves, whether nothing can be served yet (blocked), the conditions (Ready included),
+when to sample the observed split, the order of the actions (traffic first on a rollback), never a
+route to a canary that is not Ready, and whether to look again soon (`Decision.busy`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Literal
 
 from fmop.api.common import Condition
 from fmop.api.rollout import HandledAlert, HistoryEntry, MeasurementResult, Metric, RolloutSpec, RolloutStatus, ServedRevision, Step
-from fmop.conditions import Cond, merge
+from fmop.conditions import Cond, Transition, merge
 from fmop.rollout import checks, naming, verdicts
 from fmop.rollout.clock import parse_duration, parse_ts, ts, utc
 from fmop.rollout.types import (
@@ -34,14 +39,16 @@ from fmop.rollout.types import (
     Observations,
     RecordHistory,
     RemoveInferenceService,
+    SampleSplit,
     SetTraffic,
     Side,
+    SplitUnknown,
 )
 
 SHADOW = -1  # status.currentStepIndex while shadowing
 ACTIVE = ("Pending", "Shadowing", "Progressing", "Paused")
 FINISHED = ("Promoted", "RolledBack", "Failed")
-PROGRESSING, ANALYSIS = "Progressing", "Analysis"  # the conditions the engine owns
+PROGRESSING, ANALYSIS, READY = "Progressing", "Analysis", "Ready"  # the conditions the engine owns (besides the references')
 MAX_HANDLED_ALERTS = 64
 
 
@@ -50,13 +57,18 @@ class _Wait:
     """Why the Rollout stays where it is on this call.
 
     hold:  on something outside the operator (InferenceService, traffic provider); counts towards spec.progressDeadline
-    pause: deliberately (spec.paused, a pause step, an analysis without data); phase Paused, no deadline
+    stuck: on evidence that does not come (an analysis without data or erroring, a split that cannot be read);
+           phase Paused, and it counts towards spec.progressDeadline too: a canary never keeps its share for ever
+    pause: deliberately (spec.paused, a pause step); phase Paused, no deadline
     work:  doing what the current step says (shadowing, measuring)
+
+    event_driven: what ends the wait is an event (an InferenceService becoming Ready, a spec edit), not time
     """
 
-    kind: Literal["hold", "pause", "work"]
+    kind: Literal["hold", "stuck", "pause", "work"]
     reason: str
     message: str
+    event_driven: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,7 +132,9 @@ def decide(spec: RolloutSpec, status: RolloutStatus, observations: Observations,
     same instant it began, so calling decide again with its own output and the same observations
     changes nothing: no transition happens twice.
     """
-    t = _Tick(spec, observations, utc(now), status.model_copy(deep=True))
+    t = _Tick(effective_spec(spec, observations), observations, utc(now), status.model_copy(deep=True))
+    if observations.hold is not None and status.revision == 0:
+        return _blocked(t)
     outcome: _Outcome = None
     for reconcile in _RECONCILERS:
         outcome = reconcile(t)
@@ -129,7 +143,71 @@ def decide(spec: RolloutSpec, status: RolloutStatus, observations: Observations,
     _reconcile_deadline(t, outcome)
     _reconcile_serving(t)
     _summarise(t, outcome)
-    return Decision(t.status, tuple(t.actions + t.notes))
+    return Decision(t.status, tuple(_ordered(t) + t.notes), busy=_busy(t, outcome))
+
+
+def effective_spec(spec: RolloutSpec, observations: Observations) -> RolloutSpec:
+    """The spec as served: FollowLatest serves the newest complete bundle the reference check resolved, as if
+    named (a served revision is pinned to what it serves; status has the spec's schema rules too)."""
+    if observations.latest_version is None:
+        return spec
+    target = spec.model.foundationModel.model_copy(update={"version": observations.latest_version, "versionPolicy": "Pinned"})
+    return spec.model_copy(update={"model": spec.model.model_copy(update={"foundationModel": target})})
+
+
+def _blocked(t: _Tick) -> Decision:
+    """Nothing serves yet and spec.model cannot be served (a bad reference, no artifact): say so, touch nothing else."""
+    s, hold = t.status, t.obs.hold or ""
+    wanted = list(t.obs.references)
+    if not any(c.type == READY and c.status == "False" and c.message == hold for c in wanted):
+        wanted = [c for c in wanted if c.type != READY] + [Cond(READY, "False", "NotServing", hold)]
+    merged, transitions = merge([c.model_dump(exclude_none=True) for c in s.conditions], wanted, t.obs.generation, ts(t.now))
+    s.conditions = [Condition.model_validate(c) for c in merged]
+    s.phase = "Failed" if t.obs.hold_failed else s.phase
+    s.message = hold[:1024]
+    if t.obs.generation is not None:
+        s.observedGeneration = t.obs.generation
+    _transition_events(t, transitions)
+    return Decision(s, tuple(t.notes))
+
+
+def decide_invalid(status: RolloutStatus, observations: Observations, now: datetime, problem: str) -> Decision:
+    """spec no longer validates (a bad edit, CRDs older than the operator): nothing new can start, and the revision
+    in flight is Failed, so its traffic goes back to the stable now rather than when the spec is fixed. A new
+    matching alert is still acted on (the webhook matched it on spec.rollback.alerts, which may still read): the
+    revision is RolledBack with the alert as its reason. Only status (and the observations) are needed."""
+    s, now = status.model_copy(deep=True), utc(now)
+    notes: list[Action] = []
+    new_alerts = sorted((a for a in observations.alerts if not _alert_handled(s, a)), key=lambda a: (a.starts_at, a.fingerprint, a.name))
+    _remember_alerts(s, new_alerts)
+    rolling = _rolling(s)
+    actions: list[Action] = []
+    if rolling is not None and s.canary is not None and s.stable is not None:
+        started = parse_ts(rolling.startedAt) if rolling.startedAt else None
+        relevant = [a for a in new_alerts if _other_revision(a, rolling.revision) is None and (started is None or a.starts_at >= started)]
+        outcome: Literal["RolledBack", "Failed"] = "RolledBack" if relevant else "Failed"
+        reason = _alert_reason(relevant[0]) if relevant else f"spec does not validate: {problem}"
+        entry = HistoryEntry(revision=rolling.revision, foundationModelVersion=rolling.model.foundationModel.version or "",
+                             adapters=[f"{n}@{v}" if v else n for n, v in ModelRef.of(rolling.model).adapters], outcome=outcome,
+                             reason=_clip(reason), startedAt=rolling.startedAt, finishedAt=ts(now))
+        s.history = [*s.history, entry][-10:]
+        s.canaryWeight, s.stableWeight, s.mirrorPercent, s.rollbackReason, s.heldSince = 0, 100, 0, _clip(reason), None
+        notes += [RecordHistory(entry), EmitEvent("Warning", outcome, _clip(
+            f"revision {rolling.revision} ({_label(rolling)}) {'rolled back' if relevant else 'failed'}: {reason}; "
+            f"all traffic on stable revision {s.stable.revision} ({_label(s.stable)})"))]
+        actions.append(SetTraffic(s.stable.revision, None, 0, 0))
+        s.phase = outcome
+    elif s.phase != "RolledBack":
+        s.phase = "Failed"
+    merged, transitions = merge([c.model_dump(exclude_none=True) for c in s.conditions], [Cond("Accepted", "False", "InvalidSpec", problem)],
+                                observations.generation, ts(now))
+    s.conditions = [Condition.model_validate(c) for c in merged]
+    s.message = _clip(problem, 1024)
+    if observations.generation is not None:
+        s.observedGeneration = observations.generation
+    notes += [EmitEvent("Normal" if tr.cond.status == "True" else "Warning", tr.cond.reason, f"{tr.cond.type}: {tr.cond.message}")
+              for tr in transitions]
+    return Decision(s, tuple(actions + notes))
 
 
 # ---------------------------------------------------------------- reconcile steps, in order
@@ -185,6 +263,19 @@ def _reconcile_alerts(t: _Tick) -> _Outcome:
     rolling = _rolling(s)
     if rolling is None:
         return None
+    relevant = _relevant_alerts(t, rolling, new)
+    if not relevant:
+        return None
+    reason = _alert_reason(relevant[0])
+    if s.canary is None:
+        t.event("Warning", "AlertWithoutStable", f"{reason}; revision {rolling.revision} is the first, there is no stable revision to roll back to")
+        return None
+    _finish_rolling(t, "RolledBack", reason)
+    return "settled"
+
+
+def _relevant_alerts(t: _Tick, rolling: ServedRevision, new: list[Alert]) -> list[Alert]:
+    """The new alerts about the revision in flight: not naming another revision, not firing since before it started."""
     started = parse_ts(rolling.startedAt) if rolling.startedAt else None
     relevant = []
     for a in new:
@@ -197,16 +288,21 @@ def _reconcile_alerts(t: _Tick) -> _Outcome:
                                               f"before revision {rolling.revision} started at {rolling.startedAt}: it is not about this revision")
         else:
             relevant.append(a)
-    if not relevant:
-        return None
-    first = relevant[0]
+    return relevant
+
+
+def _alert_reason(first: Alert) -> str:
     labels = ", ".join(f"{k}={json.dumps(v)}" for k, v in first.labels)
-    reason = (f"alert {first.name} (fingerprint {first.fingerprint}, firing since {ts(first.starts_at)}) matched spec.rollback.alerts"
-              + (f" {{{labels}}}" if labels else "") + (f": {first.summary}" if first.summary else ""))
-    if s.canary is None:
-        t.event("Warning", "AlertWithoutStable", f"{reason}; revision {rolling.revision} is the first, there is no stable revision to roll back to")
+    return (f"alert {first.name} (fingerprint {first.fingerprint}, firing since {ts(first.starts_at)}) matched spec.rollback.alerts"
+            + (f" {{{labels}}}" if labels else "") + (f": {first.summary}" if first.summary else ""))
+
+
+def _reconcile_unrecorded(t: _Tick) -> _Outcome:
+    """A rollback already carried out but not yet in status (its write failed) is decided again, never reversed."""
+    u, rolling = t.obs.unrecorded, _rolling(t.status)
+    if u is None or rolling is None or rolling.revision != u.revision or t.status.canary is None:
         return None
-    _finish_rolling(t, "RolledBack", reason)
+    _finish_rolling(t, u.outcome, u.reason)
     return "settled"
 
 
@@ -257,7 +353,8 @@ def _reconcile_analysis(t: _Tick) -> _Outcome:
 def _reconcile_spec_paused(t: _Tick) -> _Outcome:
     if not t.spec.paused:
         return None
-    return _Wait("pause", "PausedBySpec", f"spec.paused is true: holding at {_where(t, t.status.currentStepIndex)} until it is set back to false")
+    return _Wait("pause", "PausedBySpec", f"spec.paused is true: holding at {_where(t, t.status.currentStepIndex)} until it is set back to false",
+                 event_driven=True)
 
 
 def _reconcile_first_revision(t: _Tick) -> _Outcome:
@@ -288,9 +385,9 @@ def _reconcile_analysis_pause(t: _Tick) -> _Outcome:
         return _Wait("pause", "AnalysisFailed", f"analysis at {where} failed: {_metric_notes(by_phase['Failed'])}; automatic rollback is off "
                                                 "(spec.rollback.onAnalysisFailure: false): set it to true to roll back, or change spec.model")
     if by_phase["Inconclusive"]:
-        return _Wait("pause", "AnalysisInconclusive", f"analysis at {where} has no data: {_metric_notes(by_phase['Inconclusive'])}; "
+        return _Wait("stuck", "AnalysisInconclusive", f"analysis at {where} has no data: {_metric_notes(by_phase['Inconclusive'])}; "
                                                       "paused until the query returns data (no data is neither a success nor a failure)")
-    return _Wait("pause", "AnalysisError", f"analysis at {where} cannot measure: {_metric_notes(by_phase['Error'])}; "
+    return _Wait("stuck", "AnalysisError", f"analysis at {where} cannot measure: {_metric_notes(by_phase['Error'])}; "
                                            "paused until Prometheus answers")
 
 
@@ -312,6 +409,7 @@ _RECONCILERS = (
     _reconcile_requests,
     _reconcile_revision,
     _reconcile_alerts,
+    _reconcile_unrecorded,  # after the alerts: a resent alert is remembered on the call that finally records the rollback
     _reconcile_abort,  # after the alerts, so new alerts are remembered on the call an abort settles
     _reconcile_finished,
     _reconcile_analysis,
@@ -323,11 +421,12 @@ _RECONCILERS = (
 
 
 def _reconcile_deadline(t: _Tick, outcome: _Outcome) -> None:
-    """Waiting on the outside (hold) for longer than spec.progressDeadline fails the revision, naming the step."""
+    """Waiting on the outside (hold) or on evidence that does not come (stuck) for longer than spec.progressDeadline
+    fails the revision, naming the step: all traffic goes back to the stable."""
     s = t.status
     if not isinstance(outcome, _Wait):
         return
-    if outcome.kind != "hold" or s.phase not in ACTIVE:
+    if outcome.kind not in ("hold", "stuck") or s.phase not in ACTIVE:
         s.heldSince = None
         return
     since = parse_ts(s.heldSince) if s.heldSince else t.now
@@ -347,10 +446,18 @@ def _reconcile_serving(t: _Tick) -> None:
             t.actions.append(EnsureInferenceService(side, rev.revision, ModelRef.of(rev.model)))
             keep.add(rev.revision)
     if s.stable is not None:
-        t.actions.append(SetTraffic(s.stable.revision, canary.revision if canary else None, s.canaryWeight, s.mirrorPercent))
+        ready = canary is not None and (found := _isvc(t.obs, canary.revision)) is not None and found.ready
+        # Never a route to a canary that is not Ready: no share, no mirror, no backend (gateways drop a whole route
+        # whose backend has no endpoints; Traefik answers 404 for all of it). Status keeps the step's weight, and the
+        # step holds on CanaryNotReady until it is Ready again or spec.progressDeadline fails it.
+        t.actions.append(SetTraffic(s.stable.revision, canary.revision, s.canaryWeight, s.mirrorPercent) if canary is not None and ready
+                         else SetTraffic(s.stable.revision, None, 0, 0))
     measure = _due_measurements(t)
     if measure is not None:
         t.actions.append(measure)
+    sample = _due_split(t)
+    if sample is not None:
+        t.actions.append(sample)
     if s.previousStable is not None:
         keep.add(s.previousStable.revision)
     stable = f"revision {s.stable.revision}" if s.stable else "none"
@@ -359,23 +466,53 @@ def _reconcile_serving(t: _Tick) -> None:
 
 
 def _summarise(t: _Tick, outcome: _Outcome) -> None:
-    """Phase, conditions, message and kubectl columns from what this call decided."""
+    """Phase, conditions (the references', Ready, Progressing, Analysis), message and kubectl columns from what this call decided."""
     s = t.status
     wait = outcome if isinstance(outcome, _Wait) else None
     if s.phase not in FINISHED:
         s.phase = _active_phase(s, wait)
     progressing = _progressing(t, wait)
-    wanted = [progressing] + ([_analysis_condition(s)] if s.lastAnalysis else [])
-    current = [c.model_dump(exclude_none=True) for c in s.conditions]
-    merged, _ = merge(current, wanted, t.obs.generation, ts(t.now))
-    s.conditions = [Condition.model_validate(c) for c in merged]
     s.message = _clip(progressing.message)
     if t.held:
         s.message = _clip(f"{ModelRef.of(t.spec.model).label()} is not served yet: {t.obs.hold}. Until then: {progressing.message}")
     s.stableVersion, s.canaryVersion = _label(s.stable), _label(s.canary)
     if t.obs.generation is not None:
         s.observedGeneration = t.obs.generation
+    wanted = [*[c for c in t.obs.references if c.type != READY], _ready(s), progressing] + ([_analysis_condition(s)] if s.lastAnalysis else [])
+    current = [c.model_dump(exclude_none=True) for c in s.conditions]
+    merged, transitions = merge(current, wanted, t.obs.generation, ts(t.now))
+    s.conditions = [Condition.model_validate(c) for c in merged]
+    _transition_events(t, [tr for tr in transitions if tr.cond.type not in (PROGRESSING, ANALYSIS)])
     _note_ignored_requests(t)
+
+
+def _ready(s: RolloutStatus) -> Cond:
+    if s.stable is not None and s.stable.promotedAt is not None:
+        return Cond(READY, "True", "Serving", f"revision {s.stable.revision} ({s.stableVersion}) serves "
+                                              f"{s.stableWeight}% of traffic" + (f", canary {s.canaryVersion} {s.canaryWeight}%" if s.canary else ""))
+    return Cond(READY, "False", "NotServing", s.message or "no revision serves traffic yet")
+
+
+def _transition_events(t: _Tick, transitions: list[Transition]) -> None:
+    """An Event per condition whose status changed, with the condition's reason (as for the other kinds)."""
+    for tr in transitions:
+        t.event("Normal" if tr.cond.status == "True" else "Warning", tr.cond.reason, f"{tr.cond.type}: {tr.cond.message}")
+
+
+def _ordered(t: _Tick) -> list[Action]:
+    """Traffic first of all when the revision in flight was just taken off (RolledBack, Failed): a rollback costs one
+    write and nothing can delay it; otherwise InferenceServices first, so a route never points at a missing backend."""
+    if t.status.phase in ("RolledBack", "Failed"):
+        return [a for a in t.actions if isinstance(a, SetTraffic)] + [a for a in t.actions if not isinstance(a, SetTraffic)]
+    return list(t.actions)
+
+
+def _busy(t: _Tick, outcome: _Outcome) -> bool:
+    """Time-driven work is under way (steps, pauses, measurements): look again soon. Waiting on an event is not."""
+    s = t.status
+    if s.phase not in ACTIVE or t.spec.paused:
+        return False
+    return not (isinstance(outcome, _Wait) and outcome.event_driven)
 
 
 # ---------------------------------------------------------------- transitions
@@ -575,7 +712,7 @@ def _not_ready(t: _Tick, rev: ServedRevision | None, reason: str) -> _Wait | Non
         return None
     why = "not found" if found is None else (found.message or "not Ready")
     return _Wait("hold", reason, f"{_where(t, t.status.currentStepIndex)}: waiting for the InferenceService of revision {rev.revision} "
-                                 f"({_label(rev)}) to become Ready: {why}")
+                                 f"({_label(rev)}) to become Ready: {why}", event_driven=True)
 
 
 def _traffic_not_applied(t: _Tick, where: str) -> _Wait | None:
@@ -593,10 +730,18 @@ def _traffic_not_applied(t: _Tick, where: str) -> _Wait | None:
 
 
 def _split_off(t: _Tick, where: str, weight: int) -> _Wait | None:
-    """Requests counted since this step began must be within 3 binomial sigma of the weight."""
+    """Requests counted since this step began must be within 3 binomial sigma of the weight. No sample yet (the
+    controller takes one when asked: SampleSplit) or one from before the step began is not evidence: the step waits.
+    A split that cannot be read is not a pass either: the Rollout pauses (stuck) until it can, or the deadline fails it."""
     sample = t.obs.split
+    if isinstance(sample, SplitUnknown):
+        if not sample.checkable:  # no Prometheus at all: the traffic provider's word is all there is (as in Argo Rollouts)
+            return None
+        return _Wait("stuck", "SplitUnknown", f"{where}: the split observed at the backends cannot be read ({sample.message}); "
+                                              "holding until it can: a split nobody checked is not a pass")
     if sample is None or sample.since < _step_start(t):
-        return None
+        return _Wait("work", "CheckingSplit", f"{where}: {weight}% of live traffic on canary {_label(t.status.canary)}; "
+                                              "checking the split observed at the backends")
     if verdicts.split_within_sigma(sample.canary_requests, sample.total_requests, weight):
         return None
     share = 100 * sample.canary_requests / sample.total_requests
@@ -662,6 +807,16 @@ def _due_measurements(t: _Tick) -> Measure | None:
     if not due:
         return None
     return Measure(tuple(due), s.stable.revision if s.stable else None, s.canary.revision, _where(t, s.currentStepIndex))
+
+
+def _due_split(t: _Tick) -> SampleSplit | None:
+    """On a weight step (0% included: then the canary must get nothing), count what each backend answered since the step began."""
+    s, steps = t.status, t.spec.strategy.steps
+    idx = s.currentStepIndex
+    if (s.phase not in ACTIVE or s.canary is None or s.stable is None or idx is None or not 0 <= idx < len(steps)
+            or steps[idx].setWeight is None):
+        return None
+    return SampleSplit(s.stable.revision, s.canary.revision, _step_start(t))
 
 
 def _other_revision(alert: Alert, revision: int) -> str | None:
@@ -744,7 +899,7 @@ def _what(t: _Tick, idx: int) -> str:
 
 
 def _active_phase(s: RolloutStatus, wait: _Wait | None) -> Literal["Pending", "Shadowing", "Progressing", "Paused"]:
-    if wait is not None and wait.kind == "pause":
+    if wait is not None and wait.kind in ("pause", "stuck"):
         return "Paused"
     if s.currentStepIndex is None:
         return "Pending"
@@ -763,7 +918,7 @@ def _progressing(t: _Tick, wait: _Wait | None) -> Cond:
         return Cond(PROGRESSING, "False", "ProgressDeadlineExceeded", s.rollbackReason or "failed")
     if wait is None:
         return Cond(PROGRESSING, "True", "Progressing", f"revision {s.revision} at {_where(t, s.currentStepIndex)}")
-    return Cond(PROGRESSING, "False" if wait.kind == "pause" else "True", wait.reason, wait.message)
+    return Cond(PROGRESSING, "False" if wait.kind in ("pause", "stuck") else "True", wait.reason, wait.message)
 
 
 def _analysis_condition(s: RolloutStatus) -> Cond:

@@ -1,8 +1,8 @@
 """What the rollout engine reads (Observations) and what it asks for (Actions), as plain data.
 
-The kopf handlers fill in Observations from the cluster, Prometheus and the Alertmanager webhook,
-call `decide`, then apply the Decision: patch `status` once and carry out the actions in order.
-Nothing here does I/O.
+The controller fills in Observations from the cluster, Prometheus and the Alertmanager webhook,
+calls `decide`, then carries the Decision out: write `status` first (the intent, with the
+resourceVersion read), then the actions in the order given. Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Literal
 
 from fmop.api.rollout import HistoryEntry, RolloutStatus, ServeTarget
+from fmop.conditions import Cond
 
 Side = Literal["stable", "canary"]
 MeasurementPhase = Literal["Successful", "Failed", "Error", "Inconclusive"]
@@ -100,6 +101,25 @@ class SplitSample:
 
 
 @dataclass(frozen=True)
+class SplitUnknown:
+    """The observed split was asked for and could not be read; `message` says why (Prometheus error, bad answer).
+    checkable=False: the operator runs without Prometheus, so there is nothing to read it from."""
+
+    message: str
+    checkable: bool = True
+
+
+@dataclass(frozen=True)
+class UnrecordedRollback:
+    """A rollback this operator decided and carried out (traffic on the stable) but could not record in status:
+    fed back into every decision until status records it, so no later decision routes to the revision again."""
+
+    revision: int
+    outcome: Literal["RolledBack", "Failed"]
+    reason: str
+
+
+@dataclass(frozen=True)
 class Observations:
     """Everything decide() knows about the world besides spec and status, read by the handler."""
 
@@ -107,12 +127,16 @@ class Observations:
     measurements: tuple[Measurement, ...] = ()
     alerts: tuple[Alert, ...] = ()
     traffic: ObservedTraffic | Literal["unknown"] = "unknown"  # "unknown": not found, or the provider cannot tell
-    split: SplitSample | None = None
+    split: SplitSample | SplitUnknown | None = None  # None: not measured (no SampleSplit asked, or no Prometheus configured)
     promote_request: str | None = None  # value of the fmops.dev/promote annotation
     retry_request: str | None = None  # value of the fmops.dev/retry annotation
     abort_request: str | None = None  # value of the fmops.dev/abort annotation
     generation: int | None = None  # metadata.generation, copied to status and conditions
     hold: str | None = None  # why spec.model cannot be served yet (its references do not resolve); None: it can
+    hold_failed: bool = False  # the reference check says Failed (not merely waiting): a Rollout that serves nothing yet is Failed
+    references: tuple[Cond, ...] = ()  # the reference check's conditions (Accepted, ResolvedRefs, Ready), merged into status
+    latest_version: str | None = None  # FollowLatest: the newest complete bundle the reference check resolved
+    unrecorded: UnrecordedRollback | None = None  # a rollback carried out whose status write failed (see UnrecordedRollback)
 
 
 # ---------------------------------------------------------------- actions
@@ -146,6 +170,15 @@ class Measure:
 
 
 @dataclass(frozen=True)
+class SampleSplit:
+    """Count the requests each revision answered since `since`; the result comes back as Observations.split."""
+
+    stable_revision: int
+    canary_revision: int
+    since: datetime
+
+
+@dataclass(frozen=True)
 class RemoveInferenceService:
     """Delete the InferenceService of a revision nothing routes to any more."""
 
@@ -169,20 +202,25 @@ class EmitEvent:
     message: str
 
 
-Action = EnsureInferenceService | SetTraffic | Measure | RemoveInferenceService | RecordHistory | EmitEvent
+Action = EnsureInferenceService | SetTraffic | Measure | SampleSplit | RemoveInferenceService | RecordHistory | EmitEvent
 
 
 @dataclass(frozen=True)
 class Decision:
-    """The status to write (once) and the actions to carry out, in order, stopping at the first failure.
+    """The status to write (once, before anything else: the intent) and the actions to carry out, in
+    order, stopping at the first failure.
 
-    Actions are level-triggered where they can be (EnsureInferenceService, SetTraffic, Measure and
-    RemoveInferenceService come back on every call while they apply), so a lost action is repeated
-    on the next call; Events and history records come once, with the transition that caused them.
+    Actions are level-triggered where they can be (EnsureInferenceService, SetTraffic, Measure,
+    SampleSplit and RemoveInferenceService come back on every call while they apply, derived from
+    status alone), so an action lost to a crash after the status write is repeated on the next call;
+    Events and history records come once, with the transition that caused them. On a rollback the
+    traffic change comes first of all. `busy`: time-driven work is under way (steps, pauses,
+    measurements), so look again soon; otherwise the next look is event-driven or a slow resync.
     """
 
     status: RolloutStatus
     actions: tuple[Action, ...] = field(default_factory=tuple)
+    busy: bool = False
 
     @property
     def events(self) -> tuple[EmitEvent, ...]:

@@ -523,7 +523,8 @@ def test_conditions_say_why_it_is_paused() -> None:
             do(w)
         w.tick()
     conds = {c.type: (c.status, c.reason) for c in w.status.conditions}
-    assert conds == {"Ready": ("True", "Serving"), "Progressing": ("False", "AnalysisInconclusive"), "Analysis": ("Unknown", "Inconclusive")}
+    assert conds == {"Ready": ("True", "Serving"), "Progressing": ("False", "AnalysisInconclusive"), "Analysis": ("Unknown", "Inconclusive"),
+                     "Reconciling": ("True", "AnalysisInconclusive"), "Stalled": ("False", "NotStalled")}
     assert all(c.observedGeneration == 1 for c in w.status.conditions)
 
 
@@ -531,7 +532,7 @@ def test_conditions_owned_by_others_are_kept() -> None:
     status = RolloutStatus.model_validate({"conditions": [{"type": "Accepted", "status": "True", "reason": "SpecValid",
                                                            "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
     d = decide(BASE, status, Observations(), T0)
-    assert [c.type for c in d.status.conditions] == ["Ready", "Progressing", "Accepted"]
+    assert [c.type for c in d.status.conditions] == ["Ready", "Progressing", "Reconciling", "Stalled", "Accepted"]
 
 
 def test_decide_is_deterministic_and_does_not_touch_its_input() -> None:
@@ -764,3 +765,23 @@ def test_an_analysis_without_data_or_erroring_fails_at_the_progress_deadline(pha
     assert w.status.phase == "Failed", w.status.message
     assert "no progress for spec.progressDeadline 10m" in (w.status.rollbackReason or "") and f"analysis at spec.strategy.steps[1]" in (w.status.rollbackReason or "")
     assert w.last is not None and [a for a in w.last.actions if isinstance(a, SetTraffic)] == [SetTraffic(1, None, 0, 0)]
+
+
+def test_kstatus_conditions_follow_the_phase() -> None:
+    """Reconciling while a revision is in flight, Stalled once it rolled back or failed, neither once promoted:
+    what Flux's health checks and `kubectl wait --for=condition=Reconciling=false` read."""
+    def kstatus(w: World) -> tuple[str, str]:
+        c = {x.type: x.status for x in w.status.conditions}
+        return c["Reconciling"], c["Stalled"]
+
+    w = stable_world(BASE)
+    assert kstatus(w) == ("False", "False")
+    model("v2")(w)
+    w.tick()
+    assert w.status.phase == "Pending" and kstatus(w) == ("True", "False")
+    abort("a")(w)
+    w.tick()
+    assert w.status.phase == "RolledBack" and kstatus(w) == ("False", "True")
+    stalled = next(x for x in w.status.conditions if x.type == "Stalled")
+    assert stalled.reason == "RolledBack" and "aborted by request" in stalled.message
+    assert "Reconciling" not in w.reasons() and "Stalled" not in w.reasons(), "no Event per kstatus transition"

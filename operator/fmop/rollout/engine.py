@@ -49,6 +49,8 @@ SHADOW = -1  # status.currentStepIndex while shadowing
 ACTIVE = ("Pending", "Shadowing", "Progressing", "Paused")
 FINISHED = ("Promoted", "RolledBack", "Failed")
 PROGRESSING, ANALYSIS, READY = "Progressing", "Analysis", "Ready"  # the conditions the engine owns (besides the references')
+RECONCILING, STALLED = "Reconciling", "Stalled"  # kstatus (Flux, kubectl wait, Argo CD): work under way / needs a person
+QUIET = (PROGRESSING, ANALYSIS, RECONCILING, STALLED)  # transitions of these are told by the step Events, not one more Event each
 MAX_HANDLED_ALERTS = 64
 
 
@@ -161,8 +163,11 @@ def _blocked(t: _Tick) -> Decision:
     wanted = list(t.obs.references)
     if not any(c.type == READY and c.status == "False" and c.message == hold for c in wanted):
         wanted = [c for c in wanted if c.type != READY] + [Cond(READY, "False", "NotServing", hold)]
+    failed = t.obs.hold_failed
+    wanted += [Cond(RECONCILING, "False" if failed else "True", "Blocked", hold), Cond(STALLED, "True" if failed else "False", "Blocked", hold)]
     merged, transitions = merge([c.model_dump(exclude_none=True) for c in s.conditions], wanted, t.obs.generation, ts(t.now))
     s.conditions = [Condition.model_validate(c) for c in merged]
+    transitions = [tr for tr in transitions if tr.cond.type not in QUIET]
     s.phase = "Failed" if t.obs.hold_failed else s.phase
     s.message = hold[:1024]
     if t.obs.generation is not None:
@@ -199,8 +204,10 @@ def decide_invalid(status: RolloutStatus, observations: Observations, now: datet
         s.phase = outcome
     elif s.phase != "RolledBack":
         s.phase = "Failed"
-    merged, transitions = merge([c.model_dump(exclude_none=True) for c in s.conditions], [Cond("Accepted", "False", "InvalidSpec", problem)],
-                                observations.generation, ts(now))
+    wanted = [Cond("Accepted", "False", "InvalidSpec", problem), Cond(RECONCILING, "False", "InvalidSpec", problem),
+              Cond(STALLED, "True", "InvalidSpec", problem)]
+    merged, transitions = merge([c.model_dump(exclude_none=True) for c in s.conditions], wanted, observations.generation, ts(now))
+    transitions = [tr for tr in transitions if tr.cond.type not in QUIET]
     s.conditions = [Condition.model_validate(c) for c in merged]
     s.message = _clip(problem, 1024)
     if observations.generation is not None:
@@ -478,12 +485,24 @@ def _summarise(t: _Tick, outcome: _Outcome) -> None:
     s.stableVersion, s.canaryVersion = _label(s.stable), _label(s.canary)
     if t.obs.generation is not None:
         s.observedGeneration = t.obs.generation
-    wanted = [*[c for c in t.obs.references if c.type != READY], _ready(s), progressing] + ([_analysis_condition(s)] if s.lastAnalysis else [])
+    wanted = [*[c for c in t.obs.references if c.type != READY], _ready(s), progressing, *_kstatus(s, progressing)]
+    wanted += [_analysis_condition(s)] if s.lastAnalysis else []
     current = [c.model_dump(exclude_none=True) for c in s.conditions]
     merged, transitions = merge(current, wanted, t.obs.generation, ts(t.now))
     s.conditions = [Condition.model_validate(c) for c in merged]
-    _transition_events(t, [tr for tr in transitions if tr.cond.type not in (PROGRESSING, ANALYSIS)])
+    _transition_events(t, [tr for tr in transitions if tr.cond.type not in QUIET])
     _note_ignored_requests(t)
+
+
+def _kstatus(s: RolloutStatus, progressing: Cond) -> list[Cond]:
+    """Reconciling while a revision is in flight (Flux and `kstatus` wait on it), Stalled once it ended badly (a person
+    must change spec.model or ask for a retry). Both always present, True or False, with the phase's reason."""
+    active = s.phase in ACTIVE
+    stalled = s.phase in ("RolledBack", "Failed")
+    return [Cond(RECONCILING, "True" if active else "False", progressing.reason if active else s.phase,
+                 progressing.message if active else f"nothing in flight: {s.phase}"),
+            Cond(STALLED, "True" if stalled else "False", s.phase if stalled else "NotStalled",
+                 (s.rollbackReason or s.message) if stalled else "")]
 
 
 def _ready(s: RolloutStatus) -> Cond:

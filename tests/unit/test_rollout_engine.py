@@ -785,3 +785,25 @@ def test_kstatus_conditions_follow_the_phase() -> None:
     stalled = next(x for x in w.status.conditions if x.type == "Stalled")
     assert stalled.reason == "RolledBack" and "aborted by request" in stalled.message
     assert "Reconciling" not in w.reasons() and "Stalled" not in w.reasons(), "no Event per kstatus transition"
+
+
+def test_next_look_is_now_while_busy_else_the_first_clock_driven_change() -> None:
+    """What lets an idle Rollout sleep (no API reads) until something can change without an event."""
+    w = stable_world(BASE)
+    d = decide(w.spec, w.status, w.observations(), at(3))
+    assert not d.busy and d.next_look is None, "a promoted Rollout with nothing kept warm waits for an event"
+    model("v2")(w)
+    w.set_ready(False)
+    w.tick()
+    w.tick()
+    assert w.last is not None and not w.last.busy and w.status.heldSince is not None
+    assert w.last.next_look == parse_ts(w.status.heldSince) + timedelta(minutes=10, seconds=1), "the progress deadline of a hold"
+    w.set_ready(True)
+    w.tick()
+    assert w.last is not None and w.last.busy and w.last.next_look == w.now
+    for _ in range(12):
+        w.tick()
+        if w.status.phase == "Promoted":
+            break
+    assert w.status.phase == "Promoted" and w.status.previousStable is not None and w.last is not None
+    assert not w.last.busy and w.last.next_look == parse_ts(w.status.previousStable.keepWarmUntil or "") + timedelta(seconds=1)

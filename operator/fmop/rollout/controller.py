@@ -194,6 +194,7 @@ class Outcome:
     message: str = ""
     busy: bool = False  # time-driven work is under way (steps, pauses, measurements): reconcile again soon
     rolled_back: bool = False  # this reconcile rolled the revision in flight back
+    next_look: datetime | None = None  # reconcile again by then at the latest; None: only an event (or the idle resync) needs to
 
 
 @dataclass
@@ -373,7 +374,7 @@ class Controller:
         if blocked is not None:
             return Outcome("blocked", phase, message=new.message)
         return Outcome("changed" if changed else "unchanged", phase, tuple(done), traffic_at, new.message, busy=decision.busy,
-                       rolled_back=changed and phase == "RolledBack" and status.phase != "RolledBack")
+                       rolled_back=changed and phase == "RolledBack" and status.phase != "RolledBack", next_look=decision.next_look)
 
     def _take_off_unrecorded(self, ref: RolloutRef, routing: TrafficRouting, traffic: Traffic, status: RolloutStatus, decision: Decision) -> None:
         """Status cannot be written, but the canary must not keep serving: route to the stable now, and remember the

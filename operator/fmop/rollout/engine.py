@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from fmop.api.common import Condition
@@ -145,7 +145,8 @@ def decide(spec: RolloutSpec, status: RolloutStatus, observations: Observations,
     _reconcile_deadline(t, outcome)
     _reconcile_serving(t)
     _summarise(t, outcome)
-    return Decision(t.status, tuple(_ordered(t) + t.notes), busy=_busy(t, outcome))
+    busy = _busy(t, outcome)
+    return Decision(t.status, tuple(_ordered(t) + t.notes), busy=busy, next_look=_next_look(t, busy))
 
 
 def effective_spec(spec: RolloutSpec, observations: Observations) -> RolloutSpec:
@@ -524,6 +525,18 @@ def _ordered(t: _Tick) -> list[Action]:
     if t.status.phase in ("RolledBack", "Failed"):
         return [a for a in t.actions if isinstance(a, SetTraffic)] + [a for a in t.actions if not isinstance(a, SetTraffic)]
     return list(t.actions)
+
+
+def _next_look(t: _Tick, busy: bool) -> datetime | None:
+    """When to look again without an event: now when busy, else the first clock-driven change (a kept-warm revision
+    to let go, a progress deadline while waiting on an event); None when only an event can change anything."""
+    s = t.status
+    times = [t.now] if busy else []
+    if s.previousStable is not None and s.previousStable.keepWarmUntil is not None:
+        times.append(parse_ts(s.previousStable.keepWarmUntil) + timedelta(seconds=1))
+    if s.phase in ACTIVE and s.heldSince is not None:
+        times.append(parse_ts(s.heldSince) + parse_duration(t.spec.progressDeadline) + timedelta(seconds=1))
+    return min(times) if times else None
 
 
 def _busy(t: _Tick, outcome: _Outcome) -> bool:

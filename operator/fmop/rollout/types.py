@@ -215,12 +215,14 @@ class Decision:
     status alone), so an action lost to a crash after the status write is repeated on the next call;
     Events and history records come once, with the transition that caused them. On a rollback the
     traffic change comes first of all. `busy`: time-driven work is under way (steps, pauses,
-    measurements), so look again soon; otherwise the next look is event-driven or a slow resync.
+    measurements), so look again soon; otherwise `next_look` says when the clock alone changes
+    something (a kept-warm revision to let go, a progress deadline), and the rest is event-driven.
     """
 
     status: RolloutStatus
     actions: tuple[Action, ...] = field(default_factory=tuple)
     busy: bool = False
+    next_look: datetime | None = None  # look again by then at the latest (now when busy); None: only an event changes anything
 
     @property
     def events(self) -> tuple[EmitEvent, ...]:

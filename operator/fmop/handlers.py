@@ -1,4 +1,4 @@
-"""kopf handlers: read what an assessment needs, assess (pure), patch status once, post Events.
+"""kopf handlers: read what an assessment needs, assess (pure), write status once, post Events.
 
 FoundationModel and TaskAdapter have one reconcile function, run on create, on spec update, on
 operator start (resume) and on a resync timer, so a TaskAdapter notices when the objects it
@@ -18,16 +18,16 @@ import kopf
 
 from fmop import __version__, metrics
 from fmop.api import GROUP
-from fmop.assess import Verdict
-from fmop.conditions import merge, now_rfc3339
+from fmop.conditions import now_rfc3339
 from fmop.config import Config
 from fmop.kinds import FOUNDATION_MODEL, INFERENCE_SERVICE, ROLLOUT, TASK_ADAPTER, WORKFLOW, Kind
-from fmop.kube import Kube, KubeError, NotInstalled, api_client
+from fmop.kube import Conflict, Kube, KubeError, NotInstalled, api_client
 from fmop.rollout import naming, webhook
 from fmop.rollout.controller import Controller, PrometheusAnalysis, traffic_for
 from fmop.rollout.types import Alert
-from fmop.training.planner import Plan, plan, with_log
+from fmop.training.planner import Plan, StepLog, plan
 from fmop.training.render import LABEL_KIND, LABEL_OWNER
+from fmop.training.versions import Contended, Synced, sync
 
 
 @kopf.on.startup()
@@ -61,32 +61,23 @@ class _QuietResync(logging.Filter):
         return not (record.levelno == logging.INFO and record.getMessage().startswith("Timer ") and record.getMessage().endswith("succeeded."))
 
 
-def _apply(kind: str, body: kopf.Body, patch: kopf.Patch, verdict: Verdict) -> str:
-    """Turn a verdict into one status patch (only when something changed) and Events for transitions."""
-    status = dict(body.get("status") or {})
-    generation = body.get("metadata", {}).get("generation")
-    conditions, transitions = merge(list(status.get("conditions") or []), verdict.conditions, generation, now_rfc3339())
-    wanted = {"phase": verdict.phase, "conditions": conditions, "observedGeneration": generation, "message": verdict.message, **verdict.extra}
-    changes = {k: v for k, v in wanted.items() if status.get(k) != v}
-    if not changes:
-        return "unchanged"
-    for key, value in changes.items():
-        patch.status[key] = value
-    for t in transitions:
+def _apply(kind: str, body: kopf.Body, synced: Synced) -> str:
+    """What a sync did (its status is written already), as metrics and an Event per condition whose status changed."""
+    for t in synced.transitions:
         metrics.TRANSITIONS.labels(kind, t.cond.type, t.cond.status).inc()
         if t.cond.status == "True":
             kopf.info(body, reason=t.cond.reason, message=f"{t.cond.type}: {t.cond.message}")
         else:
             kopf.warn(body, reason=t.cond.reason, message=f"{t.cond.type}: {t.cond.message}")
-    return "changed"
+    return "unchanged" if synced.result == "gone" else synced.result
 
 
-def _reconcile(kind: str, body: kopf.Body, patch: kopf.Patch, decide: Callable[[], Verdict]) -> None:
+def _reconcile(kind: str, body: kopf.Body, run: Callable[[], Synced]) -> None:
     start = time.perf_counter()
     result = "error"
     try:
-        result = _apply(kind, body, patch, decide())
-    except KubeError as err:
+        result = _apply(kind, body, run())
+    except (KubeError, Contended) as err:
         result = "retry"
         raise kopf.TemporaryError(f"{err}; retrying", delay=10) from err
     finally:
@@ -95,43 +86,74 @@ def _reconcile(kind: str, body: kopf.Body, patch: kopf.Patch, decide: Callable[[
 
 
 # ---------------------------------------------------------------- FoundationModel
-def _train(kind: Kind, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, plan_for: Callable[[list[dict[str, Any]]], Plan]) -> None:
-    """Follow the object's training Workflows: plan (pure) from what is found, then carry the plan out
-    (read the failed step's log if it asks, delete, apply), and patch status once."""
-    kube: Kube = memo["kube"]
-    meta = body.get("metadata", {})
-    namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+class _Training:
+    """fmop.training.versions' Store for one FoundationModel or TaskAdapter and its Workflows, through fmop.kube."""
 
-    def decide() -> Verdict:
+    def __init__(self, kube: Kube, kind: Kind, namespace: str, name: str) -> None:
+        self.kube, self.kind, self.namespace, self.name = kube, kind, namespace, name
+
+    def read(self) -> dict[str, Any] | None:
+        return self.kube.get(self.kind, self.namespace, self.name)
+
+    def workflows(self) -> list[dict[str, Any]]:
         try:
-            found = kube.list(WORKFLOW, namespace, {LABEL_KIND: kind.kind, LABEL_OWNER: name})
+            return self.kube.list(WORKFLOW, self.namespace, {LABEL_KIND: self.kind.kind, LABEL_OWNER: self.name})
         except NotInstalled:  # no Argo here: none of ours runs (applying one says what to install)
-            found = []
-        p = plan_for(found)
-        if p.read_log is not None:  # the tail of the failed step's own log goes into the message
-            step = p.read_log
-            p = with_log(p, kube.pod_log_tail(namespace, step.labels, step.annotations, container=step.container, lines=step.lines))
-        for stale in p.delete:
-            kube.delete(WORKFLOW, namespace, stale)
-        if p.create is not None:
-            kube.apply(WORKFLOW, p.create)
-        return p.verdict
+            return []
 
-    _reconcile(kind.kind, body, patch, decide)
+    def log_tail(self, step: StepLog) -> str:
+        return self.kube.pod_log_tail(self.namespace, step.labels, step.annotations, container=step.container, lines=step.lines)
+
+    def write_status(self, obj: dict[str, Any], status: dict[str, Any]) -> bool:
+        try:
+            self.kube.replace_status(self.kind, obj, status)
+        except Conflict:
+            return False
+        return True
+
+    def create(self, workflow: dict[str, Any]) -> None:
+        self.kube.apply(WORKFLOW, workflow)
+
+    def delete(self, workflow: str) -> None:
+        self.kube.delete(WORKFLOW, self.namespace, workflow)
 
 
-def reconcile_foundation_model(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+def _train(kind: Kind, body: kopf.Body, memo: kopf.Memo, plan_for: Callable[[dict[str, Any], list[dict[str, Any]]], Plan]) -> None:
+    """Follow the object's training Workflows: plan (pure) from the object and what is found, write the status
+    with the resourceVersion read (a lost race plans again from a fresh read), then create and delete."""
+    meta = body.get("metadata", {})
+    store = _Training(memo["kube"], kind, str(meta.get("namespace")), str(meta.get("name")))
+    _reconcile(kind.kind, body, lambda: sync(store, dict(body), plan_for, now_rfc3339()))
+
+
+def reconcile_foundation_model(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     image = memo["config"].trainer_image
-    _train(FOUNDATION_MODEL, body, patch, memo, lambda found: plan(dict(body), found, now_rfc3339(), image=image))
+    _train(FOUNDATION_MODEL, body, memo, lambda obj, found: plan(obj, found, now_rfc3339(), image=image))
 
 
 # ---------------------------------------------------------------- TaskAdapter
-def reconcile_task_adapter(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, namespace: str, spec: kopf.Spec, **_: Any) -> None:
+def reconcile_task_adapter(body: kopf.Body, memo: kopf.Memo, namespace: str, **_: Any) -> None:
     kube: Kube = memo["kube"]
     image = memo["config"].trainer_image
-    _train(TASK_ADAPTER, body, patch, memo,  # the FoundationModel is read inside, so an outage is a retry
-           lambda found: plan(dict(body), found, now_rfc3339(), image=image,
-                              foundation_model=kube.get(FOUNDATION_MODEL, namespace, spec["foundationModel"]["name"])))
+    _train(TASK_ADAPTER, body, memo,  # the FoundationModel is read inside, at every plan, so an outage is a retry
+           lambda obj, found: plan(obj, found, now_rfc3339(), image=image,
+                                   foundation_model=kube.get(FOUNDATION_MODEL, namespace, obj["spec"]["foundationModel"]["name"])))
+
+
+@kopf.on.startup(id="namespaces.as-listed")
+def serve_listed_namespaces(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """With --namespaces, serve exactly those namespaces, Terminating ones included, so none is stranded.
+
+    kopf puts its finalizer (fmops.dev/finalizer) on every object that has a daemon or a timer (the Rollout
+    daemon, the resync timers), whatever their options (kopf/on.py; making it optional was declined
+    upstream, nolar/kopf#896, #1183). Left to observe namespaces itself, kopf leaves out one that is
+    Terminating when it starts (kopf/_core/reactor/observation.py, revise_namespaces), so a namespace
+    deleted while the operator was down kept its objects, and so itself, forever. Served as listed, kopf
+    sees those objects being deleted and releases them. Clusterwide, kopf watches every namespace anyway.
+    Also: the chart's identity, which may not list namespaces, no longer retries that list (about 1.5 min)
+    before it serves anything. Cost: CRDs installed after start are served after a restart (kopf scans once)."""
+    cfg: Config = memo.get("config") or Config()
+    settings.scanning.disabled = not cfg.clusterwide
 
 
 # ---------------------------------------------------------------- Rollout

@@ -356,6 +356,19 @@ def test_version_history_limit_prunes_versions_and_their_workflows() -> None:
     assert plan.delete == ("movielens-v1-g1",)
 
 
+def test_a_version_another_writer_took_meanwhile_is_recorded_under_the_next_free_key() -> None:
+    """status.versions is keyed by version: v2 planned, but a person recorded a v2 of their own meanwhile."""
+    wf = planner.plan(fm_obj(), [], NOW, image=IMAGE).create
+    assert wf is not None and wf["metadata"]["labels"][LABEL_VERSION] == "v1"
+    theirs = {"version": "v1", "artifactUri": "s3://elsewhere/v1/"}
+    plan = planner.plan(fm_obj(status={"latestVersion": "v1", "versions": [theirs]}), [finished(wf, "Succeeded", {"NDCG@10": 0.1})],
+                        NOW, image=IMAGE)
+    versions = plan.verdict.extra["versions"]
+    assert [v["version"] for v in versions] == ["v1", "v2"] and versions[0] == theirs
+    assert versions[1]["workflow"] == wf["metadata"]["name"] and versions[1]["artifactUri"].endswith("/v1/triton")
+    assert plan.verdict.extra["latestVersion"] == "v2" and "trained v2 in Workflow" in plan.verdict.message
+
+
 # ---------------------------------------------------------------- TaskAdapter bookkeeping
 def fm_with(*versions: str) -> dict[str, Any]:
     return fm_obj(status={"latestVersion": versions[-1], "versions": [

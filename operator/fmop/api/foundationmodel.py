@@ -219,6 +219,11 @@ class FoundationModelSpec(ApiModel):
     )
 
 
+# status.versions is a list-map keyed by version: the API server keeps keys unique, and a writer other than the
+# operator can add one entry with server-side apply (kubectl apply --server-side --subresource=status).
+VERSIONS_BY_KEY = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["version"]}
+
+
 class FoundationModelVersion(ApiModel):
     """One trained version: where it is and what it was trained on."""
 
@@ -242,7 +247,7 @@ class FoundationModelStatus(ApiModel):
     workflowName: ShortText | None = None
     progress: ShortText | None = Field(None, description="Steps done of the training Workflow, e.g. 2/4.")
     latestVersion: ModelVersion | None = None
-    versions: Annotated[list[FoundationModelVersion], Field(max_length=100)] = Field(default_factory=list)
+    versions: Annotated[list[FoundationModelVersion], Field(max_length=100, json_schema_extra=VERSIONS_BY_KEY)] = Field(default_factory=list)
     message: Message = ""
 
 

@@ -19,7 +19,7 @@ from fmop.api.common import (
     Timestamp,
     TrainingSettings,
 )
-from fmop.api.foundationmodel import DataSource, Objective
+from fmop.api.foundationmodel import VERSIONS_BY_KEY, DataSource, Objective
 
 
 class FoundationModelRef(ApiModel):
@@ -126,7 +126,7 @@ class TaskAdapterStatus(ApiModel):
     latestVersion: ModelVersion | None = None
     workflowName: ShortText | None = None
     progress: ShortText | None = Field(None, description="Steps done of the fine-tune Workflow, e.g. 1/2.")
-    versions: Annotated[list[AdapterVersion], Field(max_length=100)] = Field(default_factory=list)
+    versions: Annotated[list[AdapterVersion], Field(max_length=100, json_schema_extra=VERSIONS_BY_KEY)] = Field(default_factory=list)
     message: Message = ""
 
 

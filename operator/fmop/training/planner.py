@@ -10,8 +10,9 @@ submit one), one running, one failed, one succeeded (record its version once). W
 Workflow is current, how a Workflow is rendered, how a version is recorded, the words) is a small
 strategy per kind: `_FoundationModel`, `_TaskAdapter`.
 
-The handler carries a plan out: when `read_log` is set it reads that log tail and merges it with
-`with_log` (pure), deletes `delete`, applies `create`, and patches the status `verdict` says.
+fmop.training.versions carries a plan out: when `read_log` is set it reads that log tail and merges it
+with `with_log` (pure), writes the status `verdict` says (re-planning when another writer got there
+first), applies `create` and deletes `delete`.
 """
 
 from __future__ import annotations
@@ -155,13 +156,16 @@ def _walk(k: _Strategy, workflows: list[Obj], status: Obj, now: str) -> Plan:
         return Plan(Verdict("Failed", k.conditions(versions, latest, Cond(TRAINING, "False", "WorkflowFailed", msg)), msg[:MESSAGE_LIMIT],
                             following),
                     delete=_to_delete(workflows, current, keep()), read_log=StepLog(name, node) if node else None)
-    # 4. Succeeded: record its version once.
+    # 4. Succeeded: record its version once (under the next free version when another writer took its number
+    # meanwhile: versions are keyed by version, and its artifacts stay where the Workflow wrote them).
     more: list[Cond] = []
     if not any(v.get("workflow") == name for v in versions):
+        as_version = next_version(versions) if any(v.get("version") == version for v in versions) else version
         try:
-            versions, latest, more = k.record(current, version, versions, latest, now)
+            versions, latest, more = k.record(current, version, as_version, versions, latest, now)
         except RenderError as err:
             return cannot_render(err)
+    version = next((str(v["version"]) for v in versions if v.get("workflow") == name), version)
     phase, msg = k.succeeded(version, name, versions, latest)
     return Plan(Verdict(phase, k.conditions(versions, latest, Cond(TRAINING, "False", "Succeeded", msg), *more), msg,
                         {**following, "versions": versions, "latestVersion": latest}),
@@ -196,8 +200,8 @@ class _Strategy(ABC):
         """The message when `workflow` is submitted."""
 
     @abstractmethod
-    def record(self, wf: Obj, version: str, versions: list[Obj], latest: str | None, now: str) -> tuple[list[Obj], str | None, list[Cond]]:
-        """(versions, latestVersion, extra conditions) once `wf` succeeded with `version`."""
+    def record(self, wf: Obj, version: str, as_version: str, versions: list[Obj], latest: str | None, now: str) -> tuple[list[Obj], str | None, list[Cond]]:
+        """(versions, latestVersion, extra conditions) once `wf` succeeded with `version`, recorded as `as_version`."""
 
     @abstractmethod
     def succeeded(self, version: str, workflow: str, versions: list[Obj], latest: str | None) -> tuple[str, str]:
@@ -259,7 +263,7 @@ class _FoundationModel(_Common, _Strategy):
         on_data = f", data revision {self.data_revision}" if self.data_revision else ""
         return f"training {version} (spec generation {self.generation}{on_data}) in Workflow {workflow}"
 
-    def record(self, wf: Obj, version: str, versions: list[Obj], latest: str | None, now: str) -> tuple[list[Obj], str | None, list[Cond]]:
+    def record(self, wf: Obj, version: str, as_version: str, versions: list[Obj], latest: str | None, now: str) -> tuple[list[Obj], str | None, list[Cond]]:
         out = _outputs(wf)
         data = _parse_json(out.get("data", ""))
         metrics = {k: float(v) for k, v in _parse_json(out.get("metrics", "")).items() if isinstance(v, int | float)}
@@ -269,16 +273,16 @@ class _FoundationModel(_Common, _Strategy):
         previous = next((v for v in versions if v.get("version") == latest), None)
         passes, comparison = gate(metrics, previous.get("metrics") if previous else None, self.fm.spec.qualityGate.ndcgTolerance)
         versions = [*versions, {
-            "version": version, "artifactUri": artifact, "checkpointUri": checkpoint, "gate": "Passed" if passes else "HeldBack",
+            "version": as_version, "artifactUri": artifact, "checkpointUri": checkpoint, "gate": "Passed" if passes else "HeldBack",
             "dataFingerprint": str(data.get("dataFingerprint", "")), "featureFingerprint": str(data.get("featureFingerprint", "")),
             "metrics": {**metrics, **settings}, "workflow": _name(wf), "specGeneration": self.generation, "createdAt": now,
             **({"dataRevision": self.data_revision} if self.data_revision else {})}]
         if passes:
-            latest = version
-            gated = Cond(QUALITY_GATE, "True", "Passed", f"{version} passed the quality gate: {comparison}")
+            latest = as_version
+            gated = Cond(QUALITY_GATE, "True", "Passed", f"{as_version} passed the quality gate: {comparison}")
         else:
             gated = Cond(QUALITY_GATE, "False", "NDCGRegressed",
-                         f"{version} is held back: {comparison} against latest {previous and previous['version']}; "
+                         f"{as_version} is held back: {comparison} against latest {previous and previous['version']}; "
                          f"it is recorded in status.versions but latestVersion stays {latest} "
                          "(raise spec.qualityGate.ndcgTolerance to accept it)")
         return _prune(versions, self.fm.spec.versionHistoryLimit, latest), latest, [gated]
@@ -344,7 +348,7 @@ class _TaskAdapter(_Common, _Strategy):
     def submitted(self, version: str, workflow: str) -> str:
         return f"fine-tuning {version} on {self.fm_name} {self.base_version} in Workflow {workflow}"
 
-    def record(self, wf: Obj, version: str, versions: list[Obj], latest: str | None, now: str) -> tuple[list[Obj], str | None, list[Cond]]:
+    def record(self, wf: Obj, version: str, as_version: str, versions: list[Obj], latest: str | None, now: str) -> tuple[list[Obj], str | None, list[Cond]]:
         result = _parse_json(_outputs(wf).get("metrics", ""))
         after = result.get("fm_plus_adapter") or {}
         before = result.get("frozen_fm") or {}
@@ -353,9 +357,9 @@ class _TaskAdapter(_Common, _Strategy):
         for key, label in (("adapter_params", "adapterParams"), ("users", "testUsers")):
             if isinstance(result.get(key), int | float):
                 metrics[label] = float(result[key])
-        versions = [*versions, {"version": version, "foundationModelVersion": self.base_version, "artifactUri": ta_artifact(self.target(version)),
+        versions = [*versions, {"version": as_version, "foundationModelVersion": self.base_version, "artifactUri": ta_artifact(self.target(version)),
                                 "metrics": metrics, "workflow": _name(wf), "specGeneration": self.generation, "createdAt": now}]
-        return _prune(versions, self.ta.spec.versionHistoryLimit, version), version, []
+        return _prune(versions, self.ta.spec.versionHistoryLimit, as_version), as_version, []
 
     def succeeded(self, version: str, workflow: str, versions: list[Obj], latest: str | None) -> tuple[str, str]:
         return "Ready", f"fine-tuned {version} on {self.fm_name} {self.base_version} in Workflow {workflow}"

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass
+
+_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")  # a Lease's name: an RFC 1123 subdomain
+_NAMESPACE = re.compile(r"^(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # an RFC 1123 label
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,9 @@ class Config:
     webhook_port: int = 0  # the Alertmanager webhook receiver; 0: not served (the chart serves it on 8081)
     webhook_token_file: str = ""
     trainer_image: str = ""  # empty: train nothing, only track versions recorded by others
+    leader_election: bool = True  # act only while holding the Lease (see fmop.leader); off: act at once, alone
+    lease_name: str = "fm-operator"
+    lease_namespace: str = ""  # empty: POD_NAMESPACE, the service account's namespace, the kubeconfig context's, default
 
     @property
     def clusterwide(self) -> bool:
@@ -29,6 +36,18 @@ class Config:
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"FMOP_{name}", default)
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = _env(name, "").strip().lower()
+    if not value:
+        return default
+    if value not in _TRUE + _FALSE:
+        parser().error(f"environment variable FMOP_{name}={value!r} must be one of {', '.join(_TRUE + _FALSE)}")
+    return value in _TRUE
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,6 +79,15 @@ def parser() -> argparse.ArgumentParser:
                         "(env FMOP_WEBHOOK_TOKEN_FILE)")
     p.add_argument("--trainer-image", default=_env("TRAINER_IMAGE", d.trainer_image),
                    help="image the training Workflows run (torch + fmrec); empty trains nothing (env FMOP_TRAINER_IMAGE)")
+    p.add_argument("--leader-election", action=argparse.BooleanOptionalAction, default=None,
+                   help="act only while holding the Lease --lease-namespace/--lease-name, so that of several copies (replicas, "
+                        "`make run` beside the chart) exactly one acts and the others wait as standbys; --no-leader-election acts "
+                        "at once, alone (env FMOP_LEADER_ELECTION; default on)")
+    p.add_argument("--lease-name", default=_env("LEASE_NAME", d.lease_name),
+                   help="the coordination.k8s.io Lease the copies hold in turn (env FMOP_LEASE_NAME; default %(default)s)")
+    p.add_argument("--lease-namespace", default=_env("LEASE_NAMESPACE", d.lease_namespace),
+                   help="its namespace; empty: POD_NAMESPACE, else the pod's service account namespace, else the kubeconfig "
+                        "context's namespace, else default (env FMOP_LEASE_NAMESPACE)")
     return p
 
 
@@ -76,6 +104,13 @@ def from_args(argv: list[str] | None = None) -> Config:
         parser().error(f"--resync-seconds must be positive, got {a.resync_seconds}")
     if a.rollout_tick_seconds <= 0:
         parser().error(f"--rollout-tick-seconds must be positive, got {a.rollout_tick_seconds}")
+    leader_election = a.leader_election if a.leader_election is not None else _env_bool("LEADER_ELECTION", Config.leader_election)
+    if leader_election and not _NAME.match(a.lease_name):
+        parser().error(f"--lease-name {a.lease_name!r} is not a valid Kubernetes name (lowercase letters, digits, '-' and '.', "
+                       "starting and ending with a letter or digit, at most 253 characters)")
+    if leader_election and a.lease_namespace and not _NAMESPACE.match(a.lease_namespace):
+        parser().error(f"--lease-namespace {a.lease_namespace!r} is not a valid Kubernetes name (lowercase letters, digits and '-', "
+                       "starting and ending with a letter or digit, at most 63 characters)")
     return Config(
         namespaces=tuple(n.strip() for n in a.namespaces.split(",") if n.strip()),
         metrics_port=a.metrics_port,
@@ -89,4 +124,7 @@ def from_args(argv: list[str] | None = None) -> Config:
         webhook_port=a.webhook_port,
         webhook_token_file=a.webhook_token_file,
         trainer_image=a.trainer_image,
+        leader_election=leader_election,
+        lease_name=a.lease_name,
+        lease_namespace=a.lease_namespace,
     )

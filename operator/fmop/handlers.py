@@ -9,6 +9,7 @@ A reconcile that changes nothing writes nothing.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import time
 from collections.abc import Callable
@@ -214,12 +215,18 @@ def remember_rollout(memo: kopf.Memo, body: kopf.Body, namespace: str, name: str
 
 async def start_webhook(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     """The Alertmanager webhook receiver (--webhook-port): a matching firing alert rolls back at once,
-    in the request, through the same reconcile as everything else (traffic first)."""
+    in the request, through the same reconcile as everything else (traffic first).
+
+    It listens at once but answers 503 (Alertmanager retries) until every watched Rollout has been listed
+    here: kopf's watch, which `remember_rollout` follows, starts only after the startup handlers, and an
+    alert judged against part of the Rollouts could be answered "unmatched", a 200 never resent."""
     cfg: Config = memo["config"]
     if not cfg.webhook_port:
         return
     ctl = _controller(memo)
+    kube: Kube = memo["kube"]
     known: dict[tuple[str, str], dict[str, Any]] = memo.setdefault("rollout_bodies", {})
+    gate: webhook.Gate = memo.setdefault("webhook_gate", webhook.Gate())
 
     async def on_alerts(namespace: str, name: str, alerts: tuple[Alert, ...]) -> str:
         outcome = await asyncio.to_thread(ctl.reconcile, namespace, name, alerts)
@@ -228,12 +235,47 @@ async def start_webhook(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> No
                 metrics.ALERT_ROLLBACKS.labels(alert.name).inc()
         return f"{outcome.result}: {outcome.phase}" + (f" ({'; '.join(outcome.actions)})" if outcome.actions else "")
 
-    memo["webhook"] = await webhook.start(lambda: list(known.values()), on_alerts, cfg.webhook_token_file,
-                                          host=cfg.bind_address, port=cfg.webhook_port)
-    logger.info(f"Alertmanager webhook receiver on {cfg.bind_address}:{cfg.webhook_port}/alertmanager")
+    if memo.get("webhook") is None:  # a retried startup handler must not bind the port twice
+        memo["webhook"] = await webhook.start(lambda: list(known.values()), on_alerts, cfg.webhook_token_file,
+                                              host=cfg.bind_address, port=cfg.webhook_port, ready=gate)
+        logger.info(f"Alertmanager webhook receiver on {cfg.bind_address}:{cfg.webhook_port}/alertmanager; "
+                    "answering 503 until the Rollouts are listed")
+
+    def list_rollouts() -> list[dict[str, Any]]:
+        if cfg.namespaces and not any(_is_glob(n) for n in cfg.namespaces):
+            return [obj for ns in cfg.namespaces for obj in kube.list(ROLLOUT, ns, {})]
+        return [o for o in kube.list_all(ROLLOUT) if cfg.clusterwide or _watched(cfg, str(o.get("metadata", {}).get("namespace", "")))]
+
+    while True:
+        try:
+            found = await asyncio.to_thread(list_rollouts)
+            break
+        except KubeError as err:
+            logger.warning(f"{err}; the Alertmanager webhook answers 503 until the Rollouts are listed; retrying in 2s")
+            await asyncio.sleep(2)
+    for obj in found:  # the shape remember_rollout keeps; a watch event that came first is newer
+        meta = obj.get("metadata") or {}
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        known.setdefault((namespace, name), {"metadata": {"namespace": namespace, "name": name}, "spec": dict(obj.get("spec") or {})})
+    gate.open()
+    logger.info(f"Alertmanager webhook judges alerts against {len(found)} Rollout(s)")
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[!")
+
+
+def _watched(cfg: Config, namespace: str) -> bool:
+    """Is `namespace` one kopf serves for --namespaces (its globs; a leading '!' excludes)?"""
+    include = [p for p in cfg.namespaces if not p.startswith("!")]
+    return (any(fnmatch.fnmatchcase(namespace, p) for p in include)
+            and not any(fnmatch.fnmatchcase(namespace, p[1:]) for p in cfg.namespaces if p.startswith("!")))
 
 
 async def stop_webhook(memo: kopf.Memo, **_: Any) -> None:
+    gate = memo.get("webhook_gate")
+    if gate is not None:
+        gate.close()
     server = memo.get("webhook")
     if server is not None:
         await server.stop()
@@ -258,7 +300,3 @@ def register(cfg: Config) -> None:
     kopf.on.startup(id="webhook.start")(start_webhook)
     kopf.on.cleanup(id="webhook.stop")(stop_webhook)
 
-
-@kopf.on.probe(id="api")
-def probe(memo: kopf.Memo, **_: Any) -> str:
-    return "ok" if memo.get("kube") is not None else "starting"

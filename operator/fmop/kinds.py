@@ -54,3 +54,6 @@ INFERENCE_SERVICE = Kind("serving.kserve.io", "v1beta1", "inferenceservices", "I
 # Core kinds the adapter touches: a failed training step's pod and its log, Events.
 POD = Kind("", "v1", "pods", "Pod")
 EVENT = Kind("", "v1", "events", "Event")
+
+# Leader election (fmop.leader): the Lease two replicas hold in turn.
+LEASE = Kind("coordination.k8s.io", "v1", "leases", "Lease")

@@ -155,6 +155,12 @@ class Kube:
                          kind.group, kind.version, namespace, kind.plural, label_selector=selector)
         return [dict(item) for item in (got or {}).get("items") or []]
 
+    def list_all(self, kind: Kind) -> Objs:
+        """The objects of `kind` in every namespace (needs list cluster-wide)."""
+        got = self._call(Call(f"list {kind.kind} in all namespaces", kind, "list"), self._custom.list_cluster_custom_object,
+                         kind.group, kind.version, kind.plural)
+        return [dict(item) for item in (got or {}).get("items") or []]
+
     def apply(self, kind: Kind, obj: Obj, field_manager: str | None = None) -> Obj:
         """Server-side apply `obj` (complete: what it leaves out, this field manager gives up), forcing conflicts."""
         ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]

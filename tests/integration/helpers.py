@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,24 +53,45 @@ def wait_condition(api: Any, plural: str, namespace: str, name: str, type_: str,
 
 
 class OperatorProcess:
-    """`python -m fmop` as a subprocess, logged to a file, with its metrics and health ports."""
+    """`python -m fmop` as a subprocess, logged to a file, with its metrics and health ports.
+
+    Leader election is off unless asked for (`leader_election=True`, with its Lease in `extra` or the
+    kubeconfig's namespace): each test's operator acts alone, at once, as before. `env` adds to the
+    process' environment (POD_NAME, POD_NAMESPACE: what the chart's downward API gives a replica)."""
 
     def __init__(self, kubeconfig: Path, log: Path, resync: float = 1.0, metrics_port: int | None = None,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, env: dict[str, str] | None = None, leader_election: bool = False) -> None:
         self.kubeconfig, self.log_path = kubeconfig, log
         self.metrics_port, self.health_port = metrics_port or free_port(), free_port()
         self.resync = resync
         self.extra = list(extra or [])
+        self.env = dict(env or {})
+        self.leader_election = leader_election
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> OperatorProcess:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+    def start(self, wait: bool = True) -> OperatorProcess:
+        """Start it and (wait) return once /healthz answers and, where the operator has /readyz, it is ready:
+        acting alone, its startup done; a standby, able to read its Lease."""
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1",
+               "FMOP_LEADER_ELECTION": "true" if self.leader_election else "false", **self.env}
         argv = [sys.executable, "-m", "fmop", "--log-format=plain", f"--resync-seconds={self.resync}",
                 f"--metrics-port={self.metrics_port}", f"--health-port={self.health_port}", "--bind-address=127.0.0.1", *self.extra]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-        wait_for(self._healthy, 60, f"operator /healthz (log: {self.log_path})")
+        if wait:
+            wait_for(self._healthy, 60, f"operator /healthz (log: {self.log_path})")
+            wait_for(lambda: self._healthy() and self.probe("/readyz")[0] in (200, 404), 60, f"operator /readyz (log: {self.log_path})")
         return self
+
+    def probe(self, path: str) -> tuple[int, dict[str, Any]]:
+        """GET a health endpoint: (status, JSON body or {}); (0, {}) when nothing listens."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}{path}", timeout=2) as r:
+                return r.status, _json_or_empty(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, _json_or_empty(e.read())
+        except OSError:
+            return 0, {}
 
     def _healthy(self) -> bool:
         assert self.proc is not None
@@ -101,6 +124,14 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def _json_or_empty(data: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 @contextmanager

@@ -1,5 +1,6 @@
 """The Helm chart: lint, server-side dry-run of everything it renders, and proof that the RBAC it
-grants is enough: the operator, running as the chart's ServiceAccount, reconciles the examples."""
+grants is enough: the operator, running as the chart's ServiceAccount, holds the chart's Lease, labels
+its own Pod and reconciles the examples. Two replicas, a PodDisruptionBudget and the leader-only Service."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes import client
 
 from fmdev.local.common import binary
 from tests.conftest import REPO, load_example
-from tests.integration.helpers import running_operator, wait_condition
+from tests.integration.helpers import OperatorProcess, wait_condition, wait_for
 from tests.integration.test_operator import apply
 
 CHART = REPO / "charts" / "fm-operator"
@@ -34,8 +36,8 @@ def test_rendered_chart_passes_server_side_dry_run(cluster: Any, namespace: str)
     rendered = helm(cluster, "template", "fmop", str(CHART), "--namespace", namespace, "--include-crds", *ALL_FEATURES)
     assert rendered.returncode == 0, rendered.stderr
     kinds = {d["kind"] for d in yaml.safe_load_all(rendered.stdout) if d}
-    assert {"CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service",
-            "ServiceMonitor", "PrometheusRule"} <= kinds
+    assert {"CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment",
+            "Service", "ServiceMonitor", "PrometheusRule", "PodDisruptionBudget"} <= kinds
     applied = cluster.kubectl("apply", "--server-side", "--dry-run=server", "--force-conflicts", "-n", namespace, "-f", "-",
                               input=rendered.stdout, check=False)
     assert applied.returncode == 0, applied.stderr
@@ -52,6 +54,55 @@ def test_deployment_is_hardened(cluster: Any) -> None:
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["resources"]["limits"]["memory"]
+
+
+def _rendered(cluster: Any, *args: str) -> dict[str, list[dict[str, Any]]]:
+    rendered = helm(cluster, "template", "fmop", str(CHART), "--namespace", "fmops", *args)
+    assert rendered.returncode == 0, rendered.stderr
+    docs: dict[str, list[dict[str, Any]]] = {}
+    for d in yaml.safe_load_all(rendered.stdout):
+        if d:
+            docs.setdefault(d["kind"], []).append(d)
+    return docs
+
+
+def test_two_replicas_one_leader_a_disruption_budget_and_lease_rbac(control_plane: Any) -> None:
+    docs = _rendered(control_plane)
+    (deploy,) = docs["Deployment"]
+    assert deploy["spec"]["replicas"] == 2
+    assert deploy["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    assert "--leader-election" in container["args"] and "--lease-name=fmop-fm-operator" in container["args"]
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in container["env"]}
+    assert env["POD_NAME"] == "metadata.name" and env["POD_NAMESPACE"] == "metadata.namespace"
+    # Readiness is "this replica does its part" (the standby too), so rolling updates and drains can proceed;
+    # the Service reaches the leader alone through the label it puts on its own pod.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    (service,) = docs["Service"]
+    selector = deploy["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["selector"] == {**selector, "fmops.dev/leader": "true"}
+    (pdb,) = docs["PodDisruptionBudget"]
+    assert pdb["metadata"]["namespace"] == "fmops"
+    assert pdb["spec"]["maxUnavailable"] == 1 and pdb["spec"]["selector"]["matchLabels"] == selector
+    (role,) = docs["Role"]
+    assert role["metadata"]["namespace"] == "fmops"
+    rules = [(r["apiGroups"], r["resources"], r.get("resourceNames"), r["verbs"]) for r in role["rules"]]
+    assert rules == [(["coordination.k8s.io"], ["leases"], None, ["create"]),
+                     (["coordination.k8s.io"], ["leases"], ["fmop-fm-operator"], ["get", "update"]),
+                     ([""], ["pods"], None, ["patch"])]
+    (binding,) = docs["RoleBinding"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"] and binding["subjects"][0]["namespace"] == "fmops"
+
+
+def test_one_replica_without_leader_election(control_plane: Any) -> None:
+    docs = _rendered(control_plane, "--set", "replicaCount=1", "--set", "leaderElection.enabled=false")
+    (deploy,) = docs["Deployment"]
+    assert deploy["spec"]["replicas"] == 1
+    assert "--no-leader-election" in deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "PodDisruptionBudget" not in docs  # a budget over one replica would block every drain
+    (role,) = docs["Role"]
+    assert [r["resources"] for r in role["rules"]] == [["pods"]]  # the leader label is still how the Service finds it
 
 
 def _token_kubeconfig(cluster: Any, sa_namespace: str, sa: str, path: Path) -> Path:
@@ -81,19 +132,36 @@ def test_operator_reconciles_with_the_charts_rbac(cluster: Any, api: Any, namesp
                                 text=True, capture_output=True)
         assert denied.stdout.strip() == "no"
 
-        with running_operator(kubeconfig, tmp_path / "operator.log") as op:
+        # A replica as the chart runs it: leader election on the chart's Lease, its own Pod to label (bound
+        # to no real node, so nothing runs it).
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "fmop-replica"},
+               "spec": {"nodeName": "fmop-test-nowhere", "containers": [{"name": "operator", "image": "fm-operator:test"}]}}
+        client.CoreV1Api(api).create_namespaced_pod(release_ns, pod)
+        op = OperatorProcess(kubeconfig, tmp_path / "operator.log", leader_election=True,
+                             env={"POD_NAME": "fmop-replica", "POD_NAMESPACE": release_ns},
+                             extra=["--lease-name=fmop-fm-operator"]).start()
+        try:
             for name in ("foundationmodel.yaml", "taskadapter.yaml", "rollout.yaml"):
                 apply(api, namespace, load_example(name))
             wait_condition(api, "foundationmodels", namespace, "movielens", "Accepted", "True")
             wait_condition(api, "taskadapters", namespace, "west-coast", "ResolvedRefs", "False", "FoundationModelNotReady")
             wait_condition(api, "rollouts", namespace, "recommender", "ResolvedRefs", "False", "VersionNotFound")
-            log = op.log()
+            lease = client.CoordinationV1Api(api).read_namespaced_lease("fmop-fm-operator", release_ns)
+            assert lease.spec.holder_identity.startswith("fmop-replica-")
+            wait_for(lambda: (client.CoreV1Api(api).read_namespaced_pod("fmop-replica", release_ns).metadata.labels or {})
+                     .get("fmops.dev/leader") == "true", 30, "the leader label on the replica's Pod")
+            assert op.probe("/readyz")[0] == 200 and op.probe("/leaderz")[0] == 200
+        finally:
+            op.stop()
+        log = op.log()
+        assert "released the Lease" in log
         # RBAC denials read 'User "system:serviceaccount:..." cannot <verb> resource ...'. (Other 403s,
         # such as Events refused in another test's terminating namespace, are not about RBAC.)
         denials = [line for line in log.splitlines() if "system:serviceaccount" in line and " cannot " in line]
         assert not denials, "\n".join(denials[:5])
     finally:
         helm(cluster, "uninstall", "fmop", "--namespace", release_ns)
+        cluster.kubectl("delete", "pod", "fmop-replica", "-n", release_ns, "--grace-period=0", "--force", check=False)
         cluster.kubectl("delete", "namespace", release_ns, "--wait=false", check=False)
 
 
@@ -122,6 +190,7 @@ def test_webhook_token_is_generated_once_and_kept_across_upgrades(control_plane:
         assert volume["secret"]["secretName"] == "fmop-fm-operator-webhook"
         notes = helm(control_plane, "get", "notes", "fmop", "--namespace", release_ns).stdout
         assert f"http://fmop-fm-operator.{release_ns}.svc:8081/alertmanager" in notes
+        assert f"kubectl -n {release_ns} get lease fmop-fm-operator" in notes
     finally:
         helm(control_plane, "uninstall", "fmop", "--namespace", release_ns)
         control_plane.kubectl("delete", "namespace", release_ns, "--wait=false", check=False)

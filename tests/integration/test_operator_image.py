@@ -1,6 +1,7 @@
 """The operator image (the repository's Dockerfile, built here with BASE=the local base image) installed
-by the Helm chart on the real node: the pod becomes Ready on /healthz and, with the chart's
-ServiceAccount and least-privilege RBAC, reconciles a FoundationModel."""
+by the Helm chart on the real node: two replicas become Ready, exactly one holds the Lease and carries
+the leader label, and it reconciles a FoundationModel with the chart's ServiceAccount and
+least-privilege RBAC."""
 
 from __future__ import annotations
 
@@ -32,17 +33,21 @@ def test_operator_image_runs_in_cluster_with_the_chart(cluster: Any, api: Any, n
         def ready() -> bool:
             out = cluster.kubectl("get", "pods", "-n", release_ns, "-o",
                                   "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}", check=False).stdout
-            return out.strip() == "True"
+            leaders = cluster.kubectl("get", "pods", "-n", release_ns, "-l", "fmops.dev/leader=true", "-o", "name", check=False).stdout
+            return out.split() == ["True", "True"] and len(leaders.split()) == 1
         try:
-            wait_for(ready, 180, "the operator pod to be Ready (its /healthz)", interval=2)
+            wait_for(ready, 240, "two operator pods Ready (/readyz), one of them the labelled leader", interval=2)
         except AssertionError:
-            pods = cluster.kubectl("get", "pods", "-n", release_ns, "-o", "wide", check=False).stdout
-            logs = cluster.kubectl("logs", "-n", release_ns, "deploy/fmop-fm-operator", "--tail=40", check=False)
+            pods = cluster.kubectl("get", "pods", "-n", release_ns, "-o", "wide", "--show-labels", check=False).stdout
+            logs = cluster.kubectl("logs", "-n", release_ns, "-l", "app.kubernetes.io/name=fm-operator", "--tail=40", check=False)
             raise AssertionError(f"{pods}\n{logs.stdout}{logs.stderr}") from None
+        leader_pod = cluster.kubectl("get", "pods", "-n", release_ns, "-l", "fmops.dev/leader=true", "-o", "name").stdout.strip()
+        holder = cluster.kubectl("get", "lease", "-n", release_ns, "-o", "jsonpath={.items[*].spec.holderIdentity}").stdout.strip()
+        assert holder.startswith(leader_pod.removeprefix("pod/")), (holder, leader_pod)
 
         apply(api, namespace, load_example("foundationmodel.yaml"))
         wait_condition(api, "foundationmodels", namespace, "movielens", "Accepted", "True", timeout=120)
-        log = cluster.kubectl("logs", "-n", release_ns, "deploy/fmop-fm-operator", check=False).stdout
+        log = cluster.kubectl("logs", "-n", release_ns, leader_pod, check=False).stdout
         denials = [line for line in log.splitlines() if "system:serviceaccount" in line and " cannot " in line]
         assert not denials, "\n".join(denials[:5])
     finally:

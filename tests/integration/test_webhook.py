@@ -1,7 +1,8 @@
 """The Alertmanager webhook receiver as a real HTTP server on a free port, hit with real requests.
 
 The server runs in its own asyncio loop on a thread (as it runs in kopf's loop in the operator); the
-requests come from urllib / http.client, as Alertmanager's would over the network.
+requests come from urllib / http.client, as Alertmanager's would over the network. The last test runs
+the whole operator against the real API server, to see what a starting operator answers.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ import asyncio
 import http.client
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
+import uuid
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -209,3 +213,65 @@ def test_an_empty_token_file_refuses_to_start(tmp_path: Path) -> None:
         asyncio.run(start(lambda: [], nothing, empty, host="127.0.0.1", port=0))
     with pytest.raises(FileNotFoundError):
         asyncio.run(start(lambda: [], nothing, tmp_path / "missing", host="127.0.0.1", port=0))
+
+
+# ---------------------------------------------------------------- the operator's receiver, while it starts
+ROLLOUTS_AT_START = 200
+
+
+def test_a_starting_operator_answers_503_until_it_has_listed_the_rollouts(control_plane: Any, tmp_path: Path, token_file: Path) -> None:
+    """Rollouts that exist when the operator starts (a restart, a new leader): an alert for one of them,
+    posted from the moment the webhook's port opens, is answered 503 (Alertmanager retries) until the
+    operator can judge it, then acted on; never a 200 "unmatched", which Alertmanager would never resend."""
+    from kubernetes import client, config
+
+    from fmdev.local.common import free_port
+    from tests.conftest import load_example
+    from tests.integration.helpers import GROUP, VERSION, OperatorProcess
+
+    api = config.new_client_from_config(config_file=str(control_plane.kubeconfig_path))
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    ns = f"t-{uuid.uuid4().hex[:8]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    names = [f"r-{i:03d}" for i in range(ROLLOUTS_AT_START - 1)] + ["zz-target"]  # listed last
+    template = load_example("rollout.yaml")
+    with ThreadPoolExecutor(8) as pool:
+        def create(name: str) -> None:
+            body = {**template, "metadata": {"name": name, "namespace": ns},
+                    "spec": {**template["spec"], "rollback": {"alerts": {"matchers": [{"name": "severity", "value": "critical"},
+                                                                                       {"name": "rollout", "value": name}]}}}}
+            custom.create_namespaced_custom_object(GROUP, VERSION, ns, "rollouts", body)
+        list(pool.map(create, names))
+    port = free_port()
+    op = OperatorProcess(control_plane.kubeconfig_path, tmp_path / "operator.log", resync=30.0,
+                         extra=[f"--namespaces={ns}", f"--webhook-port={port}", f"--webhook-token-file={token_file}"])
+    body = json.dumps(payload(alert(fingerprint="fp-start", starts="2026-01-01T00:08:00Z", severity="critical", rollout="zz-target",
+                                    namespace=ns))).encode()
+    answers: list[tuple[int, dict[str, Any]]] = []
+    try:
+        op.start(wait=False)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert op.proc is not None and op.proc.poll() is None, op.log()[-3000:]
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/alertmanager", data=body, method="POST",
+                                             headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as r:
+                    answers.append((r.status, json.loads(r.read())))
+            except urllib.error.HTTPError as e:
+                answers.append((e.code, json.loads(e.read())))
+            except OSError:
+                time.sleep(0.01)  # the port is not open yet
+                continue
+            if answers[-1][0] == 200:
+                break
+    finally:
+        op.stop()
+        core.delete_namespace(ns)
+    statuses = Counter(s for s, _ in answers)
+    print(f"\nanswers from the moment the port opened: {dict(statuses)}")
+    assert answers and answers[-1][0] == 200, statuses
+    for status, answer in answers[:-1]:
+        assert status == 503 and "has not listed the Rollouts" in answer["error"], (status, answer)
+    final = answers[-1][1]
+    assert final["unmatched"] == [] and [m["rollout"] for m in final["matched"]] == [f"{ns}/zz-target"], final

@@ -37,3 +37,48 @@ def test_webhook_is_off_unless_a_port_and_a_token_file_are_given(monkeypatch: py
     with pytest.raises(SystemExit):
         from_args(["--webhook-port", "8081"])
     assert "--webhook-port 8081 needs --webhook-token-file" in capsys.readouterr().err
+
+
+def test_leader_election_is_on_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("FMOP_LEADER_ELECTION", "FMOP_LEASE_NAME", "FMOP_LEASE_NAMESPACE"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = from_args([])
+    assert (cfg.leader_election, cfg.lease_name, cfg.lease_namespace) == (True, "fm-operator", "")
+    cfg = from_args(["--lease-name", "fmop-fm-operator", "--lease-namespace", "fmops"])
+    assert (cfg.lease_name, cfg.lease_namespace) == ("fmop-fm-operator", "fmops")
+
+
+@pytest.mark.parametrize(("env", "argv", "on"), [
+    pytest.param(None, ["--no-leader-election"], False, id="flag-off"),
+    pytest.param("false", [], False, id="env-off"),
+    pytest.param("0", [], False, id="env-0"),
+    pytest.param("false", ["--leader-election"], True, id="flag-beats-env"),
+    pytest.param("yes", [], True, id="env-yes"),
+])
+def test_leader_election_flag_and_environment(monkeypatch: pytest.MonkeyPatch, env: str | None, argv: list[str], on: bool) -> None:
+    if env is None:
+        monkeypatch.delenv("FMOP_LEADER_ELECTION", raising=False)
+    else:
+        monkeypatch.setenv("FMOP_LEADER_ELECTION", env)
+    assert from_args(argv).leader_election is on
+
+
+@pytest.mark.parametrize(("argv", "env", "says"), [
+    pytest.param(["--lease-name", "Fm_Operator"], {}, "--lease-name 'Fm_Operator' is not a valid Kubernetes name", id="bad-lease-name"),
+    pytest.param(["--lease-namespace=team_a"], {}, "--lease-namespace 'team_a' is not a valid Kubernetes name", id="bad-lease-namespace"),
+    pytest.param(["--lease-name", ""], {}, "--lease-name '' is not a valid Kubernetes name", id="empty-lease-name"),
+    pytest.param([], {"FMOP_LEADER_ELECTION": "maybe"}, "FMOP_LEADER_ELECTION='maybe' must be one of", id="bad-environment"),
+])
+def test_bad_lease_settings_are_clear_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str],
+                                             env: dict[str, str], says: str) -> None:
+    monkeypatch.delenv("FMOP_LEADER_ELECTION", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SystemExit):
+        from_args(argv)
+    assert says in capsys.readouterr().err
+
+
+def test_no_leader_election_does_not_check_the_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FMOP_LEADER_ELECTION", raising=False)
+    assert not from_args(["--no-leader-election", "--lease-name", "Whatever"]).leader_election

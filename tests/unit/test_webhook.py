@@ -1,4 +1,5 @@
-"""The Alertmanager webhook's pure parts: the payload, label matchers, Rollout matching and the duplicate record."""
+"""The Alertmanager webhook's pure parts: the payload, label matchers, Rollout matching and the duplicate record;
+then the readiness gate, through aiohttp's in-memory test client."""
 
 from __future__ import annotations
 
@@ -9,12 +10,17 @@ from typing import Any
 import pytest
 
 from fmop.rollout.webhook import (
+    NOT_READY,
+    PATH,
+    Gate,
     Handled,
     Matcher,
     PayloadError,
     ReceivedAlert,
+    TokenFile,
     alert_matches_rollout,
     match_rollouts,
+    make_app,
     matches,
     parse_payload,
     rollout_matchers,
@@ -202,3 +208,71 @@ def test_handled_is_bounded() -> None:
         h.remember("ns", "r", received(f"fp{i}"))
     assert len(h) == 3
     assert h.is_new("ns", "r", received("fp0")) and not h.is_new("ns", "r", received("fp4"))
+
+
+# ---------------------------------------------------------------- the readiness gate (the app, in memory)
+def _ask(gate: Gate | None, *bodies: dict[str, Any] | bytes, token: str = "t0ken") -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    """POST each body to make_app(ready=gate) through aiohttp's in-memory test client; returns the answers
+    and the Rollouts on_alerts was called for."""
+    import asyncio
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from fmop.rollout.types import Alert
+
+    calls: list[str] = []
+
+    async def on_alerts(namespace: str, name: str, alerts: tuple[Alert, ...]) -> str:
+        calls.append(f"{namespace}/{name}")
+        return "rolled back"
+
+    async def run(token_file: Path) -> list[tuple[int, dict[str, Any]]]:
+        rollouts = [rollout("team-a", "reco", {"name": "severity", "value": "critical"})]
+        app = (make_app(lambda: rollouts, on_alerts, TokenFile(token_file)) if gate is None
+               else make_app(lambda: rollouts, on_alerts, TokenFile(token_file), ready=gate))
+        answers = []
+        async with TestClient(TestServer(app)) as http:
+            for body in bodies:
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                r = await http.post(PATH, data=data, headers={"Authorization": f"Bearer {token}"})
+                answers.append((r.status, await r.json()))
+        return answers
+
+    with tempfile.TemporaryDirectory() as tmp:
+        token_file = Path(tmp) / "token"
+        token_file.write_text("t0ken")
+        return asyncio.run(run(token_file)), calls
+
+
+FIRING_FOR_RECO = payload(alert(fingerprint="fp-gate", starts="2026-01-01T00:08:00Z", severity="critical", namespace="team-a"))
+
+
+def test_a_closed_gate_answers_503_and_remembers_nothing() -> None:
+    gate = Gate()
+    answers, calls = _ask(gate, FIRING_FOR_RECO, FIRING_FOR_RECO)
+    assert [s for s, _ in answers] == [503, 503] and calls == []
+    assert answers[0][1] == {"error": NOT_READY} and "Alertmanager retries" in NOT_READY
+    gate.open()  # listed: the same alert is acted on now, not taken for a duplicate of the refused ones
+    answers, calls = _ask(gate, FIRING_FOR_RECO)
+    assert answers[0][0] == 200 and [m["rollout"] for m in answers[0][1]["matched"]] == ["team-a/reco"] and calls == ["team-a/reco"]
+
+
+@pytest.mark.parametrize(("body", "token", "status"), [
+    pytest.param(FIRING_FOR_RECO, "wrong", 401, id="a-wrong-token-is-still-401"),
+    pytest.param(b"{not json", "t0ken", 400, id="a-malformed-body-is-still-400-retrying-cannot-help"),
+])
+def test_a_closed_gate_keeps_the_final_answers(body: dict[str, Any] | bytes, token: str, status: int) -> None:
+    answers, calls = _ask(Gate(), body, token=token)
+    assert answers[0][0] == status and calls == []
+
+
+def test_without_a_gate_the_app_judges_at_once() -> None:
+    """A caller that knows its Rollouts up front (the tests' receiver) leaves the gate out."""
+    answers, calls = _ask(None, FIRING_FOR_RECO)
+    assert answers[0][0] == 200 and calls == ["team-a/reco"]
+    gate = Gate(is_open=True)
+    gate.close()  # the operator closes it when the webhook stops
+    assert not gate()

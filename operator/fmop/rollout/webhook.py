@@ -22,10 +22,17 @@ either.
 
 Wiring, in kopf's loop (when Config.webhook_port is not 0)::
 
-    server = await webhook.start(list_rollouts, on_alerts, cfg.webhook_token_file, host=cfg.bind_address, port=cfg.webhook_port)
+    gate = webhook.Gate()
+    server = await webhook.start(list_rollouts, on_alerts, cfg.webhook_token_file, host=cfg.bind_address, port=cfg.webhook_port,
+                                 ready=gate)
+    ...                                        # list every watched Rollout, so list_rollouts knows them all
+    gate.open()
     ...
     await server.stop()
 
+Until the gate opens, an authorised, well-formed request is answered 503 (NOT_READY): with only part of
+the Rollouts known, "no Rollout matches" could be wrong, and a 200 would be final (Alertmanager never
+resends a delivered notification), while a 5xx is retried.
 A failing `on_alerts` is answered 500 and its alerts are forgotten here, so Alertmanager's retry acts.
 """
 
@@ -57,6 +64,8 @@ HEALTH_PATH = "/healthz"
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: Alertmanager sends one alert group per request (truncated at max_alerts)
 MAX_REMEMBERED = 4096  # (Rollout, fingerprint) pairs kept in memory; the oldest are forgotten first
 NAMESPACE_LABEL = "namespace"
+NOT_READY = ("the operator cannot judge alerts yet: it has not listed the Rollouts (it is starting, or has just become the "
+             "leader); Alertmanager retries this 503")
 
 ListRollouts = Callable[[], Iterable[Mapping[str, Any]]]
 """The Rollouts to match against, as the API server returns them (a kopf index's bodies will do)."""
@@ -330,9 +339,30 @@ def _authorised(header: str | None, token: bytes) -> bool:
 
 
 # ---------------------------------------------------------------- the HTTP app
+class Gate:
+    """Whether the receiver can judge alerts: closed until every watched Rollout has been listed."""
+
+    def __init__(self, is_open: bool = False) -> None:
+        self._open = is_open
+
+    def open(self) -> None:
+        self._open = True
+
+    def close(self) -> None:
+        self._open = False
+
+    def __call__(self) -> bool:
+        return self._open
+
+
+def _always() -> bool:
+    return True
+
+
 def make_app(list_rollouts: ListRollouts, on_alerts: OnAlerts, token: TokenFile, *,
-             max_body_bytes: int = MAX_BODY_BYTES, handled: Handled | None = None) -> web.Application:
-    """The aiohttp app: POST /alertmanager (bearer token), GET /healthz."""
+             max_body_bytes: int = MAX_BODY_BYTES, handled: Handled | None = None, ready: Callable[[], bool] = _always) -> web.Application:
+    """The aiohttp app: POST /alertmanager (bearer token), GET /healthz. `ready()` false: 503 NOT_READY,
+    and nothing is matched or remembered (a caller whose Rollouts are all known up front leaves it out)."""
     record = handled if handled is not None else Handled()
 
     async def receive(request: web.Request) -> web.Response:
@@ -358,6 +388,9 @@ def make_app(list_rollouts: ListRollouts, on_alerts: OnAlerts, token: TokenFile,
             return _error(400, "the body is not UTF-8 JSON")
         except PayloadError as e:
             return _error(400, str(e))
+        if not ready():
+            log.info("Alertmanager webhook: %d alert(s) answered 503: the Rollouts are not listed yet", len(alerts))
+            return _error(503, NOT_READY, headers={"Retry-After": "1"})
         summary, status = await _act(alerts, list_rollouts(), on_alerts, record)
         return web.json_response(summary, status=status)
 
@@ -445,15 +478,16 @@ class WebhookServer:
 
 
 async def start(list_rollouts: ListRollouts, on_alerts: OnAlerts, token_file: Path | str, *, host: str = "0.0.0.0", port: int,
-                max_body_bytes: int = MAX_BODY_BYTES, handled: Handled | None = None) -> WebhookServer:
-    """Serve the receiver on host:port in the current loop; `await server.stop()` ends it.
+                max_body_bytes: int = MAX_BODY_BYTES, handled: Handled | None = None, ready: Callable[[], bool] = _always) -> WebhookServer:
+    """Serve the receiver on host:port in the current loop; `await server.stop()` ends it. Until
+    `ready()` it answers 503 (see Gate).
 
     Refuses to start (ValueError/OSError naming the file) when the token file is missing or empty:
     a receiver that cannot authenticate anyone must not listen.
     """
     token = TokenFile(token_file)
     token.read()
-    app = make_app(list_rollouts, on_alerts, token, max_body_bytes=max_body_bytes, handled=handled)
+    app = make_app(list_rollouts, on_alerts, token, max_body_bytes=max_body_bytes, handled=handled, ready=ready)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

@@ -1,0 +1,3 @@
+-- Hold the Rollout at its current step until spec.paused is set back to false (the resume action).
+obj.spec.paused = true
+return obj

@@ -1,0 +1,3 @@
+-- Let a paused Rollout continue from where it was held.
+obj.spec.paused = false
+return obj

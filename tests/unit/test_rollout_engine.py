@@ -807,3 +807,20 @@ def test_next_look_is_now_while_busy_else_the_first_clock_driven_change() -> Non
             break
     assert w.status.phase == "Promoted" and w.status.previousStable is not None and w.last is not None
     assert not w.last.busy and w.last.next_look == parse_ts(w.status.previousStable.keepWarmUntil or "") + timedelta(seconds=1)
+
+
+@pytest.mark.parametrize("weight", [0, 100])
+def test_no_split_check_at_0_or_100_percent(weight: int) -> None:
+    """Found on the real node: at 100% the stable's few requests scraped after the switch held the step for ever."""
+    spec = make_spec(strategy={"steps": [{"setWeight": 20}, {"setWeight": weight}, {"setWeight": 100}], "keepWarm": "5m"})
+    w = stable_world(spec)
+    w.spec = with_model(spec, "v2")
+    for _ in range(6):
+        w.tick()
+        if w.status.currentStepIndex == 1:
+            break
+    assert w.status.currentStepIndex == 1
+    w.split, w.split_fixed = SplitSample(980 if weight == 100 else 20, 1000, parse_ts(w.status.currentStepStartedAt or "")), True
+    d = w.tick()
+    assert not [a for a in d.actions if isinstance(a, SampleSplit)]
+    assert w.status.currentStepIndex == 2 or w.status.phase == "Promoted", w.status.message

@@ -764,7 +764,13 @@ def _traffic_not_applied(t: _Tick, where: str) -> _Wait | None:
 def _split_off(t: _Tick, where: str, weight: int) -> _Wait | None:
     """Requests counted since this step began must be within 3 binomial sigma of the weight. No sample yet (the
     controller takes one when asked: SampleSplit) or one from before the step began is not evidence: the step waits.
-    A split that cannot be read is not a pass either: the Rollout pauses (stuck) until it can, or the deadline fails it."""
+    A split that cannot be read is not a pass either: the Rollout pauses (stuck) until it can, or the deadline fails it.
+
+    Not at 0% and 100%: there the binomial sigma is 0, so the few requests counted on the other side at the window's
+    start (in flight at the switch, or scraped late: the counters are read at Prometheus' scrape times) would hold
+    the step for ever; the traffic object's own weights (TrafficNotApplied) are the check there."""
+    if not _split_checked(weight):
+        return None
     sample = t.obs.split
     if isinstance(sample, SplitUnknown):
         if not sample.checkable:  # no Prometheus at all: the traffic provider's word is all there is (as in Argo Rollouts)
@@ -842,13 +848,17 @@ def _due_measurements(t: _Tick) -> Measure | None:
 
 
 def _due_split(t: _Tick) -> SampleSplit | None:
-    """On a weight step (0% included: then the canary must get nothing), count what each backend answered since the step began."""
+    """On a weight step strictly between 0% and 100%, count what each backend answered since the step began."""
     s, steps = t.status, t.spec.strategy.steps
     idx = s.currentStepIndex
     if (s.phase not in ACTIVE or s.canary is None or s.stable is None or idx is None or not 0 <= idx < len(steps)
-            or steps[idx].setWeight is None):
+            or (weight := steps[idx].setWeight) is None or not _split_checked(weight)):
         return None
     return SampleSplit(s.stable.revision, s.canary.revision, _step_start(t))
+
+
+def _split_checked(weight: int) -> bool:
+    return 0 < weight < 100
 
 
 def _other_revision(alert: Alert, revision: int) -> str | None:

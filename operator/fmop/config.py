@@ -19,6 +19,7 @@ class Config:
     bind_address: str = "0.0.0.0"
     resync_seconds: float = 10.0
     rollout_tick_seconds: float = 1.0
+    rollout_idle_seconds: float = 0.0  # 0: 30 resyncs (5 min at the default resync)
     log_format: str = "json"
     verbose: bool = False
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
@@ -65,6 +66,11 @@ def parser() -> argparse.ArgumentParser:
                    help="how often references are re-checked (env FMOP_RESYNC_SECONDS; default %(default)s)")
     p.add_argument("--rollout-tick-seconds", type=float, default=float(_env("ROLLOUT_TICK_SECONDS", str(d.rollout_tick_seconds))),
                    help="how often a Rollout in flight (shadow, steps, analysis) is reconciled (env FMOP_ROLLOUT_TICK_SECONDS; default %(default)s)")
+    p.add_argument("--rollout-idle-seconds", type=float, default=float(_env("ROLLOUT_IDLE_SECONDS", str(d.rollout_idle_seconds))),
+                   help="how often an idle Rollout (promoted, rolled back, waiting on an InferenceService) is re-read when no event "
+                        "comes; its own events, its InferenceServices' and its FoundationModel's and adapters' reconcile it at once, "
+                        "and the engine wakes it for a kept-warm revision or a progress deadline. 0: 30 resyncs "
+                        "(env FMOP_ROLLOUT_IDLE_SECONDS; default %(default)s)")
     p.add_argument("--log-format", choices=["json", "plain", "full"], default=_env("LOG_FORMAT", d.log_format),
                    help="log format (env FMOP_LOG_FORMAT; default %(default)s)")
     p.add_argument("--verbose", action="store_true", default=_env("VERBOSE", "") not in ("", "0", "false"),
@@ -104,6 +110,8 @@ def from_args(argv: list[str] | None = None) -> Config:
         parser().error(f"--resync-seconds must be positive, got {a.resync_seconds}")
     if a.rollout_tick_seconds <= 0:
         parser().error(f"--rollout-tick-seconds must be positive, got {a.rollout_tick_seconds}")
+    if a.rollout_idle_seconds < 0:
+        parser().error(f"--rollout-idle-seconds must be 0 (30 resyncs) or positive, got {a.rollout_idle_seconds}")
     leader_election = a.leader_election if a.leader_election is not None else _env_bool("LEADER_ELECTION", Config.leader_election)
     if leader_election and not _NAME.match(a.lease_name):
         parser().error(f"--lease-name {a.lease_name!r} is not a valid Kubernetes name (lowercase letters, digits, '-' and '.', "
@@ -118,6 +126,7 @@ def from_args(argv: list[str] | None = None) -> Config:
         bind_address=a.bind_address,
         resync_seconds=a.resync_seconds,
         rollout_tick_seconds=a.rollout_tick_seconds,
+        rollout_idle_seconds=a.rollout_idle_seconds or 30 * a.resync_seconds,
         log_format=a.log_format,
         verbose=a.verbose,
         prometheus_url=a.prometheus_url,

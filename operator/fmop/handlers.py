@@ -13,6 +13,7 @@ import fnmatch
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -168,6 +169,8 @@ def _controller(memo: kopf.Memo) -> Controller:
 
 
 async def rollout_daemon(memo: kopf.Memo, namespace: str, name: str, stopped: kopf.DaemonStopped, logger: logging.Logger, **_: Any) -> None:
+    """Reconcile one Rollout, then sleep as its decision says: a tick while steps run, until the next clock-driven
+    change (Decision.next_look) otherwise, and at most --rollout-idle-seconds; events reconcile it meanwhile."""
     cfg: Config = memo["config"]
     ctl = _controller(memo)
     while not stopped:
@@ -176,8 +179,7 @@ async def rollout_daemon(memo: kopf.Memo, namespace: str, name: str, stopped: ko
             outcome = await asyncio.to_thread(ctl.reconcile, namespace, name)
             if outcome.result == "gone":
                 return
-            if outcome.busy:
-                delay = cfg.rollout_tick_seconds
+            delay = _sleep(cfg, outcome.busy, outcome.next_look, ctl.clock())
         except KubeError as err:
             logger.warning(f"{err}; retrying in {cfg.resync_seconds}s")
         except Exception:  # a bug must not stop the Rollout's daemon for good
@@ -185,6 +187,14 @@ async def rollout_daemon(memo: kopf.Memo, namespace: str, name: str, stopped: ko
             metrics.RECONCILES.labels("Rollout", "error").inc()
         await stopped.wait(delay)
     ctl.forget(namespace, name)
+
+
+def _sleep(cfg: Config, busy: bool, next_look: datetime | None, now: datetime) -> float:
+    if busy:
+        return cfg.rollout_tick_seconds
+    if next_look is None:
+        return cfg.rollout_idle_seconds
+    return min(cfg.rollout_idle_seconds, max(cfg.rollout_tick_seconds, (next_look - now).total_seconds()))
 
 
 def reconcile_rollout_now(memo: kopf.Memo, namespace: str, name: str, **_: Any) -> None:
@@ -202,6 +212,23 @@ def on_inference_service(memo: kopf.Memo, namespace: str, labels: kopf.Labels, t
             _controller(memo).reconcile(namespace, owner)
         except KubeError as err:
             logging.getLogger("fmop.rollout").warning(f"{err}; the Rollout's daemon will try again")
+
+
+def on_model_event(memo: kopf.Memo, namespace: str, name: str, type: str | None, resource: kopf.Resource, **_: Any) -> None:
+    """A FoundationModel or TaskAdapter changed (a version recorded, gated, deleted): reconcile, now, the Rollouts in its
+    namespace that name it, so an idle Rollout needs no polling to see a new version (FollowLatest) or a resolved reference."""
+    if type is None or "rollouts" not in memo:
+        return
+    known: dict[tuple[str, str], dict[str, Any]] = memo.get("rollout_bodies", {})
+    for (ns, rollout), body in list(known.items()):
+        model = (body.get("spec") or {}).get("model") or {}
+        names = {(model.get("foundationModel") or {}).get("name")} if resource.plural == FOUNDATION_MODEL.plural else {
+            a.get("name") for a in model.get("adapters") or []}
+        if ns == namespace and name in names:
+            try:
+                _controller(memo).reconcile(ns, rollout)
+            except KubeError as err:
+                logging.getLogger("fmop.rollout").warning(f"{err}; the Rollout's daemon will try again")
 
 
 def remember_rollout(memo: kopf.Memo, body: kopf.Body, namespace: str, name: str, type: str | None, **_: Any) -> None:
@@ -297,6 +324,8 @@ def register(cfg: Config) -> None:
     kopf.on.event(isvc.group, isvc.version, isvc.plural, id="rollout.inferenceservice",
                   labels={naming.LABEL_ROLLOUT: kopf.PRESENT})(on_inference_service)
     kopf.on.event(ro.group, ro.version, ro.plural, id="rollout.remember")(remember_rollout)
+    for k in (FOUNDATION_MODEL, TASK_ADAPTER):
+        kopf.on.event(k.group, k.version, k.plural, id=f"rollout.references.{k.plural}")(on_model_event)
     kopf.on.startup(id="webhook.start")(start_webhook)
     kopf.on.cleanup(id="webhook.stop")(stop_webhook)
 

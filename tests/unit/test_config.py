@@ -82,3 +82,23 @@ def test_bad_lease_settings_are_clear_errors(monkeypatch: pytest.MonkeyPatch, ca
 def test_no_leader_election_does_not_check_the_lease(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FMOP_LEADER_ELECTION", raising=False)
     assert not from_args(["--no-leader-election", "--lease-name", "Whatever"]).leader_election
+
+
+def test_idle_rollouts_are_reread_every_30_resyncs_unless_told() -> None:
+    assert from_args([]).rollout_idle_seconds == 300.0
+    assert from_args(["--resync-seconds=2"]).rollout_idle_seconds == 60.0
+    assert from_args(["--rollout-idle-seconds=45"]).rollout_idle_seconds == 45.0
+
+
+def test_the_daemon_sleeps_as_the_decision_says() -> None:
+    """Busy: a tick. Idle: until the engine's next clock-driven change, between a tick and the idle period."""
+    from datetime import UTC, datetime, timedelta
+
+    from fmop.handlers import _sleep
+
+    cfg, now = from_args([]), datetime(2026, 1, 1, tzinfo=UTC)
+    assert _sleep(cfg, True, now, now) == 1.0
+    assert _sleep(cfg, False, None, now) == 300.0
+    assert _sleep(cfg, False, now + timedelta(seconds=42), now) == 42.0
+    assert _sleep(cfg, False, now - timedelta(seconds=5), now) == 1.0
+    assert _sleep(cfg, False, now + timedelta(hours=2), now) == 300.0

@@ -39,6 +39,9 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Lo
     api = api_client()
     kube = Kube(api, field_manager=naming.FIELD_MANAGER)
     memo["kube"] = kube
+    # Shared by every object's handlers: kopf gives each object a shallow copy of this memo, so a key added later
+    # (by one Rollout's handler) would be seen by that object alone.
+    memo["rollout_bodies"] = {}
     memo["rollouts"] = Controller(kube, traffic_for=traffic_for(api),
                                   analysis=PrometheusAnalysis(cfg.prometheus_url) if cfg.prometheus_url else None)
     # Progress and diff-base live in annotations: our status schema is strict and owned by us.

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from fmdev.local.cluster import LocalCluster
-from fmdev.local.common import free_port
+from fmdev.local.common import REPO, free_port
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -80,7 +80,7 @@ def _apiserver_requests(cluster: LocalCluster) -> float:
 
 
 def _objects(n: int, namespace: str) -> list[dict[str, Any]]:
-    fm = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "foundationmodel.yaml").read_text())
+    fm = yaml.safe_load((REPO / "examples" / "foundationmodel.yaml").read_text())
     fm["metadata"] = {"name": "movielens", "namespace": namespace}
     rollouts = [{"apiVersion": "fmops.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": f"ro-{i:04d}", "namespace": namespace},
                  "spec": {"model": {"foundationModel": {"name": "movielens", "version": "v1"}},

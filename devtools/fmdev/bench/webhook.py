@@ -36,7 +36,7 @@ from typing import Any
 from kubernetes import client, config, watch
 
 from fmdev.local.cluster import LocalCluster
-from fmdev.local.common import free_port
+from fmdev.local.common import REPO, free_port
 from fmop.rollout import naming
 
 NS, NAME, GROUP, VERSION = "bench", "reco", "fmops.dev", "v1alpha1"
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 def _fm_spec() -> dict[str, Any]:
     import yaml
 
-    return dict(yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "foundationmodel.yaml").read_text())["spec"])
+    return dict(yaml.safe_load((REPO / "examples" / "foundationmodel.yaml").read_text())["spec"])
 
 
 if __name__ == "__main__":

@@ -272,13 +272,7 @@ class Controller:
 
         annotations = meta.get("annotations") or {}
         traffic = self.traffic_for(spec.trafficRouting)
-        seen: ObservedTraffic | Literal["unknown"]
-        try:
-            seen = traffic.observe(ref, spec.trafficRouting)
-        except TrafficError as err:
-            if not err.retry:
-                raise
-            seen = "unknown"
+        seen = _observe(traffic, ref, spec.trafficRouting)
         isvcs = self._inference_services(ref)
         obs = Observations(
             inference_services=tuple(state for state, _ in isvcs.values()),
@@ -304,17 +298,13 @@ class Controller:
             decision = decide(spec, first.status, replace(obs, measurements=measured, split=split), later)
             notes += list(decision.events)
         records = [a for a in (*first.actions, *decision.actions) if isinstance(a, RecordHistory)]
-        if hold is not None and status.revision == 0:
-            return self._write_and_act(body, ref, old_status, status, decision, notes, records, served, spec.trafficRouting, traffic, isvcs,
-                                       fm, uri, "blocked")
         return self._write_and_act(body, ref, old_status, status, decision, notes, records, served, spec.trafficRouting, traffic, isvcs,
-                                   fm, uri, None)
+                                   fm, uri)
 
     def _write_and_act(self, body: dict[str, Any], ref: RolloutRef, old_status: dict[str, Any], status: RolloutStatus, decision: Decision,
                        notes: list[EmitEvent], records: list[RecordHistory], spec: RolloutSpec | None,
                        routing: TrafficRouting | None, traffic: Traffic | None,
-                       isvcs: dict[int, tuple[InferenceServiceState, dict[str, Any]]], fm: dict[str, Any] | None, uri: str,
-                       blocked: Literal["blocked"] | None) -> Outcome:
+                       isvcs: dict[int, tuple[InferenceServiceState, dict[str, Any]]], fm: dict[str, Any] | None, uri: str) -> Outcome:
         """Write the decided status first (the intent), then carry out the actions in order, then post the Events."""
         namespace, name = ref.namespace, ref.name
         key = (namespace, name)
@@ -371,7 +361,7 @@ class Controller:
                 self.crash("event-posted", phase)
             for record in records:
                 metrics.ROLLOUT_OUTCOMES.labels(record.entry.outcome).inc()
-        if blocked is not None:
+        if decision.blocked:
             return Outcome("blocked", phase, message=new.message)
         return Outcome("changed" if changed else "unchanged", phase, tuple(done), traffic_at, new.message, busy=decision.busy,
                        rolled_back=changed and phase == "RolledBack" and status.phase != "RolledBack", next_look=decision.next_look)
@@ -413,18 +403,12 @@ class Controller:
                                 f"{status.canary.revision}: spec.trafficRouting does not validate ({_invalid(err)})", retry=False) from err
         obs = Observations(alerts=alerts, generation=meta.get("generation"))
         decision = decide_invalid(status, obs, self.clock(), problem)
-        if routing is None:
-            decision = replace(decision, actions=tuple(a for a in decision.actions if not isinstance(a, SetTraffic)))
-        traffic = self.traffic_for(routing) if routing is not None else None
+        traffic = self.traffic_for(routing) if routing is not None else None  # without it, SetTraffic is left undone
         if traffic is not None and routing is not None:
-            try:
-                traffic.observe(ref, routing)
-            except TrafficError as err:
-                if not err.retry:
-                    raise
+            _observe(traffic, ref, routing)  # what is routed now, so an unchanged route is not written again
         records = [a for a in decision.actions if isinstance(a, RecordHistory)]
         out = self._write_and_act(body, ref, old_status, status, decision, list(decision.events), records,
-                                  None, routing, traffic, {}, None, "", "blocked")
+                                  None, routing, traffic, {}, None, "")
         return replace(out, rolled_back=decision.status.phase == "RolledBack" and status.phase != "RolledBack")
 
     # ------------------------------------------------------------ observations
@@ -491,6 +475,16 @@ def _invalid(err: ValidationError) -> str:
     path = ".".join(str(p) for p in first["loc"])
     return f"{path}: {first['msg']}; fix the field, or upgrade the CRDs to match this operator"
 
+
+
+def _observe(traffic: Traffic, ref: RolloutRef, routing: TrafficRouting) -> ObservedTraffic | Literal["unknown"]:
+    """What the traffic object routes now; "unknown" while it cannot be read for a reason worth retrying."""
+    try:
+        return traffic.observe(ref, routing)
+    except TrafficError as err:
+        if not err.retry:
+            raise
+        return "unknown"
 
 
 def _count_transitions(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:

@@ -174,7 +174,7 @@ def _blocked(t: _Tick) -> Decision:
     if t.obs.generation is not None:
         s.observedGeneration = t.obs.generation
     _transition_events(t, transitions)
-    return Decision(s, tuple(t.notes))
+    return Decision(s, tuple(t.notes), blocked=True)
 
 
 def decide_invalid(status: RolloutStatus, observations: Observations, now: datetime, problem: str) -> Decision:
@@ -193,10 +193,8 @@ def decide_invalid(status: RolloutStatus, observations: Observations, now: datet
         relevant = [a for a in new_alerts if _other_revision(a, rolling.revision) is None and (started is None or a.starts_at >= started)]
         outcome: Literal["RolledBack", "Failed"] = "RolledBack" if relevant else "Failed"
         reason = _alert_reason(relevant[0]) if relevant else f"spec does not validate: {problem}"
-        entry = HistoryEntry(revision=rolling.revision, foundationModelVersion=rolling.model.foundationModel.version or "",
-                             adapters=[f"{n}@{v}" if v else n for n, v in ModelRef.of(rolling.model).adapters], outcome=outcome,
-                             reason=_clip(reason), startedAt=rolling.startedAt, finishedAt=ts(now))
-        s.history = [*s.history, entry][-10:]
+        entry = _history_entry(rolling, outcome, reason, now)
+        s.history = [*s.history, entry][-RolloutSpec.model_fields["revisionHistoryLimit"].default:]  # the spec's limit cannot be read
         s.canaryWeight, s.stableWeight, s.mirrorPercent, s.rollbackReason, s.heldSince = 0, 100, 0, _clip(reason), None
         notes += [RecordHistory(entry), EmitEvent("Warning", outcome, _clip(
             f"revision {rolling.revision} ({_label(rolling)}) {'rolled back' if relevant else 'failed'}: {reason}; "
@@ -213,9 +211,8 @@ def decide_invalid(status: RolloutStatus, observations: Observations, now: datet
     s.message = _clip(problem, 1024)
     if observations.generation is not None:
         s.observedGeneration = observations.generation
-    notes += [EmitEvent("Normal" if tr.cond.status == "True" else "Warning", tr.cond.reason, f"{tr.cond.type}: {tr.cond.message}")
-              for tr in transitions]
-    return Decision(s, tuple(actions + notes))
+    notes += _condition_events(transitions)
+    return Decision(s, tuple(actions + notes), blocked=True)
 
 
 # ---------------------------------------------------------------- reconcile steps, in order
@@ -514,9 +511,13 @@ def _ready(s: RolloutStatus) -> Cond:
 
 
 def _transition_events(t: _Tick, transitions: list[Transition]) -> None:
+    t.notes.extend(_condition_events(transitions))
+
+
+def _condition_events(transitions: list[Transition]) -> list[Action]:
     """An Event per condition whose status changed, with the condition's reason (as for the other kinds)."""
-    for tr in transitions:
-        t.event("Normal" if tr.cond.status == "True" else "Warning", tr.cond.reason, f"{tr.cond.type}: {tr.cond.message}")
+    return [EmitEvent("Normal" if tr.cond.status == "True" else "Warning", tr.cond.reason, _clip(f"{tr.cond.type}: {tr.cond.message}"))
+            for tr in transitions]
 
 
 def _ordered(t: _Tick) -> list[Action]:
@@ -650,17 +651,22 @@ def _finish_rolling(t: _Tick, outcome: Literal["RolledBack", "Failed"], reason: 
 
 def _record(t: _Tick, rev: ServedRevision, outcome: Literal["Promoted", "RolledBack", "Failed", "Superseded"], reason: str) -> None:
     s = t.status
-    entry = HistoryEntry(
+    entry = _history_entry(rev, outcome, reason, t.now)
+    s.history = [*s.history, entry][-t.spec.revisionHistoryLimit:]
+    t.notes.append(RecordHistory(entry))
+
+
+def _history_entry(rev: ServedRevision, outcome: Literal["Promoted", "RolledBack", "Failed", "Superseded"], reason: str,
+                   now: datetime) -> HistoryEntry:
+    return HistoryEntry(
         revision=rev.revision,
         foundationModelVersion=rev.model.foundationModel.version or "",
         adapters=[f"{name}@{version}" if version else name for name, version in ModelRef.of(rev.model).adapters],
         outcome=outcome,
         reason=_clip(reason),
         startedAt=rev.startedAt,
-        finishedAt=ts(t.now),
+        finishedAt=ts(now),
     )
-    s.history = [*s.history, entry][-t.spec.revisionHistoryLimit:]
-    t.notes.append(RecordHistory(entry))
 
 
 # ---------------------------------------------------------------- the current step

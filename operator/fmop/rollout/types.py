@@ -223,6 +223,7 @@ class Decision:
     actions: tuple[Action, ...] = field(default_factory=tuple)
     busy: bool = False
     next_look: datetime | None = None  # look again by then at the latest (now when busy); None: only an event changes anything
+    blocked: bool = False  # nothing can be served or started (references, artifact or spec): status only, nothing routed anew
 
     @property
     def events(self) -> tuple[EmitEvent, ...]:

@@ -7,14 +7,18 @@ result once. That keeps every verdict testable without a cluster.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from fmop.api import FoundationModel, Rollout, TaskAdapter
-from fmop.conditions import Cond
+from fmop.conditions import Cond, find
 
 ACCEPTED, RESOLVED, READY = "Accepted", "ResolvedRefs", "Ready"
+# kstatus (sigs.k8s.io/cli-utils/pkg/kstatus), abnormal-true: the operator is still working toward the spec / nothing
+# more happens until a person changes something. Flux's health checks, `kubectl wait` and Argo CD read them.
+RECONCILING, STALLED = "Reconciling", "Stalled"
+KSTATUS = (RECONCILING, STALLED)
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,58 @@ class Verdict:
     conditions: list[Cond]
     message: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- kstatus, for FoundationModels and TaskAdapters
+# Both conditions are always present, True or False: kstatus reads an absent one as False, but `kubectl wait
+# --for=condition=Stalled=False` and Argo CD's health check need it there to read it. (The Rollout engine sets its own.)
+def reconciling(reason: str, message: str) -> list[Cond]:
+    """Work under way toward the spec: a training Workflow submitted or running, or a FoundationModel still training
+    the version a TaskAdapter waits for."""
+    return [Cond(RECONCILING, "True", reason, message), Cond(STALLED, "False", "NotStalled", "")]
+
+
+def stalled(reason: str, message: str) -> list[Cond]:
+    """No progress until a person acts (fixes the spec or a reference, retries a failed Workflow, changes the operator's
+    settings): Stalled says what and how, with the reason of the condition that tells the details."""
+    return [Cond(RECONCILING, "False", reason, "nothing in flight: see condition Stalled"), Cond(STALLED, "True", reason, message)]
+
+
+def reconciled() -> list[Cond]:
+    """Nothing in flight and nothing waits for a person: the spec is done (Ready says which version serves)."""
+    return [Cond(RECONCILING, "False", "Reconciled", "nothing in flight"), Cond(STALLED, "False", "NotStalled", "")]
+
+
+def with_kstatus(v: Verdict, kstatus: list[Cond]) -> Verdict:
+    """`v` with these Reconciling and Stalled conditions (any it had replaced), placed right after Ready, so that
+    the order of the conditions does not change with the conditions a plan adds after them."""
+    rest = [c for c in v.conditions if c.type not in KSTATUS]
+    at = next((i + 1 for i, c in enumerate(rest) if c.type == READY), len(rest))
+    return replace(v, conditions=[*rest[:at], *kstatus, *rest[at:]])
+
+
+FmProgress = Literal["working", "stalled", "settled"]
+
+
+def foundation_model_progress(fm: dict[str, Any]) -> tuple[FmProgress, dict[str, Any] | None]:
+    """Where a FoundationModel stands, as its status says, and its Stalled condition when it is stalled. Not
+    reconciled yet, or not for its current generation: working. A status with neither kstatus condition (written by
+    an operator older than them, until its next resync) is read from its phase."""
+    status: dict[str, Any] = fm.get("status") or {}
+    observed, generation = status.get("observedGeneration"), (fm.get("metadata") or {}).get("generation")
+    if observed is None or (generation is not None and observed < generation):
+        return "working", None
+    conditions = list(status.get("conditions") or [])
+    stuck, busy = find(conditions, STALLED), find(conditions, RECONCILING)
+    if stuck is None and busy is None:
+        phase = status.get("phase")
+        by_phase: FmProgress = "stalled" if phase == "Failed" else "settled" if phase == "Ready" else "working"
+        return by_phase, None
+    if stuck is not None and stuck.get("status") == "True":
+        return "stalled", stuck
+    if busy is not None and busy.get("status") == "True":
+        return "working", None
+    return "settled", None
 
 
 def _ref(obj: dict[str, Any]) -> str:
@@ -65,7 +121,7 @@ def assess_foundation_model(obj: dict[str, Any]) -> Verdict:
     try:
         fm = FoundationModel.model_validate(_essence(obj))
     except ValidationError as err:
-        return _invalid(obj, err)
+        return _stalled_on(_invalid(obj, err), ACCEPTED)
     spec = fm.spec
     problems: list[str] = []
     context = set(spec.data.featureSchema.contextFields)
@@ -79,43 +135,67 @@ def assess_foundation_model(obj: dict[str, Any]) -> Verdict:
         problems.append("objective genre needs item metadata: set spec.data.itemMetadataUri or drop the genre objective")
     if problems:
         msg = "; ".join(problems)
-        return _rejected(msg)
+        return _stalled_on(_rejected(msg), ACCEPTED)
 
     versions = _versions(obj)
     accepted = Cond(ACCEPTED, "True", "SpecValid", "spec is valid")
     if versions:
         latest = (obj.get("status") or {}).get("latestVersion") or versions[-1]
-        return Verdict("Ready", [accepted, Cond(READY, "True", "VersionAvailable", f"version {latest} is available")], f"latest version {latest}")
+        return Verdict("Ready", [accepted, Cond(READY, "True", "VersionAvailable", f"version {latest} is available"), *reconciled()],
+                       f"latest version {latest}")
     msg = "no trained version yet; versions appear in status.versions once a training Workflow succeeds"
-    return Verdict("Pending", [accepted, Cond(READY, "False", "NoVersion", msg)], msg)
+    return Verdict("Pending", [accepted, Cond(READY, "False", "NoVersion", msg), *reconciling("NoVersion", msg)], msg)
 
 
 def assess_task_adapter(obj: dict[str, Any], fm: dict[str, Any] | None) -> Verdict:
     try:
         ta = TaskAdapter.model_validate(_essence(obj))
     except ValidationError as err:
-        return _invalid(obj, err)
+        return _stalled_on(_invalid(obj, err), ACCEPTED)
     ref = ta.spec.foundationModel
     ns = obj.get("metadata", {}).get("namespace", "?")
     accepted = Cond(ACCEPTED, "True", "SpecValid", "spec is valid")
     if fm is None:
         msg = f"spec.foundationModel.name: FoundationModel {ns}/{ref.name} does not exist; create it or fix the name"
-        return _blocked(accepted, RESOLVED, "FoundationModelNotFound", msg)
+        return _stalled_on(_blocked(accepted, RESOLVED, "FoundationModelNotFound", msg), RESOLVED)
     known = _versions(fm)
     if ref.versionPolicy == "Pinned" and ref.version not in known:
         msg = (f"spec.foundationModel.version: FoundationModel {ns}/{ref.name} has no version {ref.version} "
                f"(known: {', '.join(known) or 'none yet'}); pick a listed version or wait for training")
-        return _blocked(accepted, RESOLVED, "VersionNotFound", msg)
+        return _waiting_for(_blocked(accepted, RESOLVED, "VersionNotFound", msg), fm, f"{ns}/{ref.name}", until_settled=True)
     if not known:
         msg = f"waiting for FoundationModel {ns}/{ref.name} to finish its first version"
-        return _blocked(accepted, RESOLVED, "FoundationModelNotReady", msg)
+        return _waiting_for(_blocked(accepted, RESOLVED, "FoundationModelNotReady", msg), fm, f"{ns}/{ref.name}", until_settled=False)
     base = ref.version if ref.versionPolicy == "Pinned" else ((fm.get("status") or {}).get("latestVersion") or known[-1])
     resolved = Cond(RESOLVED, "True", "Resolved", f"base FoundationModel {ref.name} {base}")
     own = [v for v in ((obj.get("status") or {}).get("versions") or []) if v.get("foundationModelVersion") == base]
     if own:
-        return Verdict("Ready", [accepted, resolved, Cond(READY, "True", "VersionAvailable", f"adapter {own[-1]['version']} on {base}")], "", {"baseVersion": base})
+        return Verdict("Ready", [accepted, resolved, Cond(READY, "True", "VersionAvailable", f"adapter {own[-1]['version']} on {base}"),
+                                 *reconciled()], "", {"baseVersion": base})
     msg = f"no adapter version trained on {ref.name} {base} yet"
-    return Verdict("Pending", [accepted, resolved, Cond(READY, "False", "NoVersion", msg)], msg, {"baseVersion": base})
+    return Verdict("Pending", [accepted, resolved, Cond(READY, "False", "NoVersion", msg), *reconciling("NoVersion", msg)], msg,
+                   {"baseVersion": base})
+
+
+def _stalled_on(v: Verdict, type_: str) -> Verdict:
+    """`v` stalled on its condition `type_` (False), with that condition's reason and message."""
+    cause = next(c for c in v.conditions if c.type == type_)
+    return with_kstatus(v, stalled(cause.reason, cause.message))
+
+
+def _waiting_for(v: Verdict, fm: dict[str, Any], name: str, *, until_settled: bool) -> Verdict:
+    """A TaskAdapter blocked on its FoundationModel (v's ResolvedRefs says how): Reconciling while the FoundationModel
+    works (trains, or has not seen its latest spec yet); Stalled when it is stalled itself, or (until_settled: the
+    version may come from a training yet to run) when it is done and still lacks what the adapter needs."""
+    cause = next(c for c in v.conditions if c.type == RESOLVED)
+    progress, why = foundation_model_progress(fm)
+    if progress == "stalled":
+        said = f": {why.get('reason')}: {str(why.get('message', ''))[:1024]}" if why is not None else " (phase Failed)"
+        return with_kstatus(v, stalled("FoundationModelStalled", f"{cause.message}, but it is stalled{said}"))
+    if progress == "settled" and until_settled:
+        return with_kstatus(v, stalled(cause.reason, f"{cause.message}; FoundationModel {name} is not training, so no new "
+                                                     "version comes until it is changed"))
+    return with_kstatus(v, reconciling(cause.reason, cause.message))
 
 
 def follow_latest(obj: dict[str, Any], fm: dict[str, Any] | None, adapters: dict[str, dict[str, Any] | None]) -> tuple[str | None, str]:

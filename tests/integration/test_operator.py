@@ -258,3 +258,83 @@ def test_a_follow_latest_rollout_moves_by_itself_once_the_bundle_is_complete(
     ta_v2 = {**ta_v1, "version": "v2", "foundationModelVersion": "v2", "artifactUri": "s3://models/adapters/west-coast/v2/"}
     patch_status(api, "taskadapters", namespace, "west-coast", {"versions": [ta_v1, ta_v2]})
     wait_for(lambda: _ro_status(api, namespace).get("revision") == 2, 60, "revision 2 for the v2 bundle, with no spec edit")
+
+
+# ---------------------------------------------------------------- kstatus: Reconciling and Stalled on FoundationModels and TaskAdapters
+def _kstatus(api: Any, plural: str, namespace: str, name: str) -> dict[str, tuple[str, str]]:
+    obj = get(api, plural, namespace, name)
+    return {t: (c["status"], c["reason"]) for t in ("Reconciling", "Stalled") if (c := condition(obj, t)) is not None}
+
+
+def _kubectl_wait(cluster: Any, namespace: str, what: str, cond: str, timeout: str = "60s") -> str:
+    out = cluster.kubectl("wait", f"--for=condition={cond}", what, "-n", namespace, f"--timeout={timeout}", check=False)
+    assert out.returncode == 0, f"kubectl wait --for=condition={cond} {what}: {out.stderr}"
+    return str(out.stdout)
+
+
+def test_kubectl_wait_for_stalled_on_a_task_adapter_whose_foundation_model_is_missing_then_untrainable(
+        api: Any, namespace: str, cluster: Any, operator: OperatorProcess) -> None:
+    """The operator here runs without --trainer-image: versions are recorded by hand, as a CI job would."""
+    ta = load_example("taskadapter.yaml")
+    apply(api, namespace, ta)
+    assert "condition met" in _kubectl_wait(cluster, namespace, "taskadapter/west-coast", "Stalled")
+    assert _kstatus(api, "taskadapters", namespace, "west-coast") == {"Reconciling": ("False", "FoundationModelNotFound"),
+                                                                      "Stalled": ("True", "FoundationModelNotFound")}
+    stalled = condition(get(api, "taskadapters", namespace, "west-coast"), "Stalled")
+    assert stalled and f"FoundationModel {namespace}/movielens does not exist; create it or fix the name" in stalled["message"]
+
+    # The FoundationModel appears, but nothing can train it here: it is Stalled, and so is the adapter waiting on it.
+    apply(api, namespace, load_example("foundationmodel.yaml"))
+    wait_condition(api, "foundationmodels", namespace, "movielens", "Stalled", "True", "NoTrainerImage")
+    c = wait_condition(api, "taskadapters", namespace, "west-coast", "Stalled", "True", "FoundationModelStalled")
+    assert "is stalled: NoTrainerImage" in c["message"]
+    assert condition(get(api, "taskadapters", namespace, "west-coast"), "ResolvedRefs")["reason"] == "FoundationModelNotReady"  # type: ignore[index]
+
+    # Versions recorded by hand: both are done, nothing stalls, and kubectl can wait for exactly that.
+    patch_status(api, "foundationmodels", namespace, "movielens", {
+        "latestVersion": "v1", "versions": [{"version": "v1", "artifactUri": "s3://models/foundation/movielens/v1/"}]})
+    _kubectl_wait(cluster, namespace, "foundationmodel/movielens", "Stalled=False")
+    wait_condition(api, "taskadapters", namespace, "west-coast", "Stalled", "True", "NoTrainerImage")  # resolved, no adapter version
+    patch_status(api, "taskadapters", namespace, "west-coast", {
+        "latestVersion": "v1", "versions": [{"version": "v1", "foundationModelVersion": "v1", "artifactUri": "s3://models/adapters/west-coast/v1/"}]})
+    _kubectl_wait(cluster, namespace, "taskadapter/west-coast", "Stalled=False")
+    _kubectl_wait(cluster, namespace, "taskadapter/west-coast", "Ready")
+    for plural, name in (("foundationmodels", "movielens"), ("taskadapters", "west-coast")):
+        assert _kstatus(api, plural, namespace, name) == {"Reconciling": ("False", "Reconciled"), "Stalled": ("False", "NotStalled")}
+    # Stalled and Reconciling post no Event of their own (the conditions that say why do).
+    reasons = {e.reason for e in events_for(api, namespace, "west-coast")}
+    assert "FoundationModelNotFound" in reasons and not reasons & {"NotStalled", "Reconciled", "FoundationModelStalled"}, reasons
+
+
+def test_reconciling_while_a_version_trains_then_stalled_when_its_workflow_fails(
+        api: Any, namespace: str, cluster: Any, operator: OperatorProcess, tmp_path: Any) -> None:
+    """With a trainer image the operator submits a training Workflow. No Argo controller runs without the node, so the
+    Workflow stays as submitted (Reconciling), and the test then fails it as Argo would (Stalled, for the adapter too)."""
+    operator.stop()  # the module's operator trains nothing: it would write NoTrainerImage over this one's status
+    trainer = OperatorProcess(cluster.kubeconfig_path, tmp_path / "trainer.log", resync=1.0,
+                              extra=["--trainer-image=localhost/fmop/fmrec:test", f"--namespaces={namespace}"]).start()
+    try:
+        apply(api, namespace, load_example("foundationmodel.yaml"))
+        apply(api, namespace, load_example("taskadapter.yaml"))
+        _kubectl_wait(cluster, namespace, "foundationmodel/movielens", "Reconciling")
+        fm = get(api, "foundationmodels", namespace, "movielens")
+        assert fm["status"]["phase"] == "Training" and condition(fm, "Stalled")["status"] == "False"  # type: ignore[index]
+        workflow = fm["status"]["workflowName"]
+        _kubectl_wait(cluster, namespace, "taskadapter/west-coast", "Reconciling")  # waits for the version that trains
+        assert _kstatus(api, "taskadapters", namespace, "west-coast")["Reconciling"] == ("True", "FoundationModelNotReady")
+
+        client.CustomObjectsApi(api).patch_namespaced_custom_object(  # Argo: the Workflow failed
+            "argoproj.io", "v1alpha1", namespace, "workflows", workflow,
+            {"status": {"phase": "Failed", "message": "child 'pretrain' failed", "progress": "1/4"}})
+        _kubectl_wait(cluster, namespace, "foundationmodel/movielens", "Stalled")
+        assert _kstatus(api, "foundationmodels", namespace, "movielens") == {"Reconciling": ("False", "WorkflowFailed"),
+                                                                            "Stalled": ("True", "WorkflowFailed")}
+        stalled = condition(get(api, "foundationmodels", namespace, "movielens"), "Stalled")
+        assert stalled and f"training v1 failed in Workflow {workflow}" in stalled["message"] and "child 'pretrain' failed" in stalled["message"]
+        _kubectl_wait(cluster, namespace, "taskadapter/west-coast", "Stalled")
+        assert _kstatus(api, "taskadapters", namespace, "west-coast")["Stalled"] == ("True", "FoundationModelStalled")
+        time.sleep(3 * trainer.resync)
+        assert _kstatus(api, "foundationmodels", namespace, "movielens")["Stalled"] == ("True", "WorkflowFailed"), "a failed Workflow is not retried"
+    finally:
+        trainer.stop()
+        operator.start()

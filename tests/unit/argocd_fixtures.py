@@ -292,10 +292,12 @@ def foundation_model() -> Obj:
     return obj
 
 
-def task_adapter(name: str = "west-coast", foundation_model: str = "movielens") -> Obj:
+def task_adapter(name: str = "west-coast", foundation_model: str = "movielens", pinned: str | None = None) -> Obj:
     obj = load_example("taskadapter.yaml")
     obj["metadata"] = {"name": name}
     obj["spec"]["foundationModel"]["name"] = foundation_model
+    if pinned is not None:
+        obj["spec"]["foundationModel"].update(versionPolicy="Pinned", version=pinned)
     return obj
 
 
@@ -437,6 +439,17 @@ def make() -> Fixtures:
     b.create(task_adapter("east-coast", foundation_model="movielens-jp"))
     b.tick((TA, "east-coast"))
     f.snap(b, TA, "east-coast", "degraded_foundationModelNotFound", "Degraded", condition("ResolvedRefs"))
+    b = c.fork()  # pinned to a version the FoundationModel does not have, and trains nothing now
+    b.create(task_adapter("pinned", pinned="v9"))
+    b.tick((TA, "pinned"))
+    f.snap(b, TA, "pinned", "degraded_versionNotFound", "Degraded", condition("Stalled"))
+    b = Cluster()  # the FoundationModel's first training fails: its TaskAdapter waits for nothing
+    b.create(foundation_model())
+    b.create(task_adapter())
+    b.tick((FM, "movielens"))
+    b.argo("movielens", "Failed", failed_step="pretrain", log="FileNotFoundError: s3://recsys-events/interactions/2026/")
+    b.tick((FM, "movielens"), (TA, "west-coast"))
+    f.snap(b, TA, "west-coast", "degraded_foundationModelStalled", "Degraded", condition("Stalled"))
 
     c.edit(FM, "movielens", spec_field("training", "epochs", value=30))
     f.snap(c, FM, "movielens", "progressing_newGeneration", "Progressing", stale(2, 1))
@@ -530,7 +543,7 @@ def make() -> Fixtures:
     r.tick((FM, "movielens"))
     r.argo("movielens", "Succeeded", ndcg=0.0853)
     r.tick((FM, "movielens"))
-    f.snap(r, FM, "movielens", "degraded_heldBack", "Degraded", condition("QualityGate"))
+    f.snap(r, FM, "movielens", "degraded_heldBack", "Degraded", condition("Stalled"))
     r.edit(RO, "recommender", model_version("v3"))
     r.tick((RO, "recommender"))
     f.snap(r, RO, "recommender", "degraded_versionHeldBack", "Degraded", message)

@@ -173,3 +173,98 @@ def test_follow_latest_honours_a_pinned_adapter_version() -> None:
     ro["spec"]["model"]["adapters"][0]["version"] = "a1"
     adapter = ta((("a1", "v1"), ("a2", "v2")))
     assert follow_latest(ro, fm(("v1", "v2")), {"west-coast": adapter})[0] == "v1"
+
+
+# ---------------------------------------------------------------- kstatus: Reconciling and Stalled (FoundationModel, TaskAdapter)
+def kstatus(verdict: Any) -> tuple[tuple[str, str], tuple[str, str]]:
+    """(Reconciling, Stalled) as (status, reason); both are always there."""
+    c = conds(verdict)
+    return c["Reconciling"], c["Stalled"]
+
+
+def fm_as(phase: str | None = None, generation: int = 1, observed: int | None = 1, versions: tuple[str, ...] = (),
+          reconciling: str | None = None, stalled: tuple[str, str] | None = None) -> dict[str, Any]:
+    """A FoundationModel as its status says it stands (what a TaskAdapter's verdict reads of it)."""
+    obj = fm(versions)
+    obj["metadata"]["generation"] = generation
+    status = obj.setdefault("status", {})
+    if observed is not None:
+        status["observedGeneration"] = observed
+    if phase is not None:
+        status["phase"] = phase
+    conditions = []
+    if reconciling is not None:
+        conditions.append({"type": "Reconciling", "status": reconciling, "reason": "WorkflowRunning", "message": "training v1"})
+    if stalled is not None:
+        conditions.append({"type": "Stalled", "status": stalled[0], "reason": stalled[1], "message": f"training v1 failed: {stalled[1]}"})
+    status["conditions"] = conditions
+    return obj
+
+
+def test_fm_kstatus_invalid_spec_is_stalled() -> None:
+    obj = fm()
+    obj["spec"]["architecture"]["eventFields"] = ["item", "device"]
+    v = assess_foundation_model(obj)
+    assert kstatus(v) == (("False", "InvalidSpec"), ("True", "InvalidSpec"))
+    stalled = next(c for c in v.conditions if c.type == "Stalled")
+    assert stalled.message == next(c for c in v.conditions if c.type == "Accepted").message
+
+
+def test_fm_kstatus_a_spec_the_types_reject_is_stalled() -> None:
+    obj = fm()
+    obj["spec"]["architecture"]["layers"] = "two"
+    assert kstatus(assess_foundation_model(obj)) == (("False", "InvalidSpec"), ("True", "InvalidSpec"))
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    pytest.param(fm(), (("True", "NoVersion"), ("False", "NotStalled")), id="no-version-yet-works-toward-one"),
+    pytest.param(fm(("v1",)), (("False", "Reconciled"), ("False", "NotStalled")), id="version-available-is-done"),
+])
+def test_fm_kstatus_valid(model: dict[str, Any], expected: Any) -> None:
+    assert kstatus(assess_foundation_model(model)) == expected
+
+
+@pytest.mark.parametrize(("adapter", "model", "expected"), [
+    pytest.param(ta(), None, (("False", "FoundationModelNotFound"), ("True", "FoundationModelNotFound")), id="fm-missing-stalls"),
+    pytest.param(ta(), fm_as("Training", reconciling="True", stalled=("False", "NotStalled")),
+                 (("True", "FoundationModelNotReady"), ("False", "NotStalled")), id="fm-training-its-first-version-reconciles"),
+    pytest.param(ta(), fm_as(observed=None), (("True", "FoundationModelNotReady"), ("False", "NotStalled")), id="fm-not-reconciled-yet-reconciles"),
+    pytest.param(ta(), fm_as("Failed", reconciling="False", stalled=("True", "WorkflowFailed")),
+                 (("False", "FoundationModelStalled"), ("True", "FoundationModelStalled")), id="fm-failed-its-first-version-stalls"),
+    pytest.param(ta(), fm_as("Pending", reconciling="False", stalled=("True", "NoTrainerImage")),
+                 (("False", "FoundationModelStalled"), ("True", "FoundationModelStalled")), id="fm-without-trainer-stalls"),
+    pytest.param(ta(), fm_as("Failed"), (("False", "FoundationModelStalled"), ("True", "FoundationModelStalled")),
+                 id="fm-failed-by-an-older-operator-stalls"),
+    pytest.param(ta(version="v3", versionPolicy="Pinned"), fm_as("Training", versions=("v1", "v2"), reconciling="True", stalled=("False", "NotStalled")),
+                 (("True", "VersionNotFound"), ("False", "NotStalled")), id="pinned-version-may-come-from-the-training-fm"),
+    pytest.param(ta(version="v3", versionPolicy="Pinned"), fm_as("Ready", generation=2, observed=1, versions=("v1", "v2")),
+                 (("True", "VersionNotFound"), ("False", "NotStalled")), id="pinned-version-may-come-from-an-fm-edit-not-seen-yet"),
+    pytest.param(ta(version="v3", versionPolicy="Pinned"), fm_as("Ready", versions=("v1", "v2"), reconciling="False", stalled=("False", "NotStalled")),
+                 (("False", "VersionNotFound"), ("True", "VersionNotFound")), id="pinned-version-an-idle-fm-lacks-stalls"),
+    pytest.param(ta(version="v3", versionPolicy="Pinned"), fm_as("Failed", versions=("v1", "v2"), reconciling="False", stalled=("True", "WorkflowFailed")),
+                 (("False", "FoundationModelStalled"), ("True", "FoundationModelStalled")), id="pinned-version-a-stalled-fm-lacks-stalls"),
+    pytest.param(ta(version="v1", versionPolicy="Pinned"), fm(("v1", "v2")), (("True", "NoVersion"), ("False", "NotStalled")),
+                 id="resolved-no-adapter-version-yet-reconciles"),
+    pytest.param(ta((("v1", "v2"),)), fm(("v1", "v2")), (("False", "Reconciled"), ("False", "NotStalled")), id="adapter-version-available-is-done"),
+])
+def test_task_adapter_kstatus(adapter: dict[str, Any], model: dict[str, Any] | None, expected: Any) -> None:
+    v = assess_task_adapter(adapter, model)
+    assert kstatus(v) == expected
+    assert [c.type for c in v.conditions].count("Stalled") == 1 and [c.type for c in v.conditions].count("Reconciling") == 1
+
+
+def test_task_adapter_stalled_on_its_foundation_model_says_why() -> None:
+    v = assess_task_adapter(ta(), fm_as("Failed", reconciling="False", stalled=("True", "WorkflowFailed")))
+    stalled = next(c for c in v.conditions if c.type == "Stalled")
+    assert conds(v)["ResolvedRefs"] == ("False", "FoundationModelNotReady"), "ResolvedRefs keeps its reason"
+    assert stalled.message == ("waiting for FoundationModel ns/movielens to finish its first version, but it is stalled: "
+                               "WorkflowFailed: training v1 failed: WorkflowFailed")
+    missing = next(c for c in assess_task_adapter(ta(), None).conditions if c.type == "Stalled")
+    assert "FoundationModel ns/movielens does not exist; create it or fix the name" in missing.message
+
+
+def test_rollout_verdicts_carry_no_kstatus_conditions() -> None:
+    """The Rollout engine sets Reconciling and Stalled itself, from the whole rollout: the reference check leaves them out."""
+    for v in (assess_rollout(_ns(load_example("rollout.yaml")), None, {"west-coast": None}),
+              assess_rollout(_ns(load_example("rollout.yaml")), fm(("v1",)), {"west-coast": ta((("v1", "v1"),))})):
+        assert not {"Reconciling", "Stalled"} & set(conds(v))

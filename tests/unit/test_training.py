@@ -490,3 +490,124 @@ def test_with_log_changes_nothing_when_the_plan_asks_for_no_log() -> None:
 def test_the_planner_plans_only_its_two_kinds() -> None:
     with pytest.raises(ValueError, match="not 'Rollout'"):
         planner.plan(load_example("rollout.yaml"), [], NOW, image=IMAGE)
+
+
+# ---------------------------------------------------------------- kstatus: Reconciling and Stalled, case by case
+def kstatus(p: planner.Plan) -> tuple[tuple[str, str], tuple[str, str]]:
+    """(Reconciling, Stalled) of a plan as (status, reason), each there once."""
+    types = [c.type for c in p.verdict.conditions]
+    assert types.count("Reconciling") == 1 and types.count("Stalled") == 1, types
+    r, s = cond(p.verdict.conditions, "Reconciling"), cond(p.verdict.conditions, "Stalled")
+    return (r.status, r.reason), (s.status, s.reason)
+
+
+WORKING = ("False", "NotStalled")
+DONE = (("False", "Reconciled"), ("False", "NotStalled"))
+
+
+@pytest.mark.parametrize(("kind", "case", "expected"), [
+    pytest.param("FoundationModel", "none", (("True", "WorkflowSubmitted"), WORKING), id="fm-submitted-reconciles"),
+    pytest.param("TaskAdapter", "none", (("True", "WorkflowSubmitted"), WORKING), id="ta-submitted-reconciles"),
+    pytest.param("FoundationModel", "running", (("True", "WorkflowRunning"), WORKING), id="fm-running-reconciles"),
+    pytest.param("TaskAdapter", "running", (("True", "WorkflowRunning"), WORKING), id="ta-running-reconciles"),
+    pytest.param("FoundationModel", "failed", (("False", "WorkflowFailed"), ("True", "WorkflowFailed")), id="fm-failed-stalls"),
+    pytest.param("TaskAdapter", "failed", (("False", "WorkflowFailed"), ("True", "WorkflowFailed")), id="ta-failed-stalls"),
+    pytest.param("FoundationModel", "succeeded", DONE, id="fm-succeeded-is-done"),
+    pytest.param("TaskAdapter", "succeeded", DONE, id="ta-succeeded-is-done"),
+    pytest.param("FoundationModel", "trained", DONE, id="fm-trained-already-is-done"),
+    pytest.param("TaskAdapter", "trained", DONE, id="ta-trained-already-is-done"),
+])
+def test_kstatus_of_the_four_cases(kind: str, case: str, expected: Any) -> None:
+    submitted = _planned(kind, []).create
+    assert submitted is not None
+    p = _planned(kind, FOUND[case](submitted), TRAINED[kind] if case == "trained" else None)
+    assert kstatus(p) == expected
+    ready = cond(p.verdict.conditions, "Ready")
+    assert ready.status == ("True" if case in ("trained", "succeeded") else "False"), "Ready is as before"
+    if expected[0][0] == "True":
+        assert cond(p.verdict.conditions, "Reconciling").message == p.verdict.message
+    types = [c.type for c in p.verdict.conditions]
+    assert types.index("Reconciling") == types.index("Ready") + 1 and types.index("Stalled") == types.index("Ready") + 2
+
+
+def test_a_failed_workflow_stalls_with_the_step_and_its_log_tail_and_is_not_retried() -> None:
+    wf = _planned("FoundationModel", []).create
+    assert wf is not None
+    asked = _planned("FoundationModel", [_failed(wf)])
+    assert asked.create is None, "a failed Workflow is retried only when someone deletes it"
+    p = planner.with_log(asked, "Traceback\nValueError: bad slice\n")
+    stalled = cond(p.verdict.conditions, "Stalled")
+    assert stalled.status == "True" and stalled.message == p.verdict.message
+    assert stalled.message.endswith("step train failed: Error (exit code 2); log tail: Traceback\nValueError: bad slice")
+    # a log too long for status.message is cut as status.message is
+    long = planner.with_log(asked, "x" * 5000)
+    assert cond(long.verdict.conditions, "Stalled").message == long.verdict.message
+
+
+def test_a_workflow_that_cannot_be_rendered_stalls() -> None:
+    fm = fm_with("v1")
+    del fm["status"]["versions"][0]["checkpointUri"]  # recorded by hand: nothing to fine-tune from
+    p = planner.plan(ta_obj(), [], NOW, image=IMAGE, foundation_model=fm)
+    assert p.verdict.phase == "Failed" and kstatus(p) == (("False", "CannotRender"), ("True", "CannotRender"))
+    assert "has no checkpointUri" in cond(p.verdict.conditions, "Stalled").message
+
+
+def test_an_invalid_spec_stalls_and_trains_nothing() -> None:
+    obj = fm_obj()
+    obj["spec"]["architecture"]["eventFields"] = ["item", "device"]
+    p = planner.plan(obj, [], NOW, image=IMAGE)
+    assert p.create is None and kstatus(p) == (("False", "InvalidSpec"), ("True", "InvalidSpec"))
+
+
+@pytest.mark.parametrize(("kind", "status", "expected"), [
+    pytest.param("FoundationModel", None, (("False", "NoTrainerImage"), ("True", "NoTrainerImage")), id="fm-no-version-stalls"),
+    pytest.param("TaskAdapter", None, (("False", "NoTrainerImage"), ("True", "NoTrainerImage")), id="ta-no-version-stalls"),
+    pytest.param("FoundationModel", TRAINED["FoundationModel"], DONE, id="fm-with-a-version-is-done"),
+    pytest.param("TaskAdapter", TRAINED["TaskAdapter"], DONE, id="ta-with-a-version-is-done"),
+])
+def test_without_a_trainer_image_only_an_object_with_no_version_stalls(kind: str, status: dict[str, Any] | None, expected: Any) -> None:
+    if kind == "FoundationModel":
+        p = planner.plan(fm_obj(status=status), [], NOW, image="")
+    else:
+        p = planner.plan(ta_obj(status=status), [], NOW, image="", foundation_model=fm_with("v1"))
+    assert p.create is None and kstatus(p) == expected
+    if expected[1][0] == "True":
+        assert cond(p.verdict.conditions, "Stalled").message == cond(p.verdict.conditions, "Training").message
+
+
+@pytest.mark.parametrize(("foundation_model", "expected"), [
+    pytest.param(None, (("False", "FoundationModelNotFound"), ("True", "FoundationModelNotFound")), id="fm-missing-stalls"),
+    pytest.param(fm_obj(status={"observedGeneration": 1, "phase": "Training", "conditions": [
+        {"type": "Reconciling", "status": "True", "reason": "WorkflowRunning"}, {"type": "Stalled", "status": "False", "reason": "NotStalled"}]}),
+        (("True", "FoundationModelNotReady"), WORKING), id="fm-training-reconciles"),
+    pytest.param(fm_obj(status={"observedGeneration": 1, "phase": "Failed", "conditions": [
+        {"type": "Reconciling", "status": "False", "reason": "WorkflowFailed"},
+        {"type": "Stalled", "status": "True", "reason": "WorkflowFailed", "message": "training v1 failed"}]}),
+        (("False", "FoundationModelStalled"), ("True", "FoundationModelStalled")), id="fm-failed-stalls"),
+])
+def test_an_adapter_waiting_on_its_foundation_model(foundation_model: dict[str, Any] | None, expected: Any) -> None:
+    p = planner.plan(ta_obj(), [], NOW, image=IMAGE, foundation_model=foundation_model)
+    assert p.create is None and kstatus(p) == expected
+
+
+def test_a_version_the_quality_gate_held_back_stalls_until_a_person_acts() -> None:
+    """The held-back version is recorded and the latest still serves (Ready True), but this spec gave nothing servable:
+    Stalled, the same while its Workflow is listed and once it is gone."""
+    obj = fm_obj(generation=2, status=_trained_v1(0.1))
+    wf = planner.plan(obj, [], NOW, image=IMAGE).create
+    assert wf is not None
+    done = finished(wf, "Succeeded", {"NDCG@10": 0.05})
+    recorded = planner.plan(obj, [done], NOW, image=IMAGE)
+    assert cond(recorded.verdict.conditions, "QualityGate").reason == "NDCGRegressed"
+    assert cond(recorded.verdict.conditions, "Ready").status == "True"
+    assert kstatus(recorded) == (("False", "VersionHeldBack"), ("True", "VersionHeldBack"))
+    assert "v2, trained for this spec, held back by the quality gate" in cond(recorded.verdict.conditions, "Stalled").message
+    stored = fm_obj(generation=2, status={"latestVersion": recorded.verdict.extra["latestVersion"], "versions": recorded.verdict.extra["versions"]})
+    for found in ([done], []):
+        again = planner.plan(stored, found, NOW, image=IMAGE)
+        assert again.create is None
+        assert [c for c in again.verdict.conditions if c.type in ("Reconciling", "Stalled")] == \
+               [c for c in recorded.verdict.conditions if c.type in ("Reconciling", "Stalled")]
+    # the next spec trains again: Reconciling, no longer Stalled
+    nxt = planner.plan(fm_obj(generation=3, status=stored["status"]), [done], NOW, image=IMAGE)
+    assert nxt.create is not None and kstatus(nxt) == (("True", "WorkflowSubmitted"), WORKING)

@@ -218,3 +218,27 @@ def test_an_object_deleted_during_a_retry_is_gone() -> None:
     store.record_by_hand(entry("v1", generation=None))
     store.read = lambda: None  # type: ignore[method-assign]
     assert sync(store, stale, fm_plan, NOW).result == "gone"
+
+
+def test_reconciling_and_stalled_are_written_but_post_no_event() -> None:
+    """kstatus conditions change with every training (Reconciling) and together with the condition that says why
+    (Stalled): their transitions are left out of Synced.transitions, so the handler posts no Event for them."""
+    store = FakeStore(fm_obj(), [])
+    synced = [sync(store, store.read() or {}, fm_plan, NOW)]  # submitted: Reconciling appears, True
+    wf = store.wfs["movielens-v1-g1"]
+    store.wfs[wf["metadata"]["name"]] = finished(wf, "Failed")
+    synced.append(sync(store, store.read() or {}, fm_plan, NOW))  # failed: Reconciling False, Stalled True
+    status = (store.read() or {})["status"]
+    assert {c["type"]: (c["status"], c["reason"]) for c in status["conditions"] if c["type"] in ("Reconciling", "Stalled")} == \
+           {"Reconciling": ("False", "WorkflowFailed"), "Stalled": ("True", "WorkflowFailed")}
+    told = [(t.cond.type, t.cond.status) for s in synced for t in s.transitions]
+    assert ("Training", "True") in told and ("Training", "False") in told, told
+    assert not [t for t in told if t[0] in ("Reconciling", "Stalled")], told
+
+
+def test_status_update_leaves_kstatus_transitions_out() -> None:
+    verdict = Verdict("Training", [Cond("Ready", "False", "NoVersion", ""), Cond("Reconciling", "True", "WorkflowRunning", "training"),
+                                   Cond("Stalled", "False", "NotStalled", "")], "training")
+    update = status_update({}, verdict, 1, NOW)
+    assert update is not None and [c["type"] for c in update.status["conditions"]] == ["Ready", "Reconciling", "Stalled"]
+    assert [t.cond.type for t in update.transitions] == ["Ready"]

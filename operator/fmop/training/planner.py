@@ -10,6 +10,12 @@ submit one), one running, one failed, one succeeded (record its version once). W
 Workflow is current, how a Workflow is rendered, how a version is recorded, the words) is a small
 strategy per kind: `_FoundationModel`, `_TaskAdapter`.
 
+Every plan says where the object stands for kstatus (fmop.assess): Reconciling while a Workflow is submitted
+or running (or, for a TaskAdapter, while its FoundationModel trains the version it waits for), Stalled when
+nothing more happens without a person: an invalid spec, a Workflow that cannot be rendered or failed (a failed
+one is not retried until it is deleted), a missing or stalled FoundationModel, no trainer image and no version,
+or a FoundationModel whose versions for its current spec the quality gate all held back.
+
 fmop.training.versions carries a plan out: when `read_log` is set it reads that log tail and merges it
 with `with_log` (pure), writes the status `verdict` says (re-planning when another writer got there
 first), applies `create` and deletes `delete`.
@@ -25,7 +31,19 @@ from typing import Any, ClassVar
 from pydantic import ValidationError
 
 from fmop.api import FoundationModel, TaskAdapter
-from fmop.assess import ACCEPTED, READY, Verdict, assess_foundation_model, assess_task_adapter
+from fmop.assess import (
+    ACCEPTED,
+    KSTATUS,
+    READY,
+    STALLED,
+    Verdict,
+    assess_foundation_model,
+    assess_task_adapter,
+    reconciled,
+    reconciling,
+    stalled,
+    with_kstatus,
+)
 from fmop.conditions import Cond
 from fmop.kinds import FOUNDATION_MODEL, TASK_ADAPTER
 from fmop.training.render import (
@@ -106,8 +124,11 @@ def with_log(p: Plan, tail: str) -> Plan:
     if not tail:
         return replace(p, read_log=None)
     suffix = f"; log tail: {tail.strip()[-MESSAGE_TAIL:]}"
-    conditions = [replace(c, message=c.message + suffix) if c.type == TRAINING else c for c in p.verdict.conditions]
-    message = next(c.message for c in conditions if c.type == TRAINING)
+    training = next(c for c in p.verdict.conditions if c.type == TRAINING)
+    message = training.message + suffix
+    conditions = [replace(c, message=message) if c.type == TRAINING else
+                  replace(c, message=message[:MESSAGE_LIMIT]) if c.type == STALLED and c.status == "True" and c.reason == training.reason else c
+                  for c in p.verdict.conditions]
     return replace(p, verdict=replace(p.verdict, conditions=conditions, message=message[:MESSAGE_LIMIT]), read_log=None)
 
 
@@ -121,14 +142,16 @@ def _walk(k: _Strategy, workflows: list[Obj], status: Obj, now: str) -> Plan:
         return {str(v["version"]) for v in versions}
 
     def cannot_render(err: RenderError) -> Plan:
-        return Plan(Verdict("Failed", k.conditions(versions, latest, Cond(TRAINING, "False", "CannotRender", str(err))), str(err), dict(k.extra)))
+        return Plan(with_kstatus(Verdict("Failed", k.conditions(versions, latest, Cond(TRAINING, "False", "CannotRender", str(err))), str(err),
+                                         dict(k.extra)), stalled("CannotRender", str(err))))
 
     # 1. No Workflow for the current spec: trained already, or submit one.
     if current is None:
         if k.trained(versions):
             phase, msg = k.idle(latest)
-            return Plan(Verdict(phase, k.conditions(versions, latest), msg,
-                                {**k.extra, "workflowName": status.get("workflowName"), "progress": status.get("progress")}),
+            return Plan(with_kstatus(Verdict(phase, k.conditions(versions, latest), msg,
+                                             {**k.extra, "workflowName": status.get("workflowName"), "progress": status.get("progress")}),
+                                     k.done(versions, latest)),
                         delete=_to_delete(workflows, None, keep()))
         version = next_version(versions)
         try:
@@ -137,8 +160,8 @@ def _walk(k: _Strategy, workflows: list[Obj], status: Obj, now: str) -> Plan:
             return cannot_render(err)
         name = _name(wf)
         msg = k.submitted(version, name)
-        return Plan(Verdict("Training", k.conditions(versions, latest, Cond(TRAINING, "True", "WorkflowSubmitted", msg)), msg,
-                            {**k.extra, "workflowName": name, "progress": "0/0"}),
+        return Plan(with_kstatus(Verdict("Training", k.conditions(versions, latest, Cond(TRAINING, "True", "WorkflowSubmitted", msg)), msg,
+                                         {**k.extra, "workflowName": name, "progress": "0/0"}), reconciling("WorkflowSubmitted", msg)),
                     create=wf, delete=_to_delete(workflows, None, keep()))
 
     name, phase, version = _name(current), _phase(current), _labels(current).get(LABEL_VERSION, "v1")
@@ -147,14 +170,15 @@ def _walk(k: _Strategy, workflows: list[Obj], status: Obj, now: str) -> Plan:
     # 2. Running.
     if phase not in FINISHED:
         msg = f"{k.doing} {version} in Workflow {name}: {phase}, {progress} steps"
-        return Plan(Verdict("Training", k.conditions(versions, latest, Cond(TRAINING, "True", "WorkflowRunning", msg)), msg, following),
+        return Plan(with_kstatus(Verdict("Training", k.conditions(versions, latest, Cond(TRAINING, "True", "WorkflowRunning", msg)), msg,
+                                         following), reconciling("WorkflowRunning", msg)),
                     delete=_to_delete(workflows, current, keep()))
-    # 3. Failed: the step that broke, and (read by the handler) the tail of its log.
+    # 3. Failed: the step that broke, and (read by the handler) the tail of its log. Stalled: retried only when deleted.
     if phase != "Succeeded":
         msg = f"{k.doing} {version} failed in Workflow {name}: {failure(current)}"
         node = failed_pod(current)
-        return Plan(Verdict("Failed", k.conditions(versions, latest, Cond(TRAINING, "False", "WorkflowFailed", msg)), msg[:MESSAGE_LIMIT],
-                            following),
+        return Plan(with_kstatus(Verdict("Failed", k.conditions(versions, latest, Cond(TRAINING, "False", "WorkflowFailed", msg)), msg[:MESSAGE_LIMIT],
+                                         following), stalled("WorkflowFailed", msg[:MESSAGE_LIMIT])),
                     delete=_to_delete(workflows, current, keep()), read_log=StepLog(name, node) if node else None)
     # 4. Succeeded: record its version once (under the next free version when another writer took its number
     # meanwhile: versions are keyed by version, and its artifacts stay where the Workflow wrote them).
@@ -167,8 +191,8 @@ def _walk(k: _Strategy, workflows: list[Obj], status: Obj, now: str) -> Plan:
             return cannot_render(err)
     version = next((str(v["version"]) for v in versions if v.get("workflow") == name), version)
     phase, msg = k.succeeded(version, name, versions, latest)
-    return Plan(Verdict(phase, k.conditions(versions, latest, Cond(TRAINING, "False", "Succeeded", msg), *more), msg,
-                        {**following, "versions": versions, "latestVersion": latest}),
+    return Plan(with_kstatus(Verdict(phase, k.conditions(versions, latest, Cond(TRAINING, "False", "Succeeded", msg), *more), msg,
+                                     {**following, "versions": versions, "latestVersion": latest}), k.done(versions, latest)),
                 delete=_to_delete(workflows, current, keep()))
 
 
@@ -207,6 +231,11 @@ class _Strategy(ABC):
     def succeeded(self, version: str, workflow: str, versions: list[Obj], latest: str | None) -> tuple[str, str]:
         """(phase, message) when `workflow` succeeded (and its version is recorded)."""
 
+    @abstractmethod
+    def done(self, versions: list[Obj], latest: str | None) -> list[Cond]:
+        """Reconciling and Stalled once the current spec is trained and nothing runs (the same whether its Workflow
+        is still listed or gone, so the status does not change when it goes)."""
+
 
 class _Common:
     """What both strategies read off the object the same way."""
@@ -241,7 +270,7 @@ class _FoundationModel(_Common, _Strategy):
         try:
             fm = FoundationModel.model_validate(_essence(obj))
         except ValidationError as err:  # assess_foundation_model reports it; unreachable in practice
-            return Plan(Verdict("Failed", [Cond(ACCEPTED, "False", "Invalid", str(err))], str(err)))
+            return Plan(Verdict("Failed", [Cond(ACCEPTED, "False", "Invalid", str(err)), *stalled("Invalid", str(err))], str(err)))
         return cls(obj, fm, next(c for c in base.conditions if c.type == ACCEPTED), image)
 
     def conditions(self, versions: list[Obj], latest: str | None, *more: Cond) -> list[Cond]:
@@ -294,6 +323,17 @@ class _FoundationModel(_Common, _Strategy):
             msg += f"; {version} held back by the quality gate"
         return ("Ready" if latest else "Failed"), msg
 
+    def done(self, versions: list[Obj], latest: str | None) -> list[Cond]:
+        mine = [v for v in versions if _trained(v, self.generation, self.data_revision)]
+        if mine and all(v.get("gate") == "HeldBack" for v in mine):
+            held = ", ".join(str(v["version"]) for v in mine)
+            return stalled("VersionHeldBack", f"{held}, trained for this spec, held back by the quality gate (see condition QualityGate); "
+                                              f"latestVersion stays {latest or 'unset'}: raise spec.qualityGate.ndcgTolerance to accept it, "
+                                              "or change the spec or its data to train a better one")
+        if not latest:
+            return stalled("NoVersion", "versions are recorded but none is status.latestVersion; set it to one of status.versions")
+        return reconciled()
+
 
 # ---------------------------------------------------------------- TaskAdapter
 class _TaskAdapter(_Common, _Strategy):
@@ -302,7 +342,7 @@ class _TaskAdapter(_Common, _Strategy):
     def __init__(self, obj: Obj, ta: TaskAdapter, base: Verdict, base_version: str, fm: Obj, image: str) -> None:
         super().__init__(obj)
         self.ta, self.base_version, self.image = ta, base_version, image
-        self.assessed = [c for c in base.conditions if c.type != READY]
+        self.assessed = [c for c in base.conditions if c.type != READY and c.type not in KSTATUS]
         self.fm_version: Obj = next((v for v in (fm.get("status") or {}).get("versions") or [] if v.get("version") == base_version), {})
         self.match = {LABEL_GENERATION: str(self.generation), LABEL_BASE: base_version}
         self.extra = {"baseVersion": base_version}
@@ -318,7 +358,7 @@ class _TaskAdapter(_Common, _Strategy):
         try:
             ta = TaskAdapter.model_validate(_essence(obj))
         except ValidationError as err:
-            return Plan(Verdict("Failed", [Cond(ACCEPTED, "False", "Invalid", str(err))], str(err)))
+            return Plan(Verdict("Failed", [Cond(ACCEPTED, "False", "Invalid", str(err)), *stalled("Invalid", str(err))], str(err)))
         return cls(obj, ta, base, str(base_version), fm, image)
 
     @property
@@ -363,6 +403,9 @@ class _TaskAdapter(_Common, _Strategy):
 
     def succeeded(self, version: str, workflow: str, versions: list[Obj], latest: str | None) -> tuple[str, str]:
         return "Ready", f"fine-tuned {version} on {self.fm_name} {self.base_version} in Workflow {workflow}"
+
+    def done(self, versions: list[Obj], latest: str | None) -> list[Cond]:
+        return reconciled()
 
 
 # ---------------------------------------------------------------- reading Workflows and versions
@@ -471,9 +514,12 @@ def _prune(versions: list[Obj], limit: int, keep: str | None) -> list[Obj]:
 
 
 def _untrained(base: Verdict) -> Verdict:
-    """No trainer image configured: the operator tracks versions recorded by others but trains nothing."""
+    """No trainer image configured: the operator tracks versions recorded by others but trains nothing, so an object
+    with no version to be Ready on is Stalled until a version is recorded or the operator gets an image."""
     msg = "training is off: start the operator with --trainer-image (FMOP_TRAINER_IMAGE), the image the training Workflows run"
-    return Verdict(base.phase, [*base.conditions, Cond(TRAINING, "False", "NoTrainerImage", msg)], base.message, base.extra)
+    v = Verdict(base.phase, [*base.conditions, Cond(TRAINING, "False", "NoTrainerImage", msg)], base.message, base.extra)
+    ready = next((c for c in base.conditions if c.type == READY), None)
+    return v if ready is not None and ready.status == "True" else with_kstatus(v, stalled("NoTrainerImage", msg))
 
 
 def _trained(v: Obj, generation: int, data_revision: str = "") -> bool:

@@ -26,13 +26,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from fmop.assess import Verdict
+from fmop.assess import KSTATUS, Verdict
 from fmop.conditions import Transition, merge
 from fmop.training.planner import Plan, StepLog, with_log
 from fmop.training.render import LABEL_VERSION
 
 Obj = dict[str, Any]
 ATTEMPTS = 5  # writes that may lose a race before the reconcile gives up (and is retried later)
+# Conditions whose transitions post no Event (as for the Rollout): Reconciling turns with every training, and Stalled
+# turns True together with the condition that says why (Accepted, ResolvedRefs, Training), whose Event has the right
+# severity; the handler would post Stalled=True as Normal and its clearing as a Warning.
+QUIET = KSTATUS
 
 
 class Store(Protocol):
@@ -76,7 +80,7 @@ class StatusUpdate:
     """The whole status to write, and the conditions whose status changed."""
 
     status: Obj
-    transitions: list[Transition]
+    transitions: list[Transition]  # of the conditions that are not QUIET
 
 
 def status_update(status: Obj, verdict: Verdict, generation: int | None, now: str) -> StatusUpdate | None:
@@ -88,7 +92,8 @@ def status_update(status: Obj, verdict: Verdict, generation: int | None, now: st
     changes = {k: v for k, v in wanted.items() if status.get(k) != v}
     if not changes:
         return None
-    return StatusUpdate({k: v for k, v in {**status, **changes}.items() if v is not None}, transitions)
+    return StatusUpdate({k: v for k, v in {**status, **changes}.items() if v is not None},
+                        [t for t in transitions if t.cond.type not in QUIET])
 
 
 def deletable(names: Iterable[str], workflows: list[Obj], status: Obj) -> tuple[str, ...]:

@@ -1,5 +1,6 @@
 -- Argo CD health of a fmops.dev FoundationModel or TaskAdapter (the same script serves both kinds),
--- read from the status the fm-operator writes (status.phase, its conditions, observedGeneration).
+-- read from the status the fm-operator writes: observedGeneration and the kstatus conditions
+-- Stalled and Reconciling (as Flux's health checks read them), then Ready.
 -- Argo CD runs this in gopher-lua (Lua 5.1) with only the base, table and os libraries:
 -- no string or math functions here.
 
@@ -39,62 +40,35 @@ if generation ~= nil and observed < generation then
   return hs
 end
 
-local accepted = condition(status, "Accepted")
-if accepted ~= nil and accepted.status == "False" then
+-- Nothing more happens until a person acts: the spec is invalid, the training Workflow failed (the
+-- message names the step and ends with its log tail) or cannot be rendered, the versions trained for
+-- this spec were all held back by the quality gate (the latest version still serves), a TaskAdapter's
+-- FoundationModel is missing or stalled itself, or there is no version and no --trainer-image.
+local stalled = condition(status, "Stalled")
+if stalled ~= nil and stalled.status == "True" then
   hs.status = "Degraded"
-  hs.message = either(accepted.message, status.message)
+  hs.message = either(stalled.message, status.message)
   return hs
 end
 
-local training = condition(status, "Training")
-local ready = condition(status, "Ready")
-
--- A training Workflow is submitted or running, even while an older version serves.
-if status.phase == "Training" then
+-- On its way: a training Workflow is submitted or running (even while an older version serves), or a
+-- TaskAdapter waits for its FoundationModel to train the version it needs.
+local reconciling = condition(status, "Reconciling")
+if reconciling ~= nil and reconciling.status == "True" then
   hs.status = "Progressing"
-  hs.message = either(status.message, training and training.message)
+  hs.message = either(reconciling.message, status.message)
   return hs
 end
 
--- The training Workflow failed (the message names the step and ends with its log tail), or the
--- spec cannot be rendered into one.
-if status.phase == "Failed" then
-  hs.status = "Degraded"
-  hs.message = either(status.message, either(training and training.message, ready and ready.message))
-  return hs
-end
-
--- The newest version trained for this spec is worse than the latest and was held back: the
--- latest version still serves, but the spec in Git did not give a version that can be served.
-local gate = condition(status, "QualityGate")
-if gate ~= nil and gate.status == "False" then
-  hs.status = "Degraded"
-  hs.message = gate.message
-  return hs
-end
-
+local ready = condition(status, "Ready")
 if ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
   hs.message = either(ready.message, status.message)
   return hs
 end
 
--- Not Ready, and nothing will change until a person acts: a TaskAdapter's FoundationModel does not
--- exist, or there is no version yet and the operator trains nothing (it runs without --trainer-image).
-local refs = condition(status, "ResolvedRefs")
-if refs ~= nil and refs.status == "False" and refs.reason == "FoundationModelNotFound" then
-  hs.status = "Degraded"
-  hs.message = either(refs.message, status.message)
-  return hs
-end
-if training ~= nil and training.reason == "NoTrainerImage" then
-  hs.status = "Degraded"
-  hs.message = training.message
-  return hs
-end
-
--- Not Ready yet, but on its way: a TaskAdapter waits for its FoundationModel's first version, or for the
--- pinned version to be trained.
-hs.status = "Progressing"
-hs.message = either(status.message, either(refs and refs.message, ready and ready.message))
+-- Not Ready, neither Stalled nor Reconciling: a status this operator does not write (one written before
+-- these conditions existed is rewritten at the operator's next resync).
+hs.status = "Unknown"
+hs.message = "Cannot tell the health of " .. obj.kind .. " " .. tostring(obj.metadata.name) .. " in phase " .. tostring(status.phase) .. ": " .. either(status.message, "no status.message")
 return hs

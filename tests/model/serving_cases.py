@@ -16,6 +16,7 @@ from fmrec.serving.request import Query
 from fmrec.eval.evaluate import ranked_scores
 
 TIE = 1e-6  # scores this close are a tie that float rounding in another batch may order either way (seen: 4e-7)
+SAME = 1e-5  # served scores of one request in two different batches differ by float rounding only
 
 
 def with_device(log: EventLog, seed: int = 0) -> EventLog:
@@ -71,3 +72,15 @@ def assert_same_ranking(got: IntArray, want_scores: torch.Tensor, user: object, 
     assert torch.allclose(got_scores, want.values, atol=TIE, rtol=0), (
         f"user {user}: served top-{k} {got.tolist()} differs from evaluation's {want.indices.tolist()} "
         f"beyond float ties (evaluated scores of the served items {got_scores.tolist()} vs {want.values.tolist()})")
+
+
+def assert_same_answer(got: tuple[list[str], list[float]], alone: tuple[list[str], list[float]], who: object) -> None:
+    """One request's (items, scores) answered inside a batch equal its answer alone: the same scores
+    within SAME, and the same items except where neighbouring scores tie (float rounding in a batch
+    of another size may order a tie either way)."""
+    (items, scores), (want_items, want_scores) = got, alone
+    assert len(items) == len(want_items) and np.allclose(scores, want_scores, atol=SAME, rtol=0), (
+        f"{who}: scores in the batch {scores} differ from alone {want_scores}")
+    for i, (g, w) in enumerate(zip(items, want_items, strict=True)):
+        tied = any(abs(want_scores[i] - want_scores[j]) <= SAME for j in (i - 1, i + 1) if 0 <= j < len(want_scores))
+        assert g == w or tied or i == len(items) - 1, f"{who}: item {i} is {g!r} in the batch, {w!r} alone: {items} vs {want_items}"

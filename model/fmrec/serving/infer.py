@@ -96,11 +96,11 @@ class Recommender:
         """Validate and encode one request row; RequestError says what to fix."""
         task = q.task or FM_TASK
         if task not in self.tasks:
-            raise RequestError(f"unknown TASK {task!r}: this model serves {list(self.tasks)}")
+            raise RequestError(f"unknown TASK {task!r}: this model serves {list(self.tasks)}", "TASK")
         k = q.k or self.k_max
         if not 1 <= k <= self.k_max:
             raise RequestError(f"K={k} is outside 1..{self.k_max}, the most this model was exported to return; "
-                               "ask for fewer or re-export with a larger --top-k")
+                               "ask for fewer or re-export with a larger --top-k", "K")
         return Prepared(encode(q, self.vocab, self.cfg.event_fields, self.cfg.context_len), task, k)
 
     @torch.no_grad()

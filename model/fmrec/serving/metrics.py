@@ -11,6 +11,9 @@
         by field (item, action, device, page, locale)
     fmrec_history_events_total{model,version,task}           counter: events received (the
         denominator for the unknown share)
+    fmrec_refused_requests_total{model,version,input}        counter: requests answered with a 400,
+        by the input at fault (ITEMS, TIMESTAMPS, ..., or "request"). Triton counts those
+        answers as successes (fmrec.serving.triton_model says why): this is where they show.
 
 The decile counter is a histogram kept as one counter per bucket: PSI needs per-bucket shares,
 and it costs at most ten metric updates per task and batch instead of K per request.
@@ -26,12 +29,14 @@ import numpy as np
 
 from fmrec.data.schema import CONTEXT_FIELDS, IntArray
 from fmrec.serving.infer import Recommendation
+from fmrec.serving.protocol import INPUTS
 from fmrec.vocab import DECILES
 
 RECOMMENDED = "fmrec_recommended_items_total"
 TOP_SCORE = "fmrec_top_score"
 UNKNOWN = "fmrec_unknown_values_total"
 EVENTS = "fmrec_history_events_total"
+REFUSED = "fmrec_refused_requests_total"
 UNKNOWN_FIELDS = ("item", "action", *CONTEXT_FIELDS)
 DEFAULT_SCORE_BUCKETS = (-4.0, -2.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0)
 
@@ -48,7 +53,10 @@ class ServingMetrics:
             TOP_SCORE: fam(name=TOP_SCORE, description="top-1 score of each answered user", kind=fam.HISTOGRAM),
             UNKNOWN: fam(name=UNKNOWN, description="request values training never saw, by field", kind=fam.COUNTER),
             EVENTS: fam(name=EVENTS, description="history events received", kind=fam.COUNTER),
+            REFUSED: fam(name=REFUSED, description="requests answered with a 400, by the input at fault", kind=fam.COUNTER),
         }
+        self.refusals = {name: self._families[REFUSED].Metric(labels={"model": model, "version": version, "input": name})
+                         for name in (*(spec.name for spec in INPUTS), "request")}
         self.item_decile = item_decile
         self.recommended, self.top, self.unknown, self.events = {}, {}, {}, {}
         for task, buckets in score_buckets.items():
@@ -76,6 +84,10 @@ class ServingMetrics:
                 n = sum(r.unknown.get(field, 0) for r in mine)
                 if n:
                     self.unknown[task][field].increment(float(n))
+
+    def refused(self, tensor: str) -> None:
+        """Count one request answered with a 400 because of this input ("" or an unknown name: the request)."""
+        self.refusals.get(tensor, self.refusals["request"]).increment(1.0)
 
 
 def score_buckets(deciles: Sequence[float] | None) -> tuple[float, ...]:

@@ -4,18 +4,43 @@ from it, the Triton model parses requests with it, the client builds requests wi
 Every input has a leading batch dimension: a request carries B users (usually 1). Per-event
 inputs are aligned with ITEMS; a request with several users pads shorter rows with "" items,
 which are ignored (a single user needs no padding at all).
+
+Limits, each refused with a 400 that names the input (RequestError), never answered partly:
+
+- MAX_EVENTS events per user: ITEMS and every per-event input hold at most 10,000 columns.
+  The model reads the newest context-length events with a known item (and one more for the oldest
+  time gap), so the newest 10,000 events of a longer history are all a request needs.
+- MAX_EXCLUDE item IDs per user in EXCLUDE: at most 10,000.
+- MAX_REQUEST_VALUES per request: ITEMS and EXCLUDE each hold at most 50,000 values over all
+  users (users x columns, padding included): reading the largest request delays the batch it
+  shares by a fraction of a second, not seconds. More users go in more requests.
+- MAX_VALUE_BYTES per BYTES value (an item ID, action, context value, task name): at most 1,024
+  bytes, and valid UTF-8.
+- K: 1..the exported maximum (`export --top-k`, 100 by default); 0 or absent = that maximum.
+- TIMESTAMPS: whole seconds from MIN_TIMESTAMP to MAX_TIMESTAMP (0001-01-01 to 9999-12-31 UTC,
+  fmrec.serving.request); a larger value is usually milliseconds.
+- users per request: the exported max_batch_size (`export`'s max_batch, 64), enforced by Triton.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from fmrec.data.schema import CONTEXT_FIELDS
 from fmrec.serving.request import Query, RequestError
+
+if TYPE_CHECKING:
+    from fmrec.serving.infer import Prepared, Recommender
+
+MAX_EVENTS = 10_000  # per user, in ITEMS and every per-event input
+MAX_EXCLUDE = 10_000  # item IDs per user in EXCLUDE
+MAX_REQUEST_VALUES = 50_000  # in ITEMS, and in EXCLUDE, over all users of one request
+MAX_VALUE_BYTES = 1_024  # per BYTES value
 
 
 @dataclass(frozen=True)
@@ -39,16 +64,17 @@ class TensorSpec:
 
 INPUTS = (
     TensorSpec("ITEMS", "BYTES", (-1,), "raw item IDs of the user's history, one per event (the whole history, or at least "
-               "context length + 1 events, for exact time gaps); unknown IDs are counted and dropped"),
-    TensorSpec("TIMESTAMPS", "INT64", (-1,), "seconds since the epoch, one per event; required by models with time fields",
-               optional=True),
+               f"context length + 1 events, for exact time gaps; at most {MAX_EVENTS:,}); unknown IDs are counted and dropped"),
+    TensorSpec("TIMESTAMPS", "INT64", (-1,), "seconds since the epoch (years 1 to 9999), one per event; required by models with "
+               "time fields", optional=True),
     TensorSpec("ACTIONS", "BYTES", (-1,), "raw action values (e.g. ratings \"1\"..\"5\"), one per event; required by models with "
                "the action field", optional=True),
     *(TensorSpec(f.upper(), "BYTES", (-1,), f"raw {f} values, one per event; unknown or missing = unknown, as in training",
                  optional=True) for f in CONTEXT_FIELDS),
     TensorSpec("TASK", "BYTES", (1,), "a task adapter's name, or \"fm\" (the default) for the foundation model itself",
                optional=True),
-    TensorSpec("EXCLUDE", "BYTES", (-1,), "raw item IDs never to recommend (besides the history's)", optional=True),
+    TensorSpec("EXCLUDE", "BYTES", (-1,), f"raw item IDs never to recommend (besides the history's), at most {MAX_EXCLUDE:,}",
+               optional=True),
     TensorSpec("K", "INT32", (1,), "how many items to return, 1..the exported maximum (the default)", optional=True),
 )
 
@@ -61,39 +87,100 @@ def outputs(d_model: int) -> tuple[TensorSpec, ...]:
     )
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _texts(name: str, arr: npt.NDArray[np.generic]) -> npt.NDArray[np.object_]:
+    """A BYTES input as str, same shape; refused unless every value is UTF-8 of at most MAX_VALUE_BYTES."""
+    values = arr.ravel().tolist()
+    if all(type(v) is bytes for v in values) and max(map(len, values), default=0) <= MAX_VALUE_BYTES:
+        try:  # the common case, at C speed; the loop below finds and names a bad value
+            fast = np.empty(len(values), dtype=np.object_)
+            fast[:] = [v.decode("utf-8") for v in values]
+            return fast.reshape(arr.shape)
+        except UnicodeDecodeError:
+            pass
+    out = np.empty(arr.shape, dtype=np.object_)
+    for pos, element in np.ndenumerate(arr):
+        where = f"{name}{list(pos)}"
+        # Triton passes bytes; a caller in this process may pass str (a lone surrogate then fails as non-UTF-8)
+        value: object = element.encode("utf-8", "surrogatepass") if isinstance(element, str) else element
+        if not isinstance(value, bytes):
+            raise RequestError(f"{where} is not BYTES but {type(value).__name__}: send {name} as strings", name)
+        if len(value) > MAX_VALUE_BYTES:
+            raise RequestError(f"{where} has {len(value)} bytes; values are at most {MAX_VALUE_BYTES} bytes", name)
+        try:
+            out[pos] = value.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise RequestError(f"{where} is not UTF-8 ({err.reason} at byte {err.start}: "
+                               f"{value[err.start:err.start + 4]!r}): send {name} as UTF-8 text", name) from None
+    return out
+
+
+def _integers(spec: TensorSpec, arr: npt.NDArray[np.generic]) -> npt.NDArray[np.int64]:
+    if arr.dtype.kind != "i":
+        raise RequestError(f"{spec.name} has datatype {arr.dtype}; send {spec.datatype}", spec.name)
+    return arr.astype(np.int64)
 
 
 def queries(get: Callable[[str], npt.NDArray[np.generic] | None]) -> list[Query]:
-    """The rows of one request; `get(name)` returns an input's array (B, ...) or None when absent."""
+    """The rows of one request; `get(name)` returns an input's array (B, ...) or None when absent.
+
+    Checks shapes, datatypes, the limits above and UTF-8 before anything is decoded into a Query;
+    RequestError names the input (and the position [row, column] of a bad value)."""
     items = get("ITEMS")
     if items is None:
-        raise RequestError("ITEMS is required: the raw item IDs of the user's history, oldest first")
+        raise RequestError("ITEMS is required: the raw item IDs of the user's history, oldest first", "ITEMS")
     if items.ndim != 2:
-        raise RequestError(f"ITEMS must have shape [batch, events], got {list(items.shape)}")
+        raise RequestError(f"ITEMS must have shape [users, events], got {list(items.shape)}", "ITEMS")
     B, L = items.shape
+    if B == 0:
+        raise RequestError("ITEMS has no rows (shape [0, ...]): send one row per user", "ITEMS")
+    if L > MAX_EVENTS:
+        raise RequestError(f"ITEMS has {L} events per user; at most {MAX_EVENTS} are accepted: send the newest {MAX_EVENTS} "
+                           "(the model reads only the newest context-length ones)", "ITEMS")
+    if B * L > MAX_REQUEST_VALUES:
+        raise RequestError(f"ITEMS has {B} users x {L} events = {B * L} values; at most {MAX_REQUEST_VALUES} are accepted in "
+                           "one request: send the users in several requests", "ITEMS")
     arrays = {spec.name: get(spec.name) for spec in INPUTS[1:]}
     for spec in INPUTS[1:]:
         arr = arrays[spec.name]
         if arr is None:
             continue
-        if arr.shape[0] != B or (spec.per_event and arr.shape != (B, L)) or (spec.dims == (1,) and arr.shape != (B, 1)):
+        if arr.ndim != 2 or arr.shape[0] != B or (spec.per_event and arr.shape != (B, L)) or (spec.dims == (1,) and arr.shape != (B, 1)):
             want = f"[{B}, {L}] like ITEMS" if spec.per_event else f"[{B}, 1]" if spec.dims == (1,) else f"[{B}, n]"
-            raise RequestError(f"{spec.name} has shape {list(arr.shape)}; send {want}")
+            raise RequestError(f"{spec.name} has shape {list(arr.shape)}; send {want}", spec.name)
+        if spec.name == "EXCLUDE" and arr.shape[1] > MAX_EXCLUDE:
+            raise RequestError(f"EXCLUDE has {arr.shape[1]} item IDs per user; at most {MAX_EXCLUDE} are accepted", "EXCLUDE")
+        if spec.name == "EXCLUDE" and arr.size > MAX_REQUEST_VALUES:
+            raise RequestError(f"EXCLUDE has {B} users x {arr.shape[1]} item IDs = {arr.size} values; at most {MAX_REQUEST_VALUES} "
+                               "are accepted in one request: send the users in several requests", "EXCLUDE")
+    text = {spec.name: _texts(spec.name, arr) for spec in INPUTS if spec.datatype == "BYTES"
+            if (arr := items if spec.name == "ITEMS" else arrays[spec.name]) is not None}
+    ints = {spec.name: _integers(spec, arr) for spec in INPUTS if spec.datatype != "BYTES" if (arr := arrays[spec.name]) is not None}
+    ts, actions, task, exclude, k = (text.get(n, ints.get(n)) for n in ("TIMESTAMPS", "ACTIONS", "TASK", "EXCLUDE", "K"))
     out = []
     for b in range(B):
-        raw = [_text(v) for v in items[b]]
-        keep = np.array([v != "" for v in raw], dtype=bool)  # "" pads shorter rows of a multi-user request
-        ts, actions, task, exclude, k = (arrays[n] for n in ("TIMESTAMPS", "ACTIONS", "TASK", "EXCLUDE", "K"))
-        context = {f: [_text(v) for v in arr[b][keep]] for f in CONTEXT_FIELDS if (arr := arrays[f.upper()]) is not None}
+        raw = text["ITEMS"][b]
+        keep = raw != ""  # (L,) "" pads shorter rows of a multi-user request
         out.append(Query(
-            items=[v for v, kept in zip(raw, keep, strict=True) if kept],
-            timestamps=ts[b][keep].astype(np.int64) if ts is not None else None,
-            actions=[_text(v) for v in actions[b][keep]] if actions is not None else None,
-            context=context,
-            task=_text(task[b, 0]) if task is not None else "",
-            exclude=[e for v in exclude[b] if (e := _text(v))] if exclude is not None else (),
+            items=list(raw[keep]),
+            timestamps=ts[b][keep] if ts is not None else None,
+            actions=list(actions[b][keep]) if actions is not None else None,
+            context={f: list(text[f.upper()][b][keep]) for f in CONTEXT_FIELDS if f.upper() in text},
+            task=str(task[b, 0]) if task is not None else "",
+            exclude=[e for e in exclude[b] if e] if exclude is not None else (),
             k=int(k[b, 0]) if k is not None else 0,
         ))
+    return out
+
+
+def prepare(rec: Recommender, get: Callable[[str], npt.NDArray[np.generic] | None]) -> list[Prepared]:
+    """One request's rows, parsed and validated for `rec`, ready to batch with other requests' rows.
+
+    RequestError names the input (and the user row of a request with several)."""
+    rows = queries(get)
+    out = []
+    for b, q in enumerate(rows):
+        try:
+            out.append(rec.prepare(q))
+        except RequestError as err:
+            raise RequestError(f"user row {b}: {err}" if len(rows) > 1 else str(err), err.tensor) from None
     return out

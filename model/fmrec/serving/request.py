@@ -16,6 +16,8 @@ what fmrec.eval.evaluate.ranked_scores feeds the model for the same history:
 Unknown values (an item, action or context value training never saw) never fail a request: an
 event with an unknown item is dropped after its time gap is counted, an unknown action or
 context value becomes code 0 (as unknown values are in training), and each is counted.
+What does fail a request is a RequestError (HTTP 400): a required input missing, inputs not
+aligned with ITEMS, a timestamp outside MIN_TIMESTAMP..MAX_TIMESTAMP.
 """
 
 from __future__ import annotations
@@ -30,10 +32,19 @@ from fmrec.tokens import day_of_week, gap_to_bucket, hour_of_day
 from fmrec.vocab import Vocabulary
 
 TIME_FIELDS = ("timeGap", "hourOfDay", "dayOfWeek", "relativeTime")
+# Every second a datetime can name, 0001-01-01T00:00:00Z..9999-12-31T23:59:59Z: far beyond any real
+# event, and small enough that no difference of two timestamps overflows int64 in the time features.
+MIN_TIMESTAMP, MAX_TIMESTAMP = -62_135_596_800, 253_402_300_799
 
 
 class RequestError(ValueError):
-    """The request cannot be answered as sent; the message names the input and the fix (HTTP 400)."""
+    """The request cannot be answered as sent; the message names the input and the fix (HTTP 400).
+
+    `tensor` is the input at fault (e.g. "ITEMS"), or "" when it is the request as a whole."""
+
+    def __init__(self, message: str, tensor: str = "") -> None:
+        super().__init__(message)
+        self.tensor = tensor
 
 
 @dataclass(frozen=True)
@@ -63,9 +74,9 @@ def encode(q: Query, vocab: Vocabulary, fields: tuple[str, ...], T: int) -> Enco
     n = len(q.items)
     _check_aligned(q, n)
     if q.timestamps is None and (needed := [f for f in fields if f in TIME_FIELDS]):
-        raise RequestError(f"TIMESTAMPS is required: this model was trained with {needed}; send one per ITEMS entry")
+        raise RequestError(f"TIMESTAMPS is required: this model was trained with {needed}; send one per ITEMS entry", "TIMESTAMPS")
     if q.actions is None and "action" in fields:
-        raise RequestError("ACTIONS is required: this model was trained with the action field; send one per ITEMS entry")
+        raise RequestError("ACTIONS is required: this model was trained with the action field; send one per ITEMS entry", "ACTIONS")
     items = vocab.encode("item", q.items)  # (n,)
     if q.timestamps is None:
         order = np.arange(n)
@@ -94,11 +105,21 @@ def encode(q: Query, vocab: Vocabulary, fields: tuple[str, ...], T: int) -> Enco
 def _check_aligned(q: Query, n: int) -> None:
     unknown = sorted(set(q.context) - set(CONTEXT_FIELDS))
     if unknown:
-        raise RequestError(f"context inputs {unknown} are not context fields; use {[f.upper() for f in CONTEXT_FIELDS]}")
+        raise RequestError(f"context inputs {unknown} are not context fields; use {[f.upper() for f in CONTEXT_FIELDS]}",
+                           str(unknown[0]).upper())
     sizes = {"TIMESTAMPS": q.timestamps, "ACTIONS": q.actions, **{f.upper(): v for f, v in q.context.items()}}
     for name, values in sizes.items():
         if values is not None and len(values) != n:
-            raise RequestError(f"{name} has {len(values)} entries but ITEMS has {n}: send one per event, oldest first")
+            raise RequestError(f"{name} has {len(values)} entries but ITEMS has {n}: send one per event, oldest first", name)
+    if q.timestamps is not None and len(q.timestamps):
+        ts = np.asarray(q.timestamps)
+        if ts.dtype.kind not in "iu":
+            raise RequestError(f"TIMESTAMPS has datatype {ts.dtype}; send whole seconds since the epoch (INT64)", "TIMESTAMPS")
+        bad = np.flatnonzero((ts < MIN_TIMESTAMP) | (ts > MAX_TIMESTAMP))
+        if len(bad):
+            hint = " (milliseconds? send seconds)" if ts[bad[0]] > MAX_TIMESTAMP else ""
+            raise RequestError(f"TIMESTAMPS has {ts[bad[0]]} at event {bad[0]}: send seconds since the epoch from {MIN_TIMESTAMP} "
+                               f"to {MAX_TIMESTAMP} (the years 1 to 9999){hint}", "TIMESTAMPS")
 
 
 def _encode_values(vocab: Vocabulary, name: str, raw: Sequence[str], order: IntArray) -> tuple[IntArray, int]:

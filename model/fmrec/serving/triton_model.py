@@ -3,6 +3,24 @@
 Only the glue between Triton and fmrec lives here: read the request tensors, answer each request
 (or reject it with a 400 that names the input), update the model-aware metrics. The model itself
 is fmrec.serving.infer.Recommender, loaded from this version folder (fmrec.serving.artifact).
+
+Errors, per request. Triton hands execute() a dynamic batch of requests from different clients.
+Each request is parsed and validated on its own (protocol.prepare); a malformed one gets its own
+error response (TritonError INVALID_ARG: HTTP 400, gRPC INVALID_ARGUMENT, the message naming the
+input) and the rest of the batch is answered as if it had not been there. Only validated rows
+reach the one batched backbone pass.
+
+What Triton counts. The python backend records success or failure per execute() call, not per
+response (python_backend src/pb_metric_reporter.cc): an error response counts as a success in
+nv_inference_request_success, and only an exception raised from execute() counts, for every
+request of the batch, in nv_inference_request_failure (reason="BACKEND"). So a client's
+malformed request never moves the failure rate a Rollout's analysis and alerts read; it is
+counted in fmrec_refused_requests_total{input} instead. An exception that is not a RequestError
+is a bug in fmrec, not the client's input: it is logged with its traceback and raised, failing
+this batch and counting as failures, so a broken model cannot pass a canary's analysis on error
+responses that Triton counts as successes. The fuzz test (tests/integration/test_triton_fuzz.py)
+is what shows no request reaches that path. (pytriton's own inference callables cannot do better:
+an exception there fails every request of the batch, pytriton/proxy/model.py.)
 """
 
 from __future__ import annotations
@@ -10,6 +28,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import traceback
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,21 +61,26 @@ class TritonPythonModel:
             time.sleep(self.faults.latency_s)
         if self.faults.fails():  # raised, not returned as error responses: only then does Triton count failures
             raise pb_utils.TritonModelException(f"fault injected: parameter fault_error_share={self.faults.error_share}")
-        return self._answer(requests)
+        try:
+            return self._answer(requests)
+        except Exception as err:  # a bug, not a request's fault (those are RequestErrors): fail the batch, visibly
+            pb_utils.Logger.log_error(f"fmrec: {len(requests)} requests failed: {traceback.format_exc()}")
+            raise pb_utils.TritonModelException(f"internal error in the fmrec model ({type(err).__name__}); "
+                                                "the server's log has the traceback") from None
 
     def _answer(self, requests: list[Any]) -> list[Any]:
-        prepared: list[list[Prepared] | str] = []
+        prepared: list[list[Prepared] | RequestError] = []
         for request in requests:
             try:
-                rows = protocol.queries(partial(_array, request))
-                prepared.append([self.rec.prepare(q) for q in rows])
+                prepared.append(protocol.prepare(self.rec, partial(_array, request)))
             except RequestError as err:
-                prepared.append(str(err))
-        results = iter(self.rec.run([row for p in prepared if not isinstance(p, str) for row in p]))  # one backbone pass
+                prepared.append(err)
+        results = iter(self.rec.run([row for p in prepared if not isinstance(p, RequestError) for row in p]))  # one backbone pass
         responses, answered = [], []
         for p in prepared:
-            if isinstance(p, str):
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(p, pb_utils.TritonError.INVALID_ARG)))
+            if isinstance(p, RequestError):
+                self.metrics.refused(p.tensor)
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(p), pb_utils.TritonError.INVALID_ARG)))
                 continue
             mine = [next(results) for _ in p]
             answered += mine

@@ -5,7 +5,7 @@ CACHE ?= $(or $(FMOP_CACHE),$(HOME)/.cache/fm-operator)
 KUBECONFIG_LOCAL := $(CACHE)/cluster/kubeconfig
 export PATH := $(CACHE)/bin:$(PATH)
 
-.PHONY: help setup lint test bench tune bench-report bench-rollouts bench-webhook bench-alert demo test-e2e test-chaos train-fm finetune cold export serve-bench consolidation-bench test-unit test-integration crds check-crds cluster-up cluster-down cluster-status run examples operator-image clean
+.PHONY: help setup lint test fuzz bench tune bench-report bench-rollouts bench-webhook bench-alert demo test-e2e test-chaos train-fm finetune cold export serve-bench consolidation-bench test-unit test-integration crds check-crds cluster-up cluster-down cluster-status run examples operator-image clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ demo: ## the whole product on the local node: train through Argo, fine-tune, ser
 
 test-e2e: ## the rollout scenarios end to end on the real node (Traefik, Prometheus, Alertmanager)
 	$(PY) -m pytest tests/integration/test_rollouts_e2e.py
+
+fuzz: ## longer fuzzing than `make test` (hypothesis): the served model on real Triton and the Alertmanager webhook (~15 min)
+	FMOP_FUZZ_EXAMPLES=5000 $(PY) -m pytest tests/integration/test_triton_fuzz.py tests/unit/test_webhook_fuzz.py
 
 test-chaos: ## every crash point of the node sweep (make test runs a seeded sample of 2; FMOP_CHAOS_SEED=n picks one; ~30 min; root)
 	FMOP_CHAOS=all $(PY) -m pytest tests/integration/test_rollouts_e2e.py -k "test_a_good or test_h_" -s

@@ -152,6 +152,11 @@ def _env(args: argparse.Namespace) -> int:
     token = args.dir / "monitoring" / "webhook-token"
     if token.exists():
         print(f"export FMOP_WEBHOOK_PORT=8081 FMOP_WEBHOOK_TOKEN_FILE={token}")
+        from fmdev.local import monitoring
+
+        tls = monitoring.made_webhook_tls(args.dir, ends)
+        if tls:  # Alertmanager posts over TLS, trusting the CA that signed this certificate
+            print(f"export FMOP_WEBHOOK_TLS_CERT={tls[0]} FMOP_WEBHOOK_TLS_KEY={tls[1]}")
     if "traefik" in ends:
         print(f"export FMOP_GATEWAY={ends['traefik']}")
     return 0

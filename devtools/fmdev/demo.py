@@ -233,6 +233,13 @@ class Demo:
                                                        {"metadata": {"finalizers": finalizers or None}})
         self.tl.say(f"namespace {self.ns}: removed the operator's finalizer from {len(left)} objects an earlier run left")
 
+    def _webhook_tls_args(self) -> list[str]:
+        """The certificate the cluster's Alertmanager trusts (fmdev.local.monitoring), when it posts over TLS."""
+        from fmdev.local import monitoring
+
+        tls = monitoring.made_webhook_tls(self.workdir, self.state["endpoints"])
+        return [f"--webhook-tls-cert={tls[0]}", f"--webhook-tls-key={tls[1]}"] if tls else []
+
     def start_operator(self, train: bool = True) -> None:
         """The operator as a process; `train` gives it the fmrec image to run training Workflows with."""
         from fmdev.local import images
@@ -253,7 +260,8 @@ class Demo:
         env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig_path), "PYTHONUNBUFFERED": "1"}
         argv = [sys.executable, "-m", "fmop", "--log-format=plain", f"--namespaces={self.ns}", "--bind-address=127.0.0.1",
                 f"--metrics-port={METRICS_PORT}", f"--health-port={free_port()}", f"--webhook-port={WEBHOOK_PORT}",
-                f"--webhook-token-file={token}", f"--prometheus-url={ends['prometheus']}", "--rollout-tick-seconds=0.5",
+                f"--webhook-token-file={token}", *self._webhook_tls_args(), f"--prometheus-url={ends['prometheus']}",
+                "--rollout-tick-seconds=0.5",
                 "--resync-seconds=2", *([f"--trainer-image={images.ref('fmrec')}"] if train else [])]
         with open(self.op_log, "wb") as out:
             self.op = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)

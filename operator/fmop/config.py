@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import ssl
 from dataclasses import dataclass
+
+from fmop import tls
+from fmop.rollout.analysis import NAMESPACE_TEMPLATE, base_url
 
 _NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")  # a Lease's name: an RFC 1123 subdomain
 _NAMESPACE = re.compile(r"^(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # an RFC 1123 label
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")  # a Prometheus label name
 
 
 @dataclass(frozen=True)
@@ -23,8 +28,12 @@ class Config:
     log_format: str = "json"
     verbose: bool = False
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    prometheus_allow: tuple[str, ...] = ()  # base URLs a Rollout's spec.analysis.prometheusAddress may name, besides prometheus_url
     webhook_port: int = 0  # the Alertmanager webhook receiver; 0: not served (the chart serves it on 8081)
     webhook_token_file: str = ""
+    cluster_alert_labels: tuple[tuple[str, str], ...] = ()  # alerts without a namespace label carrying all of these may match any namespace
+    webhook_tls_cert: str = ""  # PEM certificate (chain) the receiver serves, with webhook_tls_key; both empty: plain HTTP
+    webhook_tls_key: str = ""
     trainer_image: str = ""  # empty: train nothing, only track versions recorded by others
     leader_election: bool = True  # act only while holding the Lease (see fmop.leader); off: act at once, alone
     lease_name: str = "fm-operator"
@@ -33,6 +42,10 @@ class Config:
     @property
     def clusterwide(self) -> bool:
         return not self.namespaces
+
+    def webhook_ssl_context(self) -> ssl.SSLContext | None:
+        """The webhook receiver's TLS, reloaded when the files change (fmop.tls); None: plain HTTP."""
+        return tls.server_context(self.webhook_tls_cert, self.webhook_tls_key)
 
 
 def _env(name: str, default: str) -> str:
@@ -77,12 +90,26 @@ def parser() -> argparse.ArgumentParser:
                    help="debug logging (env FMOP_VERBOSE)")
     p.add_argument("--prometheus-url", default=_env("PROMETHEUS_URL", d.prometheus_url),
                    help="default Prometheus for Rollout analysis (env FMOP_PROMETHEUS_URL; default %(default)s)")
+    p.add_argument("--prometheus-allow", default=_env("PROMETHEUS_ALLOW", ""),
+                   help="comma-separated base URLs of the other Prometheus servers a Rollout's spec.analysis.prometheusAddress "
+                        "may name (http(s)://host[:port][/path]; {namespace} stands for the Rollout's namespace); any other "
+                        "address gets no query. Empty: only --prometheus-url (env FMOP_PROMETHEUS_ALLOW)")
     p.add_argument("--webhook-port", type=int, default=int(_env("WEBHOOK_PORT", str(d.webhook_port))),
                    help="port of the Alertmanager webhook receiver (POST /alertmanager) that rolls Rollouts back on matching "
                         "alerts, 0 disables; needs --webhook-token-file (env FMOP_WEBHOOK_PORT; default %(default)s)")
     p.add_argument("--webhook-token-file", default=_env("WEBHOOK_TOKEN_FILE", d.webhook_token_file),
                    help="file holding the bearer token Alertmanager must send, re-read when it changes "
                         "(env FMOP_WEBHOOK_TOKEN_FILE)")
+    p.add_argument("--webhook-tls-cert", default=_env("WEBHOOK_TLS_CERT", d.webhook_tls_cert),
+                   help="PEM certificate (chain) the webhook receiver serves HTTPS with, e.g. a cert-manager Secret's tls.crt; "
+                        "needs --webhook-tls-key; picked up again when the file changes; empty: plain HTTP (env FMOP_WEBHOOK_TLS_CERT)")
+    p.add_argument("--webhook-tls-key", default=_env("WEBHOOK_TLS_KEY", d.webhook_tls_key),
+                   help="its unencrypted PEM private key, e.g. tls.key (env FMOP_WEBHOOK_TLS_KEY)")
+    p.add_argument("--cluster-alert-labels", default=_env("CLUSTER_ALERT_LABELS", ""),
+                   help="k=v,k=v: the labels a cluster admin trusts; a firing alert without a namespace label matches Rollouts "
+                        "in every namespace (by their matchers) only if it carries all of them, e.g. a label that only rules "
+                        "exempt from Prometheus Operator's enforcedNamespaceLabel add. Empty: trust none, an alert without a "
+                        "namespace label matches no Rollout (env FMOP_CLUSTER_ALERT_LABELS)")
     p.add_argument("--trainer-image", default=_env("TRAINER_IMAGE", d.trainer_image),
                    help="image the training Workflows run (torch + fmrec); empty trains nothing (env FMOP_TRAINER_IMAGE)")
     p.add_argument("--leader-election", action=argparse.BooleanOptionalAction, default=None,
@@ -97,6 +124,37 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _prometheus_allow(value: str) -> tuple[str, ...]:
+    """--prometheus-allow's base URLs, each checked as the operator compares them (fmop.rollout.analysis.base_url)."""
+    entries = tuple(e.strip() for e in value.split(",") if e.strip())
+    for entry in entries:
+        try:
+            base_url(entry.replace(NAMESPACE_TEMPLATE, "ns"))
+        except ValueError as err:
+            parser().error(f"--prometheus-allow: {err}: each entry is the base URL of a Prometheus server, "
+                           "http(s)://host[:port][/path], without user info, query string or fragment")
+    return entries
+
+
+def _label_set(flag: str, text: str) -> tuple[tuple[str, str], ...]:
+    """"k=v,k=v" as sorted (name, value) pairs; exits with a message naming the bad item."""
+    found: dict[str, str] = {}
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        name, eq, value = (part.strip() for part in item.partition("="))
+        if not eq or not _LABEL_NAME.match(name) or not value:
+            parser().error(f"{flag}: {item!r} is not a label name=value pair (a name of letters, digits and '_' not starting "
+                           "with a digit, '=', a non-empty value), e.g. fmops_scope=cluster,source=platform")
+        if name == "namespace":
+            parser().error(f"{flag}: {item!r}: the namespace label cannot be trusted for every namespace; an alert with a "
+                           "namespace label always matches only Rollouts in that namespace")
+        if name in found:
+            parser().error(f"{flag}: label {name!r} is given twice")
+        found[name] = value
+    return tuple(sorted(found.items()))
+
+
 def from_args(argv: list[str] | None = None) -> Config:
     a = parser().parse_args(argv)
     for port_name in ("metrics_port", "health_port", "webhook_port"):
@@ -106,6 +164,16 @@ def from_args(argv: list[str] | None = None) -> Config:
     if a.webhook_port and not a.webhook_token_file:
         parser().error(f"--webhook-port {a.webhook_port} needs --webhook-token-file: the receiver accepts only requests with "
                        "that bearer token (set --webhook-port 0 to serve no webhook)")
+    if bool(a.webhook_tls_cert) != bool(a.webhook_tls_key):
+        given, missing = ("--webhook-tls-cert", "--webhook-tls-key") if a.webhook_tls_cert else ("--webhook-tls-key", "--webhook-tls-cert")
+        parser().error(f"{given} needs {missing}: HTTPS takes the certificate and its key (a cert-manager Secret's tls.crt and "
+                       "tls.key); give both, or neither for plain HTTP")
+    if a.webhook_tls_cert:
+        try:
+            tls.load(a.webhook_tls_cert, a.webhook_tls_key)
+        except ValueError as e:
+            parser().error(f"--webhook-tls-cert/--webhook-tls-key: {e}")
+    cluster_alert_labels = _label_set("--cluster-alert-labels", a.cluster_alert_labels)
     if a.resync_seconds <= 0:
         parser().error(f"--resync-seconds must be positive, got {a.resync_seconds}")
     if a.rollout_tick_seconds <= 0:
@@ -130,8 +198,12 @@ def from_args(argv: list[str] | None = None) -> Config:
         log_format=a.log_format,
         verbose=a.verbose,
         prometheus_url=a.prometheus_url,
+        prometheus_allow=_prometheus_allow(a.prometheus_allow),
         webhook_port=a.webhook_port,
         webhook_token_file=a.webhook_token_file,
+        cluster_alert_labels=cluster_alert_labels,
+        webhook_tls_cert=a.webhook_tls_cert,
+        webhook_tls_key=a.webhook_tls_key,
         trainer_image=a.trainer_image,
         leader_election=leader_election,
         lease_name=a.lease_name,

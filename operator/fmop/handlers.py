@@ -43,7 +43,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Lo
     # (by one Rollout's handler) would be seen by that object alone.
     memo["rollout_bodies"] = {}
     memo["rollouts"] = Controller(kube, traffic_for=traffic_for(api),
-                                  analysis=PrometheusAnalysis(cfg.prometheus_url) if cfg.prometheus_url else None)
+                                  analysis=PrometheusAnalysis(cfg.prometheus_url, cfg.prometheus_allow) if cfg.prometheus_url else None)
     # Progress and diff-base live in annotations: our status schema is strict and owned by us.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
@@ -267,7 +267,8 @@ async def start_webhook(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> No
 
     if memo.get("webhook") is None:  # a retried startup handler must not bind the port twice
         memo["webhook"] = await webhook.start(lambda: list(known.values()), on_alerts, cfg.webhook_token_file,
-                                              host=cfg.bind_address, port=cfg.webhook_port, ready=gate)
+                                              host=cfg.bind_address, port=cfg.webhook_port, ready=gate,
+                                              ssl_context=cfg.webhook_ssl_context(), cluster_labels=cfg.cluster_alert_labels)
         logger.info(f"Alertmanager webhook receiver on {cfg.bind_address}:{cfg.webhook_port}/alertmanager; "
                     "answering 503 until the Rollouts are listed")
 

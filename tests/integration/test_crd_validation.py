@@ -147,6 +147,18 @@ BAD: list[tuple[str, str, Mutation, list[str]]] = [
      ['unknown field "spec.strategy.stepz"']),
     ("ro-fm-version-not-a-version", "rollout.yaml", _set("spec.model.foundationModel.version", "newest"),
      ["spec.model.foundationModel.version", "should match"]),
+    # spec.analysis.prometheusAddress is a base URL and nothing more (finding 3: `http://host/any/path#` fetched any path)
+    ("ro-prometheus-address-fragment", "rollout.yaml", _set("spec.analysis.prometheusAddress", "http://127.0.0.1:8080/any/path#"),
+     ["spec.analysis.prometheusAddress", "must not carry a fragment"]),
+    ("ro-prometheus-address-user-info", "rollout.yaml", _set("spec.analysis.prometheusAddress", "http://admin:secret@prometheus:9090"),
+     ["spec.analysis.prometheusAddress", "must not carry user info"]),
+    ("ro-prometheus-address-query-string", "rollout.yaml",
+     _set("spec.analysis.prometheusAddress", "http://prometheus:9090/api/v1/query?query=up"),
+     ["spec.analysis.prometheusAddress", "must not carry a query string"]),
+    ("ro-prometheus-address-file-scheme", "rollout.yaml", _set("spec.analysis.prometheusAddress", "file:///etc/passwd"),
+     ["spec.analysis.prometheusAddress", "must be an http:// or https:// URL"]),
+    ("ro-prometheus-address-backslash", "rollout.yaml", _set("spec.analysis.prometheusAddress", "http://prometheus\\@evil:9090"),
+     ["spec.analysis.prometheusAddress", "should match", "must not carry user info"]),
 ]
 
 

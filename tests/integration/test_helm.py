@@ -9,10 +9,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from kubernetes import client
 
 from fmdev.local.common import binary
+from fmop.config import from_args
 from tests.conftest import REPO, load_example
 from tests.integration.helpers import OperatorProcess, wait_condition, wait_for
 from tests.integration.test_operator import apply
@@ -32,16 +34,23 @@ def test_helm_lint(cluster: Any) -> None:
     assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
 
 
-def test_rendered_chart_passes_server_side_dry_run(cluster: Any, namespace: str) -> None:
-    rendered = helm(cluster, "template", "fmop", str(CHART), "--namespace", namespace, "--include-crds", *ALL_FEATURES)
+@pytest.mark.parametrize("mode", ["cluster-wide", "namespaced"])
+def test_rendered_chart_passes_server_side_dry_run(cluster: Any, namespace: str, mode: str) -> None:
+    """Everything the chart renders (TLS, NetworkPolicy and the two RBAC modes included) is accepted by the API server."""
+    watch = ["--set", f"watchNamespaces={{{namespace}}}"] if mode == "namespaced" else ["--set", "watchNamespaces=null"]
+    rendered = helm(cluster, "template", "fmop", str(CHART), "--namespace", namespace, "--include-crds", *ALL_FEATURES, *watch,
+                    "--set", "webhook.existingSecret=fmop-webhook-token", "--set", "webhook.tls.secretName=fmop-webhook-tls")
     assert rendered.returncode == 0, rendered.stderr
     kinds = {d["kind"] for d in yaml.safe_load_all(rendered.stdout) if d}
-    assert {"CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment",
-            "Service", "ServiceMonitor", "PrometheusRule", "PodDisruptionBudget"} <= kinds
+    rbac = {"ClusterRole", "ClusterRoleBinding"} if mode == "cluster-wide" else set()
+    assert {"CustomResourceDefinition", "ServiceAccount", "Role", "RoleBinding", "Deployment", "Service", "ServiceMonitor",
+            "PrometheusRule", "PodDisruptionBudget", "NetworkPolicy", *rbac} <= kinds
+    assert not {"ClusterRole", "ClusterRoleBinding"} - rbac & kinds
     applied = cluster.kubectl("apply", "--server-side", "--dry-run=server", "--force-conflicts", "-n", namespace, "-f", "-",
                               input=rendered.stdout, check=False)
     assert applied.returncode == 0, applied.stderr
     assert "deployment.apps/fmop-fm-operator serverside-applied (server dry run)" in applied.stdout
+    assert "networkpolicy.networking.k8s.io/fmop-fm-operator serverside-applied (server dry run)" in applied.stdout
 
 
 def test_deployment_is_hardened(cluster: Any) -> None:
@@ -211,3 +220,105 @@ def test_webhook_port_0_serves_no_webhook(control_plane: Any) -> None:
 def test_chart_crds_are_the_generated_ones() -> None:
     for path in (REPO / "crds").glob("*.yaml"):
         assert (CHART / "crds" / path.name).read_text() == path.read_text(), f"charts/fm-operator/crds/{path.name} differs: run make crds"
+
+
+# ---------------------------------------------------------------- the webhook's token, TLS and network
+def _deployment(docs: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    (deploy,) = docs["Deployment"]
+    pod = deploy["spec"]["template"]["spec"]
+    return pod, pod["containers"][0]
+
+
+def test_webhook_token_is_the_same_at_every_render_without_a_cluster(control_plane: Any) -> None:
+    """helm template (Argo CD renders so) cannot read the token back: it renders no Secret rather than a new token at
+    each render, which would rotate it at every sync and make every alert a 401. Two renders are the same."""
+    first, second = (helm(control_plane, "template", "fmop", str(CHART), "--namespace", "fmops") for _ in range(2))
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert first.stdout == second.stdout, "two renders differ: a generated token rotates at every sync"
+    docs = [d for d in yaml.safe_load_all(first.stdout) if d]
+    assert "Secret" not in {d["kind"] for d in docs}
+    assert "No Secret fmop-fm-operator-webhook rendered" in first.stdout  # and says what to do
+    pod, _ = _deployment(_rendered(control_plane))
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "webhook-token"]
+    assert volume["secret"]["secretName"] == "fmop-fm-operator-webhook"  # the pods wait for it; no optional mount
+
+
+def test_webhook_existing_secret_is_mounted_and_nothing_is_generated(control_plane: Any) -> None:
+    docs = _rendered(control_plane, "--set", "webhook.existingSecret=alertmanager-token")
+    assert "Secret" not in docs
+    pod, container = _deployment(docs)
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "webhook-token"]
+    assert volume["secret"] == {"secretName": "alertmanager-token", "items": [{"key": "token", "path": "token"}]}
+    assert "--webhook-token-file=/var/run/secrets/fmops.dev/webhook/token" in container["args"]
+
+
+@pytest.mark.parametrize("values", [
+    pytest.param(["--set", "webhook.tls.secretName=fmop-webhook-tls"], id="a-secret-of-your-own"),
+    pytest.param(["--set", "webhook.tls.certManager.enabled=true", "--set", "webhook.tls.certManager.issuerRef.name=cluster-ca",
+                  "--set", "webhook.tls.certManager.issuerRef.kind=ClusterIssuer"], id="cert-manager"),
+])
+def test_webhook_tls_from_a_secret(control_plane: Any, values: list[str]) -> None:
+    docs = _rendered(control_plane, *values)
+    secret = "fmop-webhook-tls" if "webhook.tls.secretName=fmop-webhook-tls" in values else "fmop-fm-operator-webhook-tls"
+    pod, container = _deployment(docs)
+    assert "--webhook-tls-cert=/var/run/secrets/fmops.dev/webhook-tls/tls.crt" in container["args"]
+    assert "--webhook-tls-key=/var/run/secrets/fmops.dev/webhook-tls/tls.key" in container["args"]
+    # The Secret's directory, not subPaths: the kubelet swaps in a renewed certificate, and the operator loads it.
+    assert {"name": "webhook-tls", "mountPath": "/var/run/secrets/fmops.dev/webhook-tls", "readOnly": True} in container["volumeMounts"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "webhook-tls"]
+    assert volume["secret"] == {"secretName": secret, "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]}
+    if "webhook.tls.certManager.enabled=true" in values:
+        (cert,) = docs["Certificate"]
+        assert cert["spec"]["secretName"] == secret
+        assert cert["spec"]["dnsNames"] == ["fmop-fm-operator.fmops.svc", "fmop-fm-operator.fmops.svc.cluster.local"]
+        assert cert["spec"]["issuerRef"] == {"name": "cluster-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    else:
+        assert "Certificate" not in docs
+
+
+def test_webhook_without_tls_has_no_tls_flags(control_plane: Any) -> None:
+    pod, container = _deployment(_rendered(control_plane))
+    assert not [a for a in container["args"] if a.startswith("--webhook-tls")]
+    assert "webhook-tls" not in {v["name"] for v in pod["volumes"]}
+
+
+def test_network_policy_admits_only_the_monitoring_namespace(control_plane: Any) -> None:
+    docs = _rendered(control_plane)
+    (policy,) = docs["NetworkPolicy"]
+    (deploy,) = docs["Deployment"]
+    assert policy["metadata"]["namespace"] == "fmops"
+    assert policy["spec"]["podSelector"] == {"matchLabels": deploy["spec"]["selector"]["matchLabels"]}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]  # egress: the API server, Prometheus, model servers
+    assert policy["spec"]["ingress"] == [{
+        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+        "ports": [{"protocol": "TCP", "port": 9090}, {"protocol": "TCP", "port": 8081}],  # metrics, webhook; not health (8080)
+    }]
+
+
+def test_network_policy_values(control_plane: Any) -> None:
+    docs = _rendered(control_plane, "--set", "networkPolicy.monitoringNamespaceSelector.matchLabels.team=observability",
+                     "--set", "networkPolicy.monitoringNamespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=null",
+                     "--set", "webhook.port=0")
+    (policy,) = docs["NetworkPolicy"]
+    assert policy["spec"]["ingress"] == [{"from": [{"namespaceSelector": {"matchLabels": {"team": "observability"}}}],
+                                          "ports": [{"protocol": "TCP", "port": 9090}]}]
+    assert "NetworkPolicy" not in _rendered(control_plane, "--set", "networkPolicy.enabled=false")
+
+
+def test_cluster_alert_labels_and_prometheus_allow_list_reach_the_operator(control_plane: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def env(*args: str) -> dict[str, str]:
+        _, container = _deployment(_rendered(control_plane, *args))
+        return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+    assert "FMOP_CLUSTER_ALERT_LABELS" not in env() and "FMOP_PROMETHEUS_ALLOW" not in env()  # defaults: none, only prometheusUrl
+    got = env("--set", "webhook.clusterAlertLabels.source=platform-rules", "--set", "webhook.clusterAlertLabels.cluster=prod",
+              "--set", "prometheus.allowedAddresses={http://prometheus.team-a.svc:9090,https://thanos.monitoring.svc}")
+    assert got["FMOP_CLUSTER_ALERT_LABELS"] == "cluster=prod,source=platform-rules"
+    assert got["FMOP_PROMETHEUS_ALLOW"] == "http://prometheus.team-a.svc:9090,https://thanos.monitoring.svc"
+    for name in ("FMOP_CLUSTER_ALERT_LABELS", "FMOP_PROMETHEUS_ALLOW"):  # read as the operator reads its environment
+        monkeypatch.setenv(name, got[name])
+    cfg = from_args([])
+    assert cfg.cluster_alert_labels == (("cluster", "prod"), ("source", "platform-rules"))
+    assert cfg.prometheus_allow == ("http://prometheus.team-a.svc:9090", "https://thanos.monitoring.svc")
+    bad = helm(control_plane, "template", "fmop", str(CHART), "--set", "webhook.clusterAlertLabels.source=a\\,b")
+    assert bad.returncode != 0 and "webhook.clusterAlertLabels.source: give a non-empty value without commas" in bad.stderr

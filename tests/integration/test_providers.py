@@ -1,7 +1,8 @@
 """Every traffic provider's objects against the REAL CRDs on the local API server: server-side applied
 through providers.kube, read back, observed as the weights asked for, step after step (so a field
 that a later step leaves out, like the mirror, is really removed); an invalid object is rejected by
-the real schema with a message naming the field; the garbage collector removes them with the Rollout.
+the real schema with a message naming the field; the garbage collector removes them with the Rollout;
+an object the Rollout did not create is neither changed nor deleted with it, unless annotated for it.
 No node needed (control_plane)."""
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from fmop.rollout.types import ObservedTraffic, SetTraffic
 from tests.conftest import load_example
 
 from .helpers import wait_for
+
+ADOPT = "fmops.dev/adopt"  # providers.base.ADOPT_ANNOTATION
 
 ROUTINGS: dict[str, dict[str, Any]] = {
     "gatewayAPI": {"provider": "gatewayAPI", "gatewayAPI": {"parentRefs": [{"name": "gw", "sectionName": "http"}], "hostnames": ["reco.example.com"]}},
@@ -68,9 +71,9 @@ def rollout(api: Any) -> Iterator[RolloutRef]:
 
 
 def serving_isvc(rollout: RolloutRef) -> dict[str, Any]:
-    """The one InferenceService provider kserve splits inside, as the serving side writes it."""
+    """The one InferenceService provider kserve splits inside, as the serving side writes it (handing it to the Rollout)."""
     return {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-            "metadata": {"name": rollout.name, "namespace": rollout.namespace},
+            "metadata": {"name": rollout.name, "namespace": rollout.namespace, "annotations": {ADOPT: rollout.name}},
             "spec": {"predictor": {"model": {"modelFormat": {"name": "triton"}, "protocolVersion": "v2",
                                              "storageUri": "pvc://models/reco/r2"}}}}
 
@@ -197,3 +200,103 @@ def test_backends_are_the_predictor_services(api: Any, rollout: RolloutRef) -> N
     assert [(r["name"], r["port"], r["kind"], r["weight"]) for r in refs] == [
         (naming.predictor_service("reco", 4), naming.PREDICTOR_PORT, "Service", 70),
         (naming.predictor_service("reco", 5), naming.PREDICTOR_PORT, "Service", 30)]
+
+
+# ---------------------------------------------------------------- no takeover of objects the Rollout did not create
+def team_b_object(provider: str, rollout: RolloutRef, **meta: Any) -> dict[str, Any]:
+    """Another team's object, of the kind and with the name the Rollout's traffic object would have."""
+    spec = {"gatewayAPI": {"parentRefs": [{"name": "team-b-gw"}], "rules": [{"backendRefs": [{"name": "team-b-web", "port": 8080}]}]},
+            "istio": {"hosts": ["web.team-b.example.com"], "http": [{"route": [{"destination": {"host": "team-b-web"}}]}]},
+            "kserve": serving_isvc(rollout)["spec"]}[provider]
+    ref = PROVIDERS[provider].objects(rollout, TrafficRouting.model_validate(ROUTINGS[provider]))[0]
+    return {"apiVersion": ref.api_version, "kind": ref.kind, "metadata": {"name": ref.name, "namespace": rollout.namespace, **meta}, "spec": spec}
+
+
+def create_as(api: Any, obj: dict[str, Any], manager: str) -> dict[str, Any]:
+    group, version = obj["apiVersion"].split("/")
+    plural = {"HTTPRoute": "httproutes", "VirtualService": "virtualservices", "InferenceService": "inferenceservices"}[obj["kind"]]
+    created: dict[str, Any] = client.CustomObjectsApi(api).create_namespaced_custom_object(
+        group, version, obj["metadata"]["namespace"], plural, obj, field_manager=manager)
+    return created
+
+
+def found_now(api: Any, provider: str, rollout: RolloutRef) -> dict[str, Any] | None:
+    """The object as the API server has it, read past the providers' ownership check."""
+    ref = PROVIDERS[provider].objects(rollout, TrafficRouting.model_validate(ROUTINGS[provider]))[0]
+    return traffic.read(api, PROVIDERS[provider], rollout.namespace, [ObjectRef(ref.api_version, ref.kind, ref.plural, ref.name)])[0]
+
+
+def delete_rollout_and_wait_for_the_garbage_collector(api: Any, rollout: RolloutRef) -> None:
+    """Delete the Rollout, and wait until the garbage collector removed an object the Rollout did own (its TraefikServices)."""
+    write(api, rollout, "traefik", SetTraffic(1, 2, 25, 0))
+    client.CustomObjectsApi(api).delete_namespaced_custom_object("fmops.dev", "v1alpha1", rollout.namespace, "rollouts", rollout.name)
+    p = PROVIDERS["traefik"]
+    refs = p.objects(rollout, TrafficRouting.model_validate(ROUTINGS["traefik"]))
+    wait_for(lambda: all(o is None for o in traffic.read(api, p, rollout.namespace, refs)), 60,
+             "the garbage collector to delete the Rollout's own TraefikServices")
+
+
+FOREIGN = [
+    pytest.param("gatewayAPI", {}, "it was not created by this operator (written by team-b-kubectl)", id="httproute"),
+    pytest.param("istio", {}, "it was not created by this operator (written by team-b-kubectl)", id="virtualservice"),
+    pytest.param("kserve", {"annotations": {}}, "it was not created by this operator (written by team-b-kubectl)", id="inferenceservice"),
+    pytest.param("gatewayAPI", {"annotations": {ADOPT: "another-rollout"}}, "annotation names Rollout 'another-rollout', not reco",
+                 id="httproute-annotated-for-another-rollout"),
+    pytest.param("istio", {"annotations": {ADOPT: "reco"}, "ownerReferences": "other-rollout"},
+                 "controlled by Rollout other (its controller ownerReference)", id="virtualservice-another-controller-owns-annotated"),
+]
+
+
+@pytest.mark.parametrize(("provider", "meta", "says"), FOREIGN)
+def test_another_teams_object_is_neither_changed_nor_deleted(api: Any, rollout: RolloutRef, provider: str, meta: dict[str, Any],
+                                                             says: str) -> None:
+    """Finding 4: the traffic object a Rollout names was force-applied with its ownerReference, whatever owned it, so
+    deleting the Rollout garbage-collected another team's HTTPRoute or VirtualService."""
+    if meta.get("ownerReferences") == "other-rollout":
+        other = load_example("rollout.yaml")
+        other["metadata"]["name"] = "other"
+        uid = client.CustomObjectsApi(api).create_namespaced_custom_object("fmops.dev", "v1alpha1", rollout.namespace, "rollouts", other)[
+            "metadata"]["uid"]
+        meta = {**meta, "ownerReferences": [{"apiVersion": "fmops.dev/v1alpha1", "kind": "Rollout", "name": "other", "uid": uid,
+                                             "controller": True}]}
+    before = create_as(api, team_b_object(provider, rollout, **meta), "team-b-kubectl")
+    kind, name = before["kind"], before["metadata"]["name"]
+    for attempt in (lambda: write(api, rollout, provider, SetTraffic(1, 2, 25, 0)),
+                    lambda: traffic.read(api, PROVIDERS[provider], rollout.namespace,
+                                         PROVIDERS[provider].objects(rollout, TrafficRouting.model_validate(ROUTINGS[provider])))):
+        with pytest.raises(traffic.TrafficError, match=f"{kind} {rollout.namespace}/{name} is not Rollout reco's to manage") as err:
+            attempt()
+        assert says in str(err.value) and not err.value.retry
+    assert found_now(api, provider, rollout) == before  # not one field written: the resourceVersion is the same
+    delete_rollout_and_wait_for_the_garbage_collector(api, rollout)
+    assert found_now(api, provider, rollout) == before
+
+
+@pytest.mark.parametrize("provider", ["gatewayAPI", "istio"])
+def test_an_object_annotated_for_the_rollout_is_adopted_and_goes_with_it(api: Any, rollout: RolloutRef, provider: str) -> None:
+    create_as(api, team_b_object(provider, rollout, annotations={ADOPT: rollout.name}), "team-b-kubectl")
+    (found,) = write(api, rollout, provider, SetTraffic(1, 2, 25, 0))
+    assert found is not None and PROVIDERS[provider].observe([found]) == ObservedTraffic(25, 0, 2)
+    assert [(o["uid"], o["controller"]) for o in found["metadata"]["ownerReferences"]] == [(rollout.uid, True)]
+    ref = PROVIDERS[provider].objects(rollout, TrafficRouting.model_validate(ROUTINGS[provider]))[0]
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(ref.group, ref.version, rollout.namespace, ref.plural, ref.name,
+                                                                {"metadata": {"annotations": {ADOPT: None}}})
+    write(api, rollout, provider, SetTraffic(1, 2, 50, 0))  # the Rollout's now (its ownerReference), annotation or not
+    delete_rollout_and_wait_for_the_garbage_collector(api, rollout)
+    wait_for(lambda: found_now(api, provider, rollout) is None, 60, f"the garbage collector to delete the adopted {found['kind']}")
+
+
+def test_an_adoption_is_written_against_the_object_as_read(api: Any, rollout: RolloutRef, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The annotation taken away between the operator's read and its write: the write is a conflict, nothing is taken."""
+    from fmop.kube import Kube
+
+    stale = create_as(api, team_b_object("gatewayAPI", rollout, annotations={ADOPT: rollout.name}), "team-b-kubectl")
+    custom = client.CustomObjectsApi(api)
+    now = custom.patch_namespaced_custom_object("gateway.networking.k8s.io", "v1", rollout.namespace, "httproutes", "reco",
+                                                {"metadata": {"annotations": {ADOPT: None}}})
+    monkeypatch.setattr(Kube, "get", lambda self, kind, namespace, name: stale)
+    with pytest.raises(traffic.TrafficError, match="conflict") as err:
+        write(api, rollout, "gatewayAPI", SetTraffic(1, 2, 25, 0))
+    assert err.value.retry
+    monkeypatch.undo()
+    assert found_now(api, "gatewayAPI", rollout) == now

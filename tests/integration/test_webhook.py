@@ -18,6 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -158,12 +159,14 @@ def test_a_firing_alert_reaches_its_rollout_once(receiver: Receiver) -> None:
     assert ("severity", "critical") in alerts[0].labels
 
     duplicate = receiver.post(FIRING)  # Alertmanager's repeat_interval resend
-    older = receiver.post(payload(alert(fingerprint="fp1", starts="2026-01-01T00:07:00Z", severity="critical", app="recommender")))
+    older = receiver.post(payload(alert(fingerprint="fp1", starts="2026-01-01T00:07:00Z", severity="critical", app="recommender",
+                                        namespace="team-a")))
     for status, answer in (duplicate, older):
         assert status == 200 and answer["matched"] == [] and answer["duplicates"][0]["fingerprint"] == "fp1"
     assert len(receiver.calls) == 1
 
-    again = receiver.post(payload(alert(fingerprint="fp1", starts="2026-01-01T00:20:00Z", severity="critical", app="recommender")))
+    again = receiver.post(payload(alert(fingerprint="fp1", starts="2026-01-01T00:20:00Z", severity="critical", app="recommender",
+                                        namespace="team-a")))
     assert again[0] == 200 and len(again[1]["matched"]) == 1 and len(receiver.calls) == 2  # it fired again, later
 
 
@@ -178,13 +181,15 @@ def test_concurrent_resends_call_back_once(receiver: Receiver) -> None:
 
 def test_non_matching_and_resolved_alerts_are_ignored(receiver: Receiver) -> None:
     status, answer = receiver.post(payload(
-        alert(fingerprint="warn", severity="warning", app="recommender"),  # a matcher does not hold
+        alert(fingerprint="warn", severity="warning", app="recommender", namespace="team-a"),  # a matcher does not hold
         alert(fingerprint="other-ns", severity="critical", app="recommender", namespace="team-b"),  # another namespace
-        alert(status="resolved", fingerprint="resolved", severity="critical", app="recommender"),
+        alert(fingerprint="no-ns", severity="critical", app="recommender"),  # no namespace: no Rollout at all
+        alert(status="resolved", fingerprint="resolved", severity="critical", app="recommender", namespace="team-a"),
     ))
     assert status == 200 and receiver.calls == []
-    assert answer["received"] == 3 and answer["firing"] == 2 and answer["matched"] == []
-    assert sorted(a["fingerprint"] for a in answer["unmatched"]) == ["other-ns", "warn"]
+    assert answer["received"] == 4 and answer["firing"] == 3 and answer["matched"] == []
+    assert sorted(a["fingerprint"] for a in answer["unmatched"]) == ["no-ns", "other-ns", "warn"]
+    assert [a["fingerprint"] for a in answer["unscoped"]] == ["no-ns"]
 
 
 def test_a_failed_callback_is_500_and_the_resend_acts(receiver: Receiver) -> None:
@@ -275,3 +280,156 @@ def test_a_starting_operator_answers_503_until_it_has_listed_the_rollouts(contro
         assert status == 503 and "has not listed the Rollouts" in answer["error"], (status, answer)
     final = answers[-1][1]
     assert final["unmatched"] == [] and [m["rollout"] for m in final["matched"]] == [f"{ns}/zz-target"], final
+
+
+# ---------------------------------------------------------------- tenant isolation, with the operator and the API server
+def test_an_alert_acts_only_in_its_own_namespace(control_plane: Any, tmp_path: Path, token_file: Path) -> None:
+    """Issue 26, finding 1: one firing alert without a namespace label rolled back the Rollouts of three namespaces.
+    Three teams, each with a Rollout whose canary holds 50% (KServe's part played here: every InferenceService is
+    marked Ready), all with the same matchers. The real operator process (FMOP_CLUSTER_ALERT_LABELS from the
+    environment, as the chart sets it) must act on an alert in its namespace only: an unlabelled alert touches no
+    Rollout, one labelled with team A's namespace touches team A's alone, and only an alert carrying the labels the
+    cluster admin trusts may act in every namespace."""
+    from kubernetes import client, config
+
+    from fmdev.local.common import free_port
+    from tests.conftest import load_example
+    from tests.integration.helpers import GROUP, VERSION, OperatorProcess, wait_for
+
+    api = config.new_client_from_config(config_file=str(control_plane.kubeconfig_path))
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    run = uuid.uuid4().hex[:6]
+    teams = [f"team-{t}-{run}" for t in "abc"]
+    fm_spec = load_example("foundationmodel.yaml")["spec"]
+
+    def spec(version: str) -> dict[str, Any]:
+        return {"model": {"foundationModel": {"name": "movielens", "version": version}},
+                "trafficRouting": {"provider": "gatewayAPI", "gatewayAPI": {"parentRefs": [{"name": "gw"}]}},
+                "strategy": {"steps": [{"setWeight": 50}, {"pause": {"untilPromoted": True}}, {"setWeight": 100}]},
+                "rollback": {"alerts": {"matchers": [{"name": "alertname", "value": "FmRolloutErrorRate"},
+                                                     {"name": "severity", "value": "critical"}]}},
+                "progressDeadline": "1h"}
+
+    def apply(ns: str, version: str) -> None:
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Rollout", "metadata": {"name": "reco", "namespace": ns}, "spec": spec(version)}
+        custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "rollouts", "reco", body, field_manager="test", force=True,
+                                              _content_type="application/apply-patch+yaml")
+
+    def status(ns: str) -> dict[str, Any]:
+        return dict(custom.get_namespaced_custom_object(GROUP, VERSION, ns, "rollouts", "reco").get("status") or {})
+
+    stop = threading.Event()
+
+    def mark_ready() -> None:  # KServe's part: every InferenceService becomes Ready once it exists
+        while not stop.is_set():
+            for ns in teams:
+                try:
+                    found: Any = custom.list_namespaced_custom_object("serving.kserve.io", "v1beta1", ns, "inferenceservices")
+                    for obj in found["items"]:
+                        if not any(c.get("type") == "Ready" and c.get("status") == "True" for c in (obj.get("status") or {}).get("conditions") or []):
+                            custom.patch_namespaced_custom_object_status(
+                                "serving.kserve.io", "v1beta1", ns, "inferenceservices", obj["metadata"]["name"],
+                                {"status": {"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
+                except client.ApiException:
+                    pass
+            stop.wait(0.2)
+
+    port = free_port()
+    op = OperatorProcess(control_plane.kubeconfig_path, tmp_path / "operator.log", resync=2.0,
+                         extra=[f"--namespaces={','.join(teams)}", f"--webhook-port={port}", f"--webhook-token-file={token_file}",
+                                "--rollout-tick-seconds=0.5"],
+                         env={"FMOP_CLUSTER_ALERT_LABELS": "fmops_scope=cluster"})
+    marker = threading.Thread(target=mark_ready, daemon=True)
+
+    def post(fingerprint: str, **labels: str) -> dict[str, Any]:
+        # startsAt with its fraction of a second: an alert firing since before the revision started is not about it
+        body = payload(alert(fingerprint=fingerprint, starts=datetime.now(UTC).isoformat(),
+                             alertname="FmRolloutErrorRate", severity="critical", **labels))
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/alertmanager", data=json.dumps(body).encode(), method="POST",
+                                         headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as r:
+            assert r.status == 200
+            answer: dict[str, Any] = json.loads(r.read())
+            return answer
+
+    def phases() -> dict[str, str]:
+        return {ns: str(status(ns).get("phase")) for ns in teams}
+
+    try:
+        for ns in teams:
+            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+            custom.create_namespaced_custom_object(GROUP, VERSION, ns, "foundationmodels", {
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": "FoundationModel", "metadata": {"name": "movielens"}, "spec": fm_spec})
+            custom.patch_namespaced_custom_object_status(GROUP, VERSION, ns, "foundationmodels", "movielens", {"status": {
+                "phase": "Ready", "latestVersion": "v2",
+                "versions": [{"version": v, "artifactUri": f"pvc://fmop-models/{ns}/movielens/{v}"} for v in ("v1", "v2")]}})
+            apply(ns, "v1")
+        marker.start()
+        op.start()
+        wait_for(lambda: all(status(ns).get("phase") == "Promoted" for ns in teams), 120, "revision 1 promoted in every namespace")
+        for ns in teams:
+            apply(ns, "v2")
+        wait_for(lambda: all((s := status(ns)).get("revision") == 2 and s.get("phase") == "Paused" and s.get("canaryWeight") == 50
+                             for ns in teams), 120, "every canary paused at 50%")
+
+        unlabelled = post("fp-unlabelled")  # e.g. a rule that aggregates the namespace away, or sets none
+        assert unlabelled["matched"] == [] and [a["fingerprint"] for a in unlabelled["unscoped"]] == ["fp-unlabelled"], unlabelled
+        team_a = post("fp-team-a", namespace=teams[0])  # team A's alert, the same matchers hold in every namespace
+        assert [m["rollout"] for m in team_a["matched"]] == [f"{teams[0]}/reco"], team_a
+        wait_for(lambda: phases()[teams[0]] == "RolledBack", 30, f"team A's Rollout rolled back (the answer: {team_a})")
+        time.sleep(2)  # a few ticks: nothing else may move
+        assert phases() == {teams[0]: "RolledBack", teams[1]: "Paused", teams[2]: "Paused"}
+        for ns in teams[1:]:
+            s = status(ns)
+            assert s.get("canaryWeight") == 50 and not s.get("handledAlerts"), s
+        assert "fmop_webhook_unscoped_alerts_total 1.0" in op.metrics()
+        assert "1 firing alert(s) without a 'namespace' label match no Rollout" in op.log()
+
+        cluster = post("fp-cluster", fmops_scope="cluster")  # an alert the cluster admin's rules label as trusted
+        assert sorted(m["rollout"] for m in cluster["matched"]) == [f"{ns}/reco" for ns in teams], cluster
+        wait_for(lambda: set(phases().values()) == {"RolledBack"}, 30, "every Rollout rolled back by the trusted cluster alert")
+    finally:
+        stop.set()
+        op.stop()
+        for ns in teams:
+            try:
+                core.delete_namespace(ns)
+            except client.ApiException:
+                pass
+
+
+@pytest.mark.parametrize(("pattern", "accepted"), [
+    pytest.param("FmRollout.*", True, id="regex"),
+    pytest.param("(x+x+)+y", True, id="pathological-for-backtracking-linear-in-re2"),
+    pytest.param("(", False, id="unbalanced"),
+    pytest.param("(?!stable).*", False, id="lookahead"),
+    pytest.param(r"(a)\1", False, id="backreference"),
+])
+def test_the_api_server_refuses_a_matcher_regex_that_is_not_re2(control_plane: Any, pattern: str, accepted: bool) -> None:
+    """Admission: the CRD's CEL rule compiles the pattern with RE2 (CEL's matches(), Go's regexp, as Alertmanager's);
+    an invalid one is refused at kubectl apply, the message naming the matcher and why, e.g.
+    `spec.rollback.alerts.matchers[1]: Invalid value: "object": error parsing regexp: invalid escape sequence: `\\1`
+    evaluating rule: a matcher with op =~ or !~ needs an RE2 regular expression in value (...)`."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    from tests.conftest import load_example
+    from tests.integration.helpers import GROUP, VERSION
+
+    api = config.new_client_from_config(config_file=str(control_plane.kubeconfig_path))
+    obj = load_example("rollout.yaml")
+    obj["metadata"] = {"name": f"re-{uuid.uuid4().hex[:8]}"}
+    obj["spec"]["rollback"]["alerts"]["matchers"] = [{"name": "severity", "value": "critical"},
+                                                     {"name": "alertname", "op": "=~", "value": pattern}]
+    custom = client.CustomObjectsApi(api)
+    if accepted:
+        custom.create_namespaced_custom_object(GROUP, VERSION, "default", "rollouts", obj)
+        custom.delete_namespaced_custom_object(GROUP, VERSION, "default", "rollouts", obj["metadata"]["name"])
+        return
+    with pytest.raises(ApiException) as e:
+        custom.create_namespaced_custom_object(GROUP, VERSION, "default", "rollouts", obj)
+    message = json.loads(e.value.body)["message"]
+    print(f"\n{message}")
+    # An evaluation error is reported at the matcher (the rule's fieldPath is for a false result), with Go's reason.
+    assert e.value.status == 422 and "spec.rollback.alerts.matchers[1]: Invalid value" in message, message
+    assert "error parsing regexp" in message and "needs an RE2 regular expression" in message, message

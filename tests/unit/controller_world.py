@@ -22,6 +22,7 @@ from fmop.kinds import FOUNDATION_MODEL, INFERENCE_SERVICE, ROLLOUT, TASK_ADAPTE
 from fmop.kube import Conflict, KubeError
 from fmop.rollout.controller import Controller, Outcome
 from fmop.rollout.providers.base import RolloutRef
+from fmop.rollout.providers.kube import ForeignObject
 from fmop.rollout.types import Alert, Measure, Measurement, MeasurementPhase, ObservedTraffic, SampleSplit, SetTraffic, SplitSample
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -116,11 +117,16 @@ class FakeTraffic:
     kube: FakeKube
     state: ObservedTraffic | None = None
     history: list[SetTraffic] = field(default_factory=list)
+    foreign: str = ""  # the traffic object belongs to someone else: the provider refuses it (providers.kube.ForeignObject)
 
     def observe(self, ref: RolloutRef, routing: TrafficRouting) -> ObservedTraffic | Literal["unknown"]:
+        if self.foreign:
+            raise ForeignObject(self.foreign)
         return self.state if self.state is not None else "unknown"
 
     def apply(self, ref: RolloutRef, routing: TrafficRouting, action: SetTraffic) -> bool:
+        if self.foreign:
+            raise ForeignObject(self.foreign)
         wanted = ObservedTraffic(action.canary_weight, action.mirror_percent, action.canary_revision)
         if wanted == self.state:
             return False
@@ -205,8 +211,11 @@ class Cluster:
     def _kserve(self) -> None:
         for (plural, _, _), obj in self.kube.objects.items():
             if plural == INFERENCE_SERVICE.plural:
-                obj["status"] = {"conditions": [{"type": "Ready", "status": "True" if self.kserve_ready else "False",
-                                                 **({} if self.kserve_ready else {"message": "predictor pods CrashLoopBackOff"})}]}
+                status = {"conditions": [{"type": "Ready", "status": "True" if self.kserve_ready else "False",
+                                          **({} if self.kserve_ready else {"message": "predictor pods CrashLoopBackOff"})}]}
+                if obj.get("status") != status:  # a write: a new resourceVersion, as the API server gives it
+                    obj["status"] = status
+                    obj["metadata"]["resourceVersion"] = str(next(self.kube._rv))
 
     def edit_spec(self, **changes: Any) -> None:
         obj = self.kube.objects[_key(ROLLOUT, NS, NAME)]

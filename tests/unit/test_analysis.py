@@ -3,15 +3,22 @@ PSI, the built-in checks' catalogue, and the local Prometheus' generated configu
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fmop.api.rollout import BUILTIN_METRICS, Analysis, Metric, RolloutSpec
 from fmdev.local import monitoring
 from fmop.rollout import analysis, checks, naming
-from fmop.rollout.types import Measure
+from fmop.rollout.controller import PrometheusAnalysis
+from fmop.rollout.providers import RolloutRef
+from fmop.rollout.types import Measure, SampleSplit, SplitUnknown
 from tests.conftest import load_example
 from tests.unit.rollout_world import make_spec, stable_world, with_model
 
@@ -141,3 +148,163 @@ def test_engine_measures_and_promotes_on_a_builtin_check() -> None:
             break
     assert w.status.phase == "Promoted", w.status.message
     assert measured.count(("prediction-drift",)) == checks.PREDICTION_DRIFT.count
+
+
+# ---------------------------------------------------------------- Prometheus addresses under the platform's control
+class Answers:
+    """A real HTTP server on 127.0.0.1 (a thread, no process) that answers every GET with one fixed answer and
+    records the paths asked for: what stands at an address a Rollout names."""
+
+    def __init__(self, status: int = 200, body: bytes = b'{"status": "success", "data": {"resultType": "scalar", "result": [0, "0.5"]}}',
+                 headers: dict[str, str] | None = None) -> None:
+        import http.server
+        import threading
+
+        self.status, self.body, self.headers, self.paths = status, body, headers or {}, []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                outer.paths.append(self.path)
+                self.send_response(outer.status)
+                for k, v in {"Content-Type": "application/json", "Content-Length": str(len(outer.body)), **outer.headers}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(outer.body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def servers() -> Iterator[Callable[..., Answers]]:
+    made: list[Answers] = []
+
+    def make(*args: Any, **kwargs: Any) -> Answers:
+        made.append(Answers(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def _analysed(address: str | None, metric: Metric | None = None) -> RolloutSpec:
+    spec = RolloutSpec.model_validate(load_example("rollout.yaml")["spec"])
+    return spec.model_copy(update={"analysis": Analysis(prometheusAddress=address, metrics=[metric or Metric(
+        name="m", query='sum(up{namespace="{{namespace}}"})', successCondition="result < 1")])})
+
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+REF = RolloutRef(name="ro", namespace="team-a", uid="u")
+MEASURE = Measure(("m",), 1, 2, "strategy.steps[1]")
+SPLIT = SampleSplit(1, 2, NOW)
+
+
+def test_an_address_the_platform_did_not_allow_gets_no_query(servers: Callable[..., Answers]) -> None:
+    """Finding 3: spec.analysis.prometheusAddress reached any path the operator pod can reach."""
+    default, elsewhere = servers(), servers()
+    prom = PrometheusAnalysis(default.url)  # no --prometheus-allow: only the default
+    address = f"{elsewhere.url}/any/path"
+    (m,) = prom.measure(REF, _analysed(address), MEASURE, NOW)
+    split = prom.split(REF, _analysed(address), SPLIT, NOW)
+    assert elsewhere.paths == [] and default.paths == []
+    assert m.phase == "Error" and m.address == address
+    for message in (m.message, split.message):  # type: ignore[union-attr]
+        assert f"spec.analysis.prometheusAddress {address} is not a Prometheus this operator may query" in message
+        assert "no query was sent" in message and "prometheusAllowedUrls" in message and "--prometheus-allow" in message
+    assert isinstance(split, SplitUnknown) and split.checkable  # not a pass: the step holds
+
+
+def test_the_default_and_the_allowed_addresses_are_queried(servers: Callable[..., Answers]) -> None:
+    default, other = servers(), servers()
+    prom = PrometheusAnalysis(default.url, [other.url + "/"])
+    for address, server in ((None, default), (default.url, default), (other.url, other)):
+        (m,) = prom.measure(REF, _analysed(address), MEASURE, NOW)
+        assert (m.phase, m.value) == ("Successful", 0.5), m
+        assert server.paths[-1].startswith("/api/v1/query?query=sum%28up%7Bnamespace%3D%22team-a%22%7D%29")
+    assert len(default.paths) == 2 and len(other.paths) == 1
+
+
+@pytest.mark.parametrize(("address", "allowed"), [
+    pytest.param("http://prometheus-operated.monitoring.svc:9090", True, id="the-default"),
+    pytest.param("http://prometheus-operated.monitoring.svc:9090/", True, id="trailing-slash"),
+    pytest.param("HTTP://Prometheus-Operated.Monitoring.svc:9090", True, id="scheme-and-host-any-case"),
+    pytest.param("https://thanos.monitoring.svc:443/prometheus", True, id="default-port-written-out"),
+    pytest.param("http://prometheus.team-a.svc:9090", True, id="the-rollouts-own-namespace"),
+    pytest.param("http://prometheus.team-b.svc:9090", False, id="another-namespaces"),
+    pytest.param("https://thanos.monitoring.svc/prometheus/api/v1/admin", False, id="a-path-below"),
+    pytest.param("https://thanos.monitoring.svc", False, id="a-path-above"),
+    pytest.param("http://thanos.monitoring.svc/prometheus", False, id="other-scheme"),
+    pytest.param("http://prometheus-operated.monitoring.svc:9091", False, id="other-port"),
+    pytest.param("http://127.0.0.1:8080/healthz", False, id="the-operators-loopback"),
+    pytest.param("http://x@prometheus-operated.monitoring.svc:9090", False, id="user-info"),
+    pytest.param("http://prometheus-operated.monitoring.svc:9090/#", False, id="fragment"),
+    pytest.param("http://prometheus-operated.monitoring.svc:9090/?a=b", False, id="query-string"),
+    pytest.param("file:///etc/passwd", False, id="file-scheme"),
+])
+def test_allow_list(address: str, allowed: bool) -> None:
+    allow = analysis.AllowList("http://prometheus-operated.monitoring.svc:9090",
+                               ("https://thanos.monitoring.svc/prometheus/", "http://prometheus.{namespace}.svc:9090"))
+    refusal = allow.refusal(address, "team-a")
+    assert (refusal is None) is allowed, refusal
+    if refusal is not None:
+        assert "spec.analysis.prometheusAddress" in refusal and "no query was sent" in refusal
+
+
+def test_a_redirect_is_not_followed(servers: Callable[..., Answers]) -> None:
+    elsewhere = servers()
+    default = servers(302, b"", {"Location": f"{elsewhere.url}/secret"})
+    (m,) = PrometheusAnalysis(default.url).measure(REF, _analysed(None), MEASURE, NOW)
+    assert elsewhere.paths == []
+    assert m.phase == "Error" and "answered HTTP 302, a redirect, which is not followed" in m.message and elsewhere.url not in m.message
+
+
+def test_a_prometheus_shaped_error_is_quoted_bounded_and_only_in_prometheus_words(servers: Callable[..., Answers]) -> None:
+    """Whatever answers can shape its body like Prometheus' error: the errorType must be one of Prometheus' words and
+    the text is cut to 300 printable characters."""
+    secret = "another-team's-page-7f3a"
+    body = json.dumps({"status": "error", "errorType": secret, "error": "line one\nline two " + "x" * 400 + secret}).encode()
+    for status in (200, 400):
+        default = servers(status, body)
+        (m,) = PrometheusAnalysis(default.url).measure(REF, _analysed(None), MEASURE, NOW)
+        assert m.phase == "Error" and "an errorType that is not Prometheus'" in m.message, m.message
+        assert secret not in m.message and "\n" not in m.message and "(442 characters)" in m.message
+    real = servers(400, b'{"status":"error","errorType":"bad_data","error":"1:5: parse error: unclosed left parenthesis"}')
+    (m,) = PrometheusAnalysis(real.url).measure(REF, _analysed(None), MEASURE, NOW)
+    assert f"Prometheus at {real.url} answered HTTP 400: bad_data: 1:5: parse error: unclosed left parenthesis" == m.message
+
+
+def test_an_answer_too_big_for_one_number_is_not_read(servers: Callable[..., Answers]) -> None:
+    one = b'{"metric": {"namespace": "team-b"}, "value": [0, "1"]}'
+    big = servers(200, b'{"status": "success", "data": {"resultType": "vector", "result": [' + b", ".join([one] * 90_000) + b"]}}")
+    (m,) = PrometheusAnalysis(big.url).measure(REF, _analysed(None), MEASURE, NOW)
+    assert m.phase == "Error" and "with more than 4 MiB, which is not read" in m.message and "team-" not in m.message
+
+
+# ---------------------------------------------------------------- templated PromQL keeps the Rollout's namespace
+@pytest.mark.parametrize("value", ['team-a"} or vector(1) or up{x="', "team-a\\", "Team-A", "a b", ""])
+def test_a_placeholder_value_that_could_leave_its_quotes_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="not a Kubernetes name"):
+        analysis.substitute('sum(up{namespace="{{namespace}}"})', value, "ro-r2", "ro-r1")
+
+
+def test_the_operators_queries_select_only_the_rollouts_namespace() -> None:
+    """Every selector of every built-in check (and its sample guard) and of the observed split names the Rollout's own
+    namespace, so a tenant naming a built-in check cannot read another namespace's series through it."""
+    queries = [analysis.split_query("team-a", "ro-r2"), analysis.split_query("team-a", "ro-r2", 30)]
+    for metric in checks.BUILTIN.values():
+        assert metric.minSampleSize is not None
+        queries += [analysis.substitute(q, "team-a", "ro-r2", "ro-r1") for q in (metric.query, metric.minSampleSize.query)]
+    for query in queries:
+        selectors = re.findall(r"[a-z_]+\{([^}]*)\}", query)
+        assert selectors, query
+        assert all(f'{naming.PROM_NAMESPACE_LABEL}="team-a"' in s.split(",") for s in selectors), query

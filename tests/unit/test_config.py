@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from fmop.config import from_args
@@ -102,3 +104,101 @@ def test_the_daemon_sleeps_as_the_decision_says() -> None:
     assert _sleep(cfg, False, now + timedelta(seconds=42), now) == 42.0
     assert _sleep(cfg, False, now - timedelta(seconds=5), now) == 1.0
     assert _sleep(cfg, False, now + timedelta(hours=2), now) == 300.0
+
+
+@pytest.fixture(scope="module")
+def webhook_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
+    """A server certificate and key (openssl, fmdev.local.pki), and the key of another certificate."""
+    from fmdev.local import pki
+
+    d = tmp_path_factory.mktemp("pki")
+    pki.ensure_ca(d)
+    crt, key = pki.issue(d, "webhook", "fm-operator-webhook", ips=("127.0.0.1",))
+    _, other_key = pki.issue(d, "other", "someone-else", ips=("127.0.0.1",))
+    return str(crt), str(key), str(other_key)
+
+
+def test_webhook_tls_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch, webhook_cert: tuple[str, str, str]) -> None:
+    import ssl
+
+    crt, key, _ = webhook_cert
+    for var in ("FMOP_WEBHOOK_TLS_CERT", "FMOP_WEBHOOK_TLS_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    plain = from_args([])
+    assert (plain.webhook_tls_cert, plain.webhook_tls_key, plain.webhook_ssl_context()) == ("", "", None)
+    cfg = from_args(["--webhook-tls-cert", crt, "--webhook-tls-key", key])
+    assert (cfg.webhook_tls_cert, cfg.webhook_tls_key) == (crt, key)
+    assert isinstance(cfg.webhook_ssl_context(), ssl.SSLContext)
+    monkeypatch.setenv("FMOP_WEBHOOK_TLS_CERT", crt)
+    monkeypatch.setenv("FMOP_WEBHOOK_TLS_KEY", key)
+    assert (from_args([]).webhook_tls_cert, from_args([]).webhook_tls_key) == (crt, key)
+
+
+@pytest.mark.parametrize(("which", "says"), [
+    pytest.param("cert-only", "--webhook-tls-cert needs --webhook-tls-key", id="a-cert-without-its-key"),
+    pytest.param("key-only", "--webhook-tls-key needs --webhook-tls-cert", id="a-key-without-its-certificate"),
+    pytest.param("missing", "No such file or directory", id="an-unreadable-file"),
+    pytest.param("wrong-key", "the key unencrypted and belonging to the certificate", id="the-key-of-another-certificate"),
+    pytest.param("not-pem", "cannot load the TLS certificate", id="not-a-certificate"),
+])
+def test_webhook_tls_mistakes_are_clear_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                              webhook_cert: tuple[str, str, str], which: str, says: str) -> None:
+    crt, key, other_key = webhook_cert
+    for var in ("FMOP_WEBHOOK_TLS_CERT", "FMOP_WEBHOOK_TLS_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    garbage = tmp_path / "tls.crt"
+    garbage.write_text("not a certificate")
+    argv = {"cert-only": ["--webhook-tls-cert", crt], "key-only": ["--webhook-tls-key", key],
+            "missing": ["--webhook-tls-cert", str(tmp_path / "absent.crt"), "--webhook-tls-key", key],
+            "wrong-key": ["--webhook-tls-cert", crt, "--webhook-tls-key", other_key],
+            "not-pem": ["--webhook-tls-cert", str(garbage), "--webhook-tls-key", key]}[which]
+    with pytest.raises(SystemExit):
+        from_args(argv)
+    assert says in capsys.readouterr().err
+
+
+def test_cluster_alert_labels_trust_none_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FMOP_CLUSTER_ALERT_LABELS", raising=False)
+    assert from_args([]).cluster_alert_labels == ()
+    monkeypatch.setenv("FMOP_CLUSTER_ALERT_LABELS", " source=platform, fmops_scope = cluster ,")
+    assert from_args([]).cluster_alert_labels == (("fmops_scope", "cluster"), ("source", "platform"))
+    assert from_args(["--cluster-alert-labels", "team=sre"]).cluster_alert_labels == (("team", "sre"),)  # the flag beats the env
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    pytest.param("fmops_scope", "'fmops_scope' is not a label name=value pair", id="no-value"),
+    pytest.param("fmops_scope=", "'fmops_scope=' is not a label name=value pair", id="empty-value-would-trust-a-missing-label"),
+    pytest.param("=cluster", "'=cluster' is not a label name=value pair", id="no-name"),
+    pytest.param("fmops-scope=cluster", "'fmops-scope=cluster' is not a label name=value pair", id="not-a-prometheus-label-name"),
+    pytest.param("namespace=monitoring", "the namespace label cannot be trusted for every namespace", id="namespace"),
+    pytest.param("a=1,a=2", "label 'a' is given twice", id="twice"),
+])
+def test_bad_cluster_alert_labels_are_clear_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], value: str,
+                                                   says: str) -> None:
+    monkeypatch.delenv("FMOP_CLUSTER_ALERT_LABELS", raising=False)
+    with pytest.raises(SystemExit):
+        from_args(["--cluster-alert-labels", value])
+    err = capsys.readouterr().err
+    assert "--cluster-alert-labels: " in err and says in err, err
+
+
+def test_prometheus_allow_defaults_to_the_default_url_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FMOP_PROMETHEUS_ALLOW", raising=False)
+    assert from_args([]).prometheus_allow == ()
+    monkeypatch.setenv("FMOP_PROMETHEUS_ALLOW", "https://thanos.monitoring.svc/prometheus, http://prometheus.{namespace}.svc:9090,")
+    assert from_args([]).prometheus_allow == ("https://thanos.monitoring.svc/prometheus", "http://prometheus.{namespace}.svc:9090")
+    assert from_args(["--prometheus-allow", "http://p:9090"]).prometheus_allow == ("http://p:9090",)
+
+
+@pytest.mark.parametrize(("entry", "says"), [
+    ("prometheus:9090", "is not an http:// or https:// URL"),
+    ("http://user:pw@prometheus:9090", "carries user info"),
+    ("http://prometheus:9090/?x=1", "carries a query string"),
+    ("http://prometheus:9090/#", "carries a fragment"),
+    ("http://prometheus:port", "is not a URL"),
+])
+def test_prometheus_allow_refuses_what_is_not_a_base_url(capsys: pytest.CaptureFixture[str], entry: str, says: str) -> None:
+    with pytest.raises(SystemExit):
+        from_args(["--prometheus-allow", f"http://ok:9090,{entry}"])
+    err = capsys.readouterr().err
+    assert "--prometheus-allow" in err and says in err and entry in err

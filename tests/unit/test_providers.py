@@ -12,7 +12,8 @@ import pytest
 
 from fmop.api.rollout import TrafficRouting
 from fmop.rollout import naming
-from fmop.rollout.providers import PROVIDERS, RolloutRef, provider_for
+from fmop.rollout.providers import PROVIDERS, RolloutRef, base, provider_for
+from fmop.rollout.providers import kube as traffic
 from fmop.rollout.providers.base import revision_of
 from fmop.rollout.types import ObservedTraffic, SetTraffic
 
@@ -207,3 +208,159 @@ def test_revision_is_read_back_from_long_hashed_names(name: str) -> None:
     assert revision_of(naming.predictor_service(name, 12)) == 12
     ref = RolloutRef(name=name, namespace="ns", uid="u")
     assert PROVIDERS["istio"].observe(PROVIDERS["istio"].render(ref, routing("istio"), SetTraffic(11, 12, 5, 0))) == ObservedTraffic(5, 0, 12)
+
+
+# ---------------------------------------------------------------- no takeover of objects the Rollout did not create
+# The holder verdict is pure (base.holder); providers.kube refuses to read or write an object that is not the Rollout's,
+# with the kubernetes client faked at its edge. The same against the real API server: tests/integration/test_providers.py.
+ADOPT = "fmops.dev/adopt"  # the annotation that hands an existing object to a Rollout (base.ADOPT_ANNOTATION)
+
+
+def _found(owners: list[dict[str, Any]] | None = None, annotations: dict[str, str] | None = None, managers: tuple[str, ...] = ("kubectl-edit",),
+           labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """An object as the API server hands it back."""
+    meta: dict[str, Any] = {"name": "reco", "namespace": "team-a", "resourceVersion": "41",
+                            "managedFields": [{"manager": m, "operation": "Apply" if m == naming.FIELD_MANAGER else "Update"} for m in managers]}
+    for key, value in (("ownerReferences", owners), ("annotations", annotations), ("labels", labels)):
+        if value is not None:
+            meta[key] = value
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": meta, "spec": {"rules": [{"backendRefs": [
+        {"name": "team-b-web", "port": 8080}]}]}}
+
+
+OURS = {"apiVersion": "fmops.dev/v1alpha1", "kind": "Rollout", "name": "reco", "uid": ROLLOUT.uid, "controller": True}
+OTHER_ROLLOUT = {"apiVersion": "fmops.dev/v1alpha1", "kind": "Rollout", "name": "other", "uid": "2f1c0a52-0000-4000-8000-00000000beef",
+                 "controller": True}
+HOLDERS = [
+    ("created-by-this-rollout", _found([OURS], managers=(naming.FIELD_MANAGER,)), None),
+    ("adopted-before", _found([OURS], {ADOPT: "reco"}), None),
+    ("adopt-annotation", _found(annotations={ADOPT: "reco"}), None),
+    ("adopt-annotation-beside-a-plain-owner", _found([{**OTHER_ROLLOUT, "controller": False}], {ADOPT: "reco"}), None),
+    ("orphaned-by-this-operator", _found(managers=(naming.FIELD_MANAGER,), labels={naming.LABEL_ROLLOUT: "reco"}), None),
+    ("another-teams", _found(), "not created by this operator (written by kubectl-edit)"),
+    ("nobody-recorded", _found(managers=()), "no owner recorded"),
+    ("adopt-for-another-rollout", _found(annotations={ADOPT: "other"}), "annotation names Rollout 'other', not reco"),
+    ("another-rollouts", _found([OTHER_ROLLOUT], managers=(naming.FIELD_MANAGER,), labels={naming.LABEL_ROLLOUT: "other"}),
+     "controlled by Rollout other"),
+    ("another-controller-even-with-the-annotation", _found([{**OTHER_ROLLOUT, "kind": "Gateway", "name": "gw"}], {ADOPT: "reco"}),
+     "controlled by Gateway gw"),
+    ("our-label-without-our-field-manager", _found(labels={naming.LABEL_ROLLOUT: "reco"}), "not created by this operator"),
+    ("our-field-manager-for-another-rollout", _found(managers=(naming.FIELD_MANAGER,), labels={naming.LABEL_ROLLOUT: "other"}),
+     "not created by this operator"),
+    ("a-deleted-rollout-of-the-same-name", _found([{**OURS, "uid": "2f1c0a52-0000-4000-8000-0000000000de"}], managers=(naming.FIELD_MANAGER,),
+                                                  labels={naming.LABEL_ROLLOUT: "reco"}), "controlled by Rollout reco"),
+]
+
+
+@pytest.mark.parametrize(("found", "says"), [h[1:] for h in HOLDERS], ids=[h[0] for h in HOLDERS])
+def test_holder_says_whether_the_rollout_may_manage_an_object(found: dict[str, Any], says: str | None) -> None:
+    held = base.holder(found, ROLLOUT, naming.FIELD_MANAGER)
+    if says is None:
+        assert held is None
+        return
+    assert held is not None and says in held.by, held
+    assert held.adoptable is ("controlled by" not in says)
+
+
+def test_every_provider_names_the_rollout_its_objects_are_for() -> None:
+    for name, p in PROVIDERS.items():
+        assert {ref.owner for ref in p.objects(ROLLOUT, routing(name))} == {ROLLOUT}, name
+
+
+class FakeApi:
+    """The kubernetes CustomObjectsApi calls providers.kube makes, on one object per (plural, name) or none; writes recorded."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, objects: dict[tuple[str, str], dict[str, Any]]) -> None:
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        self.objects, self.patches = objects, []
+
+        def get(_: Any, group: str, version: str, namespace: str, plural: str, name: str, **__: Any) -> dict[str, Any]:
+            if (plural, name) not in self.objects:
+                body = {"kind": "Status", "message": f'{plural}.{group} "{name}" not found', "reason": "NotFound",
+                        "details": {"name": name, "kind": plural}, "code": 404}
+                raise ApiException(status=404, reason="Not Found", body=json.dumps(body))
+            return self.objects[(plural, name)]
+
+        def patch(_: Any, group: str, version: str, namespace: str, plural: str, name: str, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
+            self.patches.append((name, body, kw))
+            return body
+
+        monkeypatch.setattr(client.CustomObjectsApi, "get_namespaced_custom_object", get)
+        monkeypatch.setattr(client.CustomObjectsApi, "patch_namespaced_custom_object", patch)
+        monkeypatch.setattr(client.CustomObjectsApi, "delete_namespaced_custom_object", lambda *a, **kw: pytest.fail("nothing is deleted"))
+
+
+def _write(provider: str, t: SetTraffic = SetTraffic(1, 2, 25, 0)) -> None:
+    from kubernetes import client
+
+    p, r = PROVIDERS[provider], routing(provider)
+    traffic.apply(client.ApiClient(), p, p.objects(ROLLOUT, r), p.render(ROLLOUT, r, t))
+
+
+def _read(provider: str) -> list[Any]:
+    from kubernetes import client
+
+    p = PROVIDERS[provider]
+    return traffic.read(client.ApiClient(), p, ROLLOUT.namespace, p.objects(ROLLOUT, routing(provider)))
+
+
+def _foreign(provider: str, **meta: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """Another team's object of the provider's first kind, named as the Rollout's would be: {(plural, name): object}."""
+    ref = PROVIDERS[provider].objects(ROLLOUT, routing(provider))[0]
+    obj = _found(**meta)
+    return {(ref.plural, ref.name): {**obj, "apiVersion": ref.api_version, "kind": ref.kind, "metadata": {**obj["metadata"], "name": ref.name}}}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_another_teams_object_is_neither_read_as_ours_nor_written(monkeypatch: pytest.MonkeyPatch, provider: str) -> None:
+    objects = _foreign(provider)
+    ((_, name), foreign), = objects.items()
+    api = FakeApi(monkeypatch, objects)
+    for attempt in (lambda: _write(provider), lambda: _read(provider)):
+        with pytest.raises(traffic.TrafficError, match=f"{foreign['kind']} team-a/{name} is not Rollout reco's to manage: "
+                                                       "it was not created by this operator") as err:
+            attempt()
+        assert not err.value.retry
+        assert f"kubectl annotate -n team-a {PROVIDERS[provider].objects(ROLLOUT, routing(provider))[0].plural}" in str(err.value)
+        assert f"{ADOPT}=reco" in str(err.value)
+        assert PROVIDERS[provider].name_field in str(err.value)
+    assert api.patches == []
+
+
+@pytest.mark.parametrize("provider", ["gatewayAPI", "istio"])
+def test_an_object_another_controller_owns_is_not_written_even_with_the_annotation(monkeypatch: pytest.MonkeyPatch, provider: str) -> None:
+    api = FakeApi(monkeypatch, _foreign(provider, owners=[{**OTHER_ROLLOUT, "kind": "Gateway", "name": "gw"}], annotations={ADOPT: "reco"}))
+    with pytest.raises(traffic.TrafficError, match="controlled by Gateway gw") as err:
+        _write(provider)
+    assert "kubectl annotate" not in str(err.value) and PROVIDERS[provider].name_field in str(err.value)
+    assert api.patches == []
+
+
+@pytest.mark.parametrize("provider", ["gatewayAPI", "istio", "kserve"])
+def test_an_object_annotated_for_the_rollout_is_adopted_as_read(monkeypatch: pytest.MonkeyPatch, provider: str) -> None:
+    """The first write carries the resourceVersion read: an annotation taken away in between makes it a conflict."""
+    objects = _foreign(provider, annotations={ADOPT: "reco"})
+    ((_, name), foreign), = objects.items()
+    api = FakeApi(monkeypatch, objects)
+    assert _read(provider) == [foreign]
+    _write(provider, SetTraffic(1, 2, 25, 0))
+    ((patched, body, kw),) = api.patches
+    assert patched == name and kw["force"] is True
+    assert body["metadata"]["resourceVersion"] == "41"
+    assert body["metadata"]["ownerReferences"][0]["uid"] == ROLLOUT.uid
+
+
+@pytest.mark.parametrize("provider", ["gatewayAPI", "traefik"])
+def test_the_rollouts_own_objects_are_written_without_a_precondition(monkeypatch: pytest.MonkeyPatch, provider: str) -> None:
+    p, r = PROVIDERS[provider], routing(provider)
+    ours = {(ref.plural, ref.name): {**o, "metadata": {**o["metadata"], "resourceVersion": "7"}}
+            for ref, o in zip(p.objects(ROLLOUT, r), p.render(ROLLOUT, r, SetTraffic(1, None, 0, 0)), strict=True)}
+    api = FakeApi(monkeypatch, dict(ours))
+    assert _read(provider) == list(ours.values())
+    _write(provider)
+    assert [n for n, _, _ in api.patches] == [n for _, n in ours] and all("resourceVersion" not in b["metadata"] for _, b, _ in api.patches)
+    api.objects.clear()  # not there yet: created
+    _write(provider)
+    assert len(api.patches) == 2 * len(ours)

@@ -252,3 +252,31 @@ def test_busy_while_steps_run_idle_once_promoted() -> None:
 def test_set_traffic_in_the_engine_is_what_the_provider_gets() -> None:
     c = canary_at(50)
     assert c.traffic.history[-1] == SetTraffic(1, 2, 50, 0)
+
+
+# ---------------------------------------------------------------- issue 26, finding 4: a traffic object that is not the Rollout's
+FOREIGN = ("HTTPRoute team-a/recommender exists and is not this Rollout's (controller: HTTPRoute owner team-b/frontend); annotate it "
+           "fmops.dev/adopt=recommender to hand it over, or name another object in spec.trafficRouting")
+
+
+def test_a_foreign_traffic_object_blocks_a_new_rollout_with_a_condition_and_writes_nothing() -> None:
+    c = Cluster()
+    c.traffic.foreign = FOREIGN
+    for _ in range(5):
+        c.reconcile()
+    s = c.status()
+    refs = next(x for x in s["conditions"] if x["type"] == "ResolvedRefs")
+    assert (refs["status"], refs["reason"]) == ("False", "RefNotPermitted") and "fmops.dev/adopt" in refs["message"]
+    assert not [w for w in c.kube.writes if w.startswith(("apply", "traffic"))], c.kube.writes
+    assert c.traffic.history == []
+
+
+def test_a_foreign_traffic_object_keeps_the_stable_serving_and_starts_nothing() -> None:
+    c = promoted_first(Cluster())
+    c.traffic.foreign = FOREIGN  # someone else's object now sits where the route was named (spec edited to point at it)
+    c.edit_spec(model=V2)
+    for _ in range(5):
+        c.reconcile()
+    assert c.phase()[0] == "Promoted" and c.status()["revision"] == 1, c.status().get("message")
+    refs = next(x for x in c.status()["conditions"] if x["type"] == "ResolvedRefs")
+    assert refs["reason"] == "RefNotPermitted"

@@ -33,3 +33,27 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "fm-operator.webhookSecretName" -}}
 {{- default (printf "%s-webhook" (include "fm-operator.fullname" .)) .Values.webhook.existingSecret -}}
 {{- end -}}
+
+{{- /* webhook.clusterAlertLabels as FMOP_CLUSTER_ALERT_LABELS: label=value pairs, comma-separated, sorted by label. */ -}}
+{{- define "fm-operator.clusterAlertLabels" -}}
+{{- $pairs := list -}}
+{{- range $label, $value := . -}}
+{{- if not (regexMatch "^[a-zA-Z_][a-zA-Z0-9_]*$" $label) -}}
+{{- fail (printf "webhook.clusterAlertLabels: %q is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)" $label) -}}
+{{- end -}}
+{{- if or (contains "," (toString $value)) (not (toString $value)) -}}
+{{- fail (printf "webhook.clusterAlertLabels.%s: give a non-empty value without commas (got %q)" $label (toString $value)) -}}
+{{- end -}}
+{{- $pairs = append $pairs (printf "%s=%s" $label (toString $value)) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}
+
+{{- /* The Secret (tls.crt, tls.key) the webhook serves HTTPS with; empty: plain HTTP. */ -}}
+{{- define "fm-operator.webhookTLSSecretName" -}}
+{{- if .Values.webhook.tls.secretName -}}
+{{- .Values.webhook.tls.secretName -}}
+{{- else if .Values.webhook.tls.certManager.enabled -}}
+{{- printf "%s-webhook-tls" (include "fm-operator.fullname" .) -}}
+{{- end -}}
+{{- end -}}

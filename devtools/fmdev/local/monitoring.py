@@ -11,7 +11,10 @@ service discovery (its binary has no kubernetes_sd_configs), and is used only fo
 - The alert rules are the chart's PrometheusRule (charts/fm-operator/templates/prometheusrule.yaml),
   rendered by helm: one copy of the rules, in the chart.
 - Alertmanager routes every alert to the operator's webhook with a bearer token read from a file,
-  grouping for 1 s, so an alert reaches the operator about a second after it fires.
+  grouping for 1 s, so an alert reaches the operator about a second after it fires. To an https://
+  webhook URL (the default) it speaks TLS: the webhook's own CA (<workdir>/monitoring/webhook-pki)
+  signs a server certificate for 127.0.0.1, Alertmanager trusts that CA (tls_config.ca_file) and the
+  operator serves the certificate (`operator_tls_args()`: --webhook-tls-cert/--webhook-tls-key).
 
 Ports are free ephemeral ports, never Prometheus' default 9090 (the operator's metrics default).
 """
@@ -26,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from fmdev.local import pki
 from fmdev.local.common import BIN, REPO, ClusterError, Supervisor, binary, free_port, run, wait_http
 from fmop.rollout import naming
 
@@ -34,7 +38,7 @@ ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 TRITON_METRICS_PORT = 8002  # tritonserver's default --metrics-port; KServe's runtime annotates it as prometheus.kserve.io/port
 PREDICTOR_CONTAINER = "kserve-container"
 OPERATOR_JOB = "fm-operator"  # the chart's fullname for release fm-operator: its FmOperatorDown rule asks for up{job="fm-operator"}
-DEFAULT_WEBHOOK_URL = "http://127.0.0.1:8081/alertmanager"  # the chart's webhook port and the receiver's path
+DEFAULT_WEBHOOK_URL = "https://127.0.0.1:8081/alertmanager"  # the chart's webhook port and the receiver's path, over TLS
 CHART = REPO / "charts" / "fm-operator"
 
 
@@ -96,14 +100,34 @@ def prometheus_config(static: dict[str, list[str]], rule_files: list[Path], aler
     return config
 
 
-def alertmanager_config(webhook_url: str, token_file: Path) -> dict[str, Any]:
-    """Every alert to the operator's webhook, bearer token from a file, grouped per Rollout for 1 s."""
+def webhook_tls_files(workdir: Path) -> tuple[Path, Path, Path]:
+    """(certificate, key, CA) of the operator's webhook, signed by the webhook's own CA: made once, then kept."""
+    d = workdir / "monitoring" / "webhook-pki"
+    pki.ensure_ca(d, cn="fm-operator-webhook-local-ca", service_account_key=False)
+    crt, key = pki.issue(d, "webhook", "fm-operator-webhook", ips=("127.0.0.1",), dns=("localhost",))
+    return crt, key, d / "ca.crt"
+
+
+def made_webhook_tls(workdir: Path, endpoints: dict[str, str]) -> tuple[Path, Path] | None:
+    """The webhook's (certificate, key) for an operator beside `make cluster-up`'s Alertmanager, if that
+    posts over TLS (its endpoint, from state.json, says `... -> https://...`); else None."""
+    if "-> https://" not in endpoints.get("alertmanager", ""):
+        return None
+    crt, key, _ = webhook_tls_files(workdir)
+    return crt, key
+
+
+def alertmanager_config(webhook_url: str, token_file: Path, ca_file: Path | None = None) -> dict[str, Any]:
+    """Every alert to the operator's webhook, bearer token from a file, grouped per Rollout for 1 s;
+    with `ca_file`, the webhook's certificate must be signed by that CA."""
+    http_config: dict[str, Any] = {"authorization": {"type": "Bearer", "credentials_file": str(token_file)}}
+    if ca_file is not None:
+        http_config["tls_config"] = {"ca_file": str(ca_file)}
     return {
         "route": {"receiver": "fm-operator", "group_by": ["alertname", naming.PROM_NAMESPACE_LABEL, naming.PROM_ROLLOUT_LABEL],
                   "group_wait": "1s", "group_interval": "1s", "repeat_interval": "1m"},
         "receivers": [{"name": "fm-operator", "webhook_configs": [{
-            "url": webhook_url, "send_resolved": True, "max_alerts": 0,
-            "http_config": {"authorization": {"type": "Bearer", "credentials_file": str(token_file)}}}]}],
+            "url": webhook_url, "send_resolved": True, "max_alerts": 0, "http_config": http_config}]}],
     }
 
 
@@ -130,6 +154,7 @@ class Monitoring:
     alertmanager: bool = True
     webhook_url: str = DEFAULT_WEBHOOK_URL
     webhook_token_file: Path | None = None  # created with a random token when None
+    webhook_tls: tuple[Path, Path, Path] | None = None  # (cert, key, CA) for an https:// webhook_url; made when None
     rules: bool = True
     rollout_for: str = "5s"
     prometheus_port: int = 0
@@ -165,6 +190,14 @@ class Monitoring:
         sup.stop("prometheus")
         sup.stop("alertmanager")
 
+    def operator_tls_args(self) -> list[str]:
+        """The operator's flags for the certificate Alertmanager trusts; none for an http:// webhook_url."""
+        if not self.webhook_url.startswith("https://"):
+            return []
+        self.webhook_tls = self.webhook_tls or webhook_tls_files(self.workdir)
+        crt, key, _ = self.webhook_tls
+        return [f"--webhook-tls-cert={crt}", f"--webhook-tls-key={key}"]
+
     def _start_alertmanager(self, sup: Supervisor, timeout: float) -> None:
         token_file = self.webhook_token_file or self.dir / "webhook-token"
         if self.webhook_token_file is None and not token_file.exists():
@@ -172,7 +205,11 @@ class Monitoring:
             token_file.chmod(0o600)
         self.webhook_token_file = token_file
         config = self.dir / "alertmanager.yml"
-        config.write_text(yaml.safe_dump(alertmanager_config(self.webhook_url, token_file)))
+        ca_file = None
+        if self.webhook_url.startswith("https://"):
+            self.webhook_tls = self.webhook_tls or webhook_tls_files(self.workdir)
+            ca_file = self.webhook_tls[2]
+        config.write_text(yaml.safe_dump(alertmanager_config(self.webhook_url, token_file, ca_file)))
         data = self.dir / "alertmanager-data"
         shutil.rmtree(data, ignore_errors=True)
         self.alertmanager_port = self.alertmanager_port or free_port()

@@ -10,12 +10,13 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def ensure_ca(pki: Path) -> None:
+def ensure_ca(pki: Path, cn: str = "fm-operator-local-ca", service_account_key: bool = True) -> None:
+    """<pki>/ca.crt and ca.key (and the API server's service-account signing key, sa.key, unless told not to)."""
     pki.mkdir(parents=True, exist_ok=True)
     if not (pki / "ca.crt").exists():
         _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-                 "-subj", "/CN=fm-operator-local-ca", "-days", "3650", cwd=pki)
-    if not (pki / "sa.key").exists():
+                 "-subj", f"/CN={cn}", "-days", "3650", cwd=pki)
+    if service_account_key and not (pki / "sa.key").exists():
         _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
         _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
 

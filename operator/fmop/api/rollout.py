@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+import json
+import re
+from functools import lru_cache
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Field
+import re2  # google-re2: RE2, the engine (syntax and linear-time matching) of Alertmanager's and Prometheus' matchers
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
 from fmop.api.common import (
     ApiModel,
@@ -230,9 +234,47 @@ class Metric(ApiModel):
     )
 
 
+# spec.analysis.prometheusAddress is the base URL of a Prometheus server and nothing more: http(s), a host, maybe a
+# port and a path. No user info, query string or fragment (`http://host/any/path#` made the operator fetch any path),
+# no characters a URL does not have. Which servers the operator then queries is the platform's --prometheus-allow.
+PROMETHEUS_ADDRESS_PATTERN = (r"^https?://([A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?"
+                              r"(/[-A-Za-z0-9._~!$&'()*+,;=:%/]*)?$")
+# (CEL rule on the string, the same check in Python, the refusal): the API server and pydantic say the same thing.
+_ADDRESS_RULES: tuple[tuple[str, Any, str], ...] = (
+    ("self.startsWith('http://') || self.startsWith('https://')", lambda a: a.startswith(("http://", "https://")),
+     "analysis.prometheusAddress must be an http:// or https:// URL: the base URL of a Prometheus server, "
+     "e.g. http://prometheus.monitoring.svc:9090"),
+    ("!self.contains('@')", lambda a: "@" not in a,
+     "analysis.prometheusAddress must not carry user info (user:password@): anyone who can read the Rollout could read it; "
+     "the platform decides which Prometheus servers the operator queries (its --prometheus-allow)"),
+    ("!self.contains('?')", lambda a: "?" not in a,
+     "analysis.prometheusAddress must not carry a query string (?...): the operator appends /api/v1/query and its parameters"),
+    ("!self.contains('#')", lambda a: "#" not in a,
+     "analysis.prometheusAddress must not carry a fragment (#...): name the base URL of a Prometheus server"),
+)
+_ADDRESS_DOC = ("Base URL of a Prometheus server: http(s)://host[:port][/path], no user info, query string or fragment. "
+                "Defaults to the operator's --prometheus-url; any other address must be on the operator's --prometheus-allow "
+                "(the chart's prometheusAllowedUrls), or the analysis gets no data and an Error naming the address.")
+
+
 class Analysis(ApiModel):
-    prometheusAddress: Annotated[str, Field(pattern=r"^https?://", max_length=2048, description="Defaults to the operator's --prometheus-url.")] | None = None
+    prometheusAddress: Annotated[str, Field(max_length=2048, description=_ADDRESS_DOC, json_schema_extra={
+        "pattern": PROMETHEUS_ADDRESS_PATTERN,
+        "x-kubernetes-validations": [{"rule": rule, "message": message} for rule, _, message in _ADDRESS_RULES]})] | None = None
     metrics: Annotated[list[Metric], Field(max_length=32)] = Field(default_factory=list)
+
+    @field_validator("prometheusAddress")
+    @classmethod
+    def _base_url_only(cls, address: str | None) -> str | None:
+        if address is None:
+            return None
+        for _, holds, message in _ADDRESS_RULES:
+            if not holds(address):
+                raise ValueError(message)
+        if not re.fullmatch(PROMETHEUS_ADDRESS_PATTERN, address):  # fullmatch: `$` of re also matches before a final newline
+            raise ValueError("analysis.prometheusAddress must be a base URL, http(s)://host[:port][/path], with only letters, digits "
+                             f"and -._~!$&'()*+,;=:%/ in the path (it should match {PROMETHEUS_ADDRESS_PATTERN})")
+        return address
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -247,10 +289,55 @@ class Analysis(ApiModel):
     )
 
 
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a refused pattern is reported to its author, not printed to the operator's stderr
+
+
+@lru_cache(maxsize=8192)
+def label_regex(pattern: str) -> Any:
+    """A label matcher's regex as Alertmanager runs it: RE2 (linear time: no backtracking, so no pattern can stall the
+    operator), anchored `^(?:pattern)$`; match with `.fullmatch(value)`. ValueError says why a pattern is refused
+    (RE2 has no backreferences or lookaround)."""
+    try:
+        return re2.compile(f"^(?:{pattern})$", _RE2_OPTIONS)
+    except re2.error as e:
+        why = e.args[0].decode(errors="replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+        raise ValueError(f"is not a valid RE2 regular expression (the syntax Alertmanager and Prometheus use): {why}") from None
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode (it holds a lone UTF-16 surrogate)") from None
+
+
 class LabelMatcher(ApiModel):
     name: Annotated[str, Field(pattern=LABEL_NAME_PATTERN, max_length=128)]
     op: Literal["=", "!=", "=~", "!~"] = "="
-    value: Annotated[str, Field(max_length=1024)]
+    value: Annotated[str, Field(max_length=1024, description="A label value; with =~ and !~ an RE2 regular expression, "
+                                                             "anchored at both ends as Alertmanager anchors it.")]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    # CEL's matches() is RE2 (Go's regexp, as in Alertmanager): an invalid pattern is an evaluation error,
+                    # which the API server reports with this message; `in [true, false]` keeps that error (|| would absorb it).
+                    "rule": "!has(self.op) || self.op in ['=', '!='] || ''.matches('^(?:' + self.value + ')$') in [true, false]",
+                    "message": "a matcher with op =~ or !~ needs an RE2 regular expression in value (the syntax of Alertmanager "
+                               "and Prometheus: no backreferences or lookaround)",
+                    "fieldPath": ".value",
+                }
+            ]
+        }
+    )
+
+    @field_validator("value")
+    @classmethod
+    def _value_is_re2_for_regex_ops(cls, value: str, info: ValidationInfo) -> str:
+        op = info.data.get("op")
+        if op in ("=~", "!~"):
+            try:
+                label_regex(value)
+            except ValueError as e:
+                raise ValueError(f"matcher {info.data.get('name', '')}{op}{json.dumps(value)} {e}") from None
+        return value
 
 
 class AlertRollback(ApiModel):

@@ -9,8 +9,23 @@ Failures are data, never exceptions (see `Measurement`):
   minSampleSize, or a query needing a stable revision when there is none. The message names the
   query, so the Rollout's condition says which query returned nothing.
 - Error: Prometheus could not answer: unreachable, timed out, an HTTP error, or a PromQL error. The
-  message names the address and the cause.
+  message names the address and the cause. Also Error, with no query sent: an address the operator may
+  not query (`AllowList`: the platform's --prometheus-allow).
 The verdict over many measurements (count, failureLimit, inconclusiveLimit) is `verdicts.record`.
+
+What a Rollout's status can carry of an answer (a tenant reads it): the address, the HTTP status, the
+size and what is wrong with its shape, never bytes of the body, and not the Location of a redirect
+(redirects are not followed). Of a Prometheus error answer ({"status": "error", "errorType", "error"})
+its errorType when it is one of Prometheus' own words, and its error text cut to 300 printable
+characters: the PromQL parser's and engine's messages are what a person needs to fix a query, and
+they come only from an address on the allow-list, which the platform runs (a query can read there
+whatever the error text could show).
+
+Placeholders: {{namespace}} is the Rollout's own namespace, {{canary}} and {{stable}} its
+InferenceServices' names, all Kubernetes names (checked again before they go into a query), so a
+query the operator templates (the built-in checks, the observed split) selects the Rollout's own
+namespace's series and nothing else. A query a person writes is PromQL: it can name any label value
+(see README, Security).
 
 Conditions are the CRD's small language, `result <op> number` (CONDITION_PATTERN), evaluated
 without eval(). A measurement is Failed when its failureCondition holds or its successCondition does
@@ -36,11 +51,15 @@ from fmop.rollout import checks, naming
 from fmop.rollout.types import Measure, Measurement, MeasurementPhase, SplitSample, SplitUnknown
 
 TIMEOUT_SECONDS = 5.0
+MAX_ANSWER_BYTES = 4 << 20  # one number is a few hundred bytes; a bigger answer is refused, never read whole
+_ERROR_TYPES = frozenset({"bad_data", "execution", "timeout", "canceled", "internal", "unavailable", "not_found",
+                          "not_acceptable"})  # Prometheus' own errorType words (web/api/v1/api.go)
 _CONDITION = re.compile(CONDITION_PATTERN)
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
 }
 _PLACEHOLDER = re.compile(r"\{\{\s*(canary|stable|namespace)\s*\}\}")
+_LABEL_VALUE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")  # a Kubernetes name: nothing that can end a PromQL string
 
 
 # ---------------------------------------------------------------- pure parts
@@ -66,7 +85,8 @@ def judge(metric: Metric, value: float) -> tuple[MeasurementPhase, str]:
 def substitute(query: str, namespace: str, canary: str, stable: str | None) -> str:
     """Replace {{canary}}, {{stable}} and {{namespace}} (spaces inside the braces allowed).
 
-    Raises LookupError when the query needs {{stable}} and there is none (a first rollout).
+    Raises LookupError when the query needs {{stable}} and there is none (a first rollout), and ValueError
+    when a value is not a Kubernetes name (it could not stay inside the label matcher's quotes).
     """
     values = {"canary": canary, "stable": stable, "namespace": namespace}
 
@@ -74,6 +94,8 @@ def substitute(query: str, namespace: str, canary: str, stable: str | None) -> s
         value = values[m.group(1)]
         if value is None:
             raise LookupError(f"the query uses {{{{{m.group(1)}}}}} but there is no {m.group(1)} revision yet")
+        if not _LABEL_VALUE.match(value):  # never happens with Kubernetes names; a guard, so no value can leave its quotes
+            raise ValueError(f"{{{{{m.group(1)}}}}} would be {value!r}, which is not a Kubernetes name")
         return value
 
     return _PLACEHOLDER.sub(one, query)
@@ -88,6 +110,70 @@ def psi(canary_shares: list[float], stable_shares: list[float], floor: float = 1
         p, q = max(p, floor), max(q, floor)
         total += (p - q) * math.log(p / q)
     return total
+
+
+# ---------------------------------------------------------------- which Prometheus servers
+ALLOW_FLAG = "--prometheus-allow"
+ALLOW_CHART_VALUE = "prometheusAllowedUrls"
+NAMESPACE_TEMPLATE = "{namespace}"
+
+
+def base_url(address: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, path) of a Prometheus base URL, compared case-insensitively where URLs are
+    (scheme, host) and with the default port and without a trailing '/'. ValueError says what is wrong:
+    another scheme, user info, a query string, a fragment, no host, a port that is not a number."""
+    try:
+        url = urllib.parse.urlsplit(address)
+        port = url.port
+    except ValueError as err:
+        raise ValueError(f"{address!r} is not a URL ({err})") from None
+    if url.scheme.lower() not in ("http", "https"):
+        raise ValueError(f"{address!r} is not an http:// or https:// URL")
+    if "@" in url.netloc:
+        raise ValueError(f"{address!r} carries user info (user:password@)")
+    if url.query or "?" in address:
+        raise ValueError(f"{address!r} carries a query string")
+    if url.fragment or "#" in address:
+        raise ValueError(f"{address!r} carries a fragment")
+    if not url.hostname or "\\" in address or any(c.isspace() for c in address):
+        raise ValueError(f"{address!r} has no host, or characters a URL does not have")
+    scheme = url.scheme.lower()
+    return scheme, url.hostname.lower(), port or (443 if scheme == "https" else 80), url.path.rstrip("/")
+
+
+@dataclass(frozen=True)
+class AllowList:
+    """The Prometheus servers the operator sends queries to: its default (--prometheus-url) and the
+    platform's --prometheus-allow. An entry may hold {namespace}, which stands for the Rollout's own
+    namespace (one Prometheus per team: http://prometheus.{namespace}.svc:9090). An address matches an
+    entry when scheme, host, port and path are the same (see `base_url`); a path below it does not."""
+
+    default: str
+    extra: tuple[str, ...] = ()
+
+    def entries(self, namespace: str) -> list[str]:
+        return [e.replace(NAMESPACE_TEMPLATE, namespace) for e in (self.default, *self.extra) if e]
+
+    def refusal(self, address: str, namespace: str) -> str | None:
+        """None when the operator may query `address` for a Rollout in `namespace`; else the condition's message."""
+        field = "spec.analysis.prometheusAddress"
+        if address == self.default:
+            return None  # the operator's own --prometheus-url, as configured
+        try:
+            wanted = base_url(address)
+        except ValueError as err:
+            return f"{field}: {err}; no query was sent. Name the base URL of a Prometheus server, or leave the field out"
+        allowed = self.entries(namespace)
+        for entry in allowed:
+            try:
+                if base_url(entry) == wanted:
+                    return None
+            except ValueError:
+                continue  # the flag's check refuses such entries at start; never a match
+        shown = ", ".join(allowed[:5]) + (f" and {len(allowed) - 5} more" if len(allowed) > 5 else "")
+        return (f"{field} {address} is not a Prometheus this operator may query (it may query: {shown}); no query was sent. "
+                f"Leave the field out to use the operator's default, or ask the platform team to add the address to the chart's "
+                f"value {ALLOW_CHART_VALUE} (operator flag {ALLOW_FLAG})")
 
 
 # ---------------------------------------------------------------- Prometheus
@@ -107,16 +193,26 @@ class Prometheus:
     timeout: float = TIMEOUT_SECONDS
 
     def query(self, promql: str, at: datetime) -> list[tuple[dict[str, str], float]]:
-        """Instant query: [(labels, value)], one per series (a scalar result is one series without labels)."""
-        url = f"{self.address.rstrip('/')}/api/v1/query?" + urllib.parse.urlencode({"query": promql, "time": f"{at.timestamp():.3f}"})
+        """Instant query: [(labels, value)], one per series (a scalar result is one series without labels).
+
+        Redirects are not followed (an answer comes from this address or not at all), the answer is read up
+        to MAX_ANSWER_BYTES, and Prometheus is asked to give up evaluating after the timeout too."""
+        url = f"{self.address.rstrip('/')}/api/v1/query?" + urllib.parse.urlencode(
+            {"query": promql, "time": f"{at.timestamp():.3f}", "timeout": f"{self.timeout:g}s"})
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout) as resp:
-                status, body = resp.status, resp.read()
+            with _OPENER.open(url, timeout=self.timeout) as resp:
+                status, body = resp.status, resp.read(MAX_ANSWER_BYTES + 1)
         except urllib.error.HTTPError as err:  # Prometheus says why in JSON (bad_data, execution, timeout)
-            raise PrometheusError(f"Prometheus at {self.address} answered HTTP {err.code}: {_error_text(err.read())}") from err
+            if 300 <= err.code < 400:
+                raise PrometheusError(f"Prometheus at {self.address} answered HTTP {err.code}, a redirect, which is not followed: "
+                                      "is spec.analysis.prometheusAddress the base URL of a Prometheus server?") from err
+            raise PrometheusError(f"Prometheus at {self.address} answered HTTP {err.code}: {_error_text(err.read(MAX_ANSWER_BYTES + 1))}") from err
         except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError) as err:
             reason = getattr(err, "reason", err)
             raise PrometheusError(f"Prometheus at {self.address} is unreachable: {reason}") from err
+        if len(body) > MAX_ANSWER_BYTES:
+            raise PrometheusError(f"Prometheus at {self.address} answered HTTP {status} with more than {MAX_ANSWER_BYTES >> 20} MiB, which "
+                                  "is not read: the query must give one number (aggregate it, e.g. sum(...))")
         return self._series(status, body)
 
     def _series(self, status: int, body: bytes) -> list[tuple[dict[str, str], float]]:
@@ -134,7 +230,7 @@ class Prometheus:
             raise PrometheusError(f"{where} with JSON that is not an object (a {type(doc).__name__}): "
                                   "is spec.analysis.prometheusAddress the base URL of a Prometheus server?")
         if doc.get("status") != "success":
-            raise PrometheusError(f"Prometheus at {self.address} rejected the query: {_text(doc.get('errorType'))} {_text(doc.get('error'))}".rstrip())
+            raise PrometheusError(f"Prometheus at {self.address} rejected the query: {_prometheus_error(doc)}")
         data = doc["data"] if isinstance(doc.get("data"), dict) else {}
         kind = data.get("resultType")
         try:
@@ -164,20 +260,38 @@ class Prometheus:
         return value
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx stays an HTTPError: the operator asks the address it was given and nothing it is sent to."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def _error_text(body: bytes) -> str:
     """Prometheus' own error (errorType: error) from an error answer; of anything else only its size."""
+    if len(body) > MAX_ANSWER_BYTES:
+        return f"a body of more than {MAX_ANSWER_BYTES >> 20} MiB"
     try:
         doc = json.loads(body)
     except ValueError:
         doc = None
     if isinstance(doc, dict) and ("errorType" in doc or "error" in doc):
-        return f"{_text(doc.get('errorType'))}: {_text(doc.get('error'))}"
+        return _prometheus_error(doc)
     return f"a body that is not a Prometheus error ({len(body)} bytes)"
 
 
-def _text(value: object) -> str:
-    """A field of Prometheus' error answer, as text of bounded length."""
-    return (value if isinstance(value, str) else "" if value is None else type(value).__name__)[:300]
+def _prometheus_error(doc: dict[str, object]) -> str:
+    """errorType and error of a Prometheus error answer: the type only when it is one of Prometheus' words, the
+    text cut to 300 printable characters (see the module's docstring for why it is quoted at all)."""
+    kind, text = doc.get("errorType"), doc.get("error")
+    kind = kind if isinstance(kind, str) and kind in _ERROR_TYPES else "an errorType that is not Prometheus'"
+    if not isinstance(text, str):
+        return f"{kind} (no error text)"
+    clean = "".join(c if c.isprintable() else " " for c in text[:300])
+    return f"{kind}: {clean}" + (f" ... ({len(text)} characters)" if len(text) > 300 else "")
 
 
 def _value(sample: object) -> float:
@@ -199,13 +313,18 @@ def _labels(labels: dict[str, str]) -> str:
 
 # ---------------------------------------------------------------- entry points
 def measure(action: Measure, spec: RolloutSpec, namespace: str, rollout: str, default_prometheus: str, now: datetime,
-            timeout: float = TIMEOUT_SECONDS) -> tuple[Measurement, ...]:
+            timeout: float = TIMEOUT_SECONDS, allow: AllowList | None = None) -> tuple[Measurement, ...]:
     """One measurement of each metric the action names, at `now`, in the action's order.
 
     Metrics resolve through `checks.resolve` (the spec's, else a built-in); a name that is neither
-    comes back as an Error measurement (the API server's CEL rule normally prevents it).
+    comes back as an Error measurement (the API server's CEL rule normally prevents it). With `allow`
+    (the operator always passes it), an address not on it is an Error measurement of every metric, and no
+    query is sent; without, the caller vouches for the address.
     """
     address = spec.analysis.prometheusAddress or default_prometheus
+    refused = allow.refusal(address, namespace) if allow is not None else None
+    if refused is not None:
+        return tuple(Measurement(name, "Error", now, message=refused[:1024], address=address) for name in action.metrics)
     prom = Prometheus(address, timeout)
     canary = naming.isvc_name(rollout, action.canary_revision)
     stable = naming.isvc_name(rollout, action.stable_revision) if action.stable_revision is not None else None
@@ -239,6 +358,8 @@ def measure_one(prom: Prometheus, metric: Metric, namespace: str, canary: str, s
         value = prom.number(query, now)
     except LookupError as err:
         return result("Inconclusive", str(err), query)
+    except ValueError as err:
+        return result("Error", str(err), query)
     except NoData as err:
         return result("Inconclusive", f"query {err}", query)
     except PrometheusError as err:
@@ -258,14 +379,17 @@ def split_query(namespace: str, isvc: str, window_seconds: int | None = None) ->
 
 
 def observed_split(address: str, namespace: str, rollout: str, stable_revision: int, canary_revision: int,
-                   since: datetime, now: datetime, timeout: float = TIMEOUT_SECONDS) -> SplitSample | SplitUnknown:
+                   since: datetime, now: datetime, timeout: float = TIMEOUT_SECONDS, allow: AllowList | None = None) -> SplitSample | SplitUnknown:
     """Requests each backend answered between `since` and `now`, from Triton's own counters at the backends.
 
     Counted where the requests land (not at the proxy), so it proves the split whatever the traffic
     provider. Each side is the counter's value at `now` minus its value at `since` (a revision whose
     pods did not exist yet at `since` counts from 0); a counter that went down (a pod restarted) falls
-    back to increase(), which handles resets.
+    back to increase(), which handles resets. An address not on `allow` is SplitUnknown, no query sent.
     """
+    refused = allow.refusal(address, namespace) if allow is not None else None
+    if refused is not None:
+        return SplitUnknown(refused)
     prom = Prometheus(address, timeout)
     counts = []
     for revision in (canary_revision, stable_revision):

@@ -52,7 +52,7 @@ from fmop.rollout.engine import ACTIVE, decide, decide_invalid, effective_spec
 from fmop.rollout.providers import kube as provider_io
 from fmop.rollout.providers import provider_for
 from fmop.rollout.providers.base import RolloutRef, TrafficProvider
-from fmop.rollout.providers.kube import TrafficError
+from fmop.rollout.providers.kube import ForeignObject, TrafficError
 from fmop.rollout.serving import StorageError, observe_isvc, render_isvc, revision_uri, storage_uri
 from fmop.rollout.types import (
     ABORT_ANNOTATION,
@@ -140,17 +140,19 @@ class ProviderTraffic:
 
 
 class PrometheusAnalysis:
-    """`Analysis` on Prometheus' HTTP API (fmop.rollout.analysis); spec.analysis.prometheusAddress wins over the default."""
+    """`Analysis` on Prometheus' HTTP API (fmop.rollout.analysis); spec.analysis.prometheusAddress wins over the default,
+    when it is the default or on `allow` (--prometheus-allow); any other address gets no query, and an Error naming it."""
 
-    def __init__(self, default_url: str) -> None:
+    def __init__(self, default_url: str, allow: Iterable[str] = ()) -> None:
         self.default_url = default_url
+        self.allow = analysis.AllowList(default_url, tuple(allow))
 
     def measure(self, ref: RolloutRef, spec: RolloutSpec, action: Measure, now: datetime) -> tuple[Measurement, ...]:
-        return analysis.measure(action, spec, ref.namespace, ref.name, self.default_url, now)
+        return analysis.measure(action, spec, ref.namespace, ref.name, self.default_url, now, allow=self.allow)
 
     def split(self, ref: RolloutRef, spec: RolloutSpec, action: SampleSplit, now: datetime) -> SplitSample | SplitUnknown:
         return analysis.observed_split(spec.analysis.prometheusAddress or self.default_url, ref.namespace, ref.name,
-                                       action.stable_revision, action.canary_revision, action.since, now)
+                                       action.stable_revision, action.canary_revision, action.since, now, allow=self.allow)
 
 
 def traffic_for(api: client.ApiClient) -> Callable[[TrafficRouting], Traffic]:
@@ -271,8 +273,15 @@ class Controller:
                 hold = str(err)
 
         annotations = meta.get("annotations") or {}
-        traffic = self.traffic_for(spec.trafficRouting)
-        seen = _observe(traffic, ref, spec.trafficRouting)
+        provider_traffic = self.traffic_for(spec.trafficRouting)
+        traffic: Traffic | None = provider_traffic
+        references = tuple(verdict.conditions)
+        try:
+            seen = _observe(provider_traffic, ref, spec.trafficRouting)
+        except ForeignObject as err:  # not the Rollout's: nothing is read from it or written to it (providers.kube)
+            traffic, seen = None, ObservedTraffic(canary_weight=0, mirror_percent=0)  # it routes nothing of the Rollout's
+            references = (*(c for c in references if c.type != "ResolvedRefs"), Cond("ResolvedRefs", "False", "RefNotPermitted", str(err)))
+            hold = hold or str(err)
         isvcs = self._inference_services(ref)
         obs = Observations(
             inference_services=tuple(state for state, _ in isvcs.values()),
@@ -284,7 +293,7 @@ class Controller:
             generation=meta.get("generation"),
             hold=hold,
             hold_failed=verdict.phase == "Failed",
-            references=tuple(verdict.conditions),
+            references=references,
             latest_version=latest,
             unrecorded=self._unrecorded.get((namespace, name)),
         )
@@ -405,7 +414,10 @@ class Controller:
         decision = decide_invalid(status, obs, self.clock(), problem)
         traffic = self.traffic_for(routing) if routing is not None else None  # without it, SetTraffic is left undone
         if traffic is not None and routing is not None:
-            _observe(traffic, ref, routing)  # what is routed now, so an unchanged route is not written again
+            try:
+                _observe(traffic, ref, routing)  # what is routed now, so an unchanged route is not written again
+            except ForeignObject:
+                traffic = None  # not the Rollout's: SetTraffic is left undone
         records = [a for a in decision.actions if isinstance(a, RecordHistory)]
         out = self._write_and_act(body, ref, old_status, status, decision, list(decision.events), records,
                                   None, routing, traffic, {}, None, "")

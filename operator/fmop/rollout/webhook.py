@@ -4,15 +4,22 @@ Alertmanager POSTs its webhook payload (version 4) to `/alertmanager` with a bea
 matches each firing alert against every Rollout's `spec.rollback.alerts.matchers` and hands the matches
 to an injected `on_alerts(namespace, name, alerts)`, which restores 100% stable traffic at once (the
 handler wiring lives with the controller). Everything between the HTTP request and that callback is
-pure and tested case by case: `parse_payload`, `matches`, `match_rollouts`, `Handled`.
+pure and tested case by case: `parse_body`, `parse_payload`, `alert_scope`, `matches`, `match_rollouts`, `Handled`.
 
 Matching rules (the same as Alertmanager's and Prometheus' label matchers):
 - `=`, `!=`, `=~`, `!~`; a label the alert lacks has the value "" (so `team=""` matches an alert without
-  `team`); regexes are fully anchored, `^(?:value)$`, as Prometheus anchors them.
-- Namespace: an alert with a `namespace` label only matches Rollouts in that namespace, so one team's
-  matchers cannot roll back on another team's alerts. An alert without one (a cluster-wide alert, e.g.
-  on the gateway) is matched by the matchers alone, in every namespace.
+  `team`); regexes are RE2 (Alertmanager's syntax; linear time, so no pattern can stall the receiver) and
+  fully anchored, `^(?:value)$`, as Alertmanager anchors them (fmop.api.rollout.label_regex).
+- Tenants are namespaces: an alert only matches Rollouts in the namespace its `namespace` label names, so
+  one team's alerts cannot roll back another team's Rollouts. An alert without a `namespace` label matches
+  nothing (it is counted in fmop_webhook_unscoped_alerts_total, logged, and listed as "unscoped" in the
+  answer), unless it carries every label of the operator's --cluster-alert-labels, the label set a cluster
+  admin trusts (e.g. one added by a rule that tenants cannot write): such an alert is matched by the
+  matchers alone, in every namespace. Prometheus must set the `namespace` label on tenants' alerts
+  (Prometheus Operator's enforcedNamespaceLabel), or a team's rule can name another team's namespace.
 - Only `status: firing` alerts count; resolved alerts are ignored.
+- Parsing and matching run on a small pool of worker threads, never on the event loop (kopf's), so many
+  Rollouts or a large payload delay neither the operator's handlers nor /healthz.
 
 Idempotent: an alert acts once per Rollout and (fingerprint, startsAt). Alertmanager resends a firing
 alert every repeat_interval with the same startsAt, and retries a failed delivery; a resend with the
@@ -24,7 +31,7 @@ Wiring, in kopf's loop (when Config.webhook_port is not 0)::
 
     gate = webhook.Gate()
     server = await webhook.start(list_rollouts, on_alerts, cfg.webhook_token_file, host=cfg.bind_address, port=cfg.webhook_port,
-                                 ready=gate)
+                                 ready=gate, cluster_labels=cfg.cluster_alert_labels)
     ...                                        # list every watched Rollout, so list_rollouts knows them all
     gate.open()
     ...
@@ -44,16 +51,20 @@ import json
 import logging
 import os
 import re
+import ssl
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 from aiohttp import web
+from prometheus_client import Counter
 
+from fmop.api.rollout import label_regex
+from fmop.metrics import REGISTRY
 from fmop.rollout.clock import ts, utc
 from fmop.rollout.types import Alert
 
@@ -64,6 +75,8 @@ HEALTH_PATH = "/healthz"
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: Alertmanager sends one alert group per request (truncated at max_alerts)
 MAX_REMEMBERED = 4096  # (Rollout, fingerprint) pairs kept in memory; the oldest are forgotten first
 NAMESPACE_LABEL = "namespace"
+MAX_FINGERPRINT = 256  # Alertmanager's are 16 hex digits; a longer one is not Alertmanager's, and would be kept in memory (Handled)
+MATCH_WORKERS = 2  # threads that parse and match, off the event loop; more requests at once wait their turn
 NOT_READY = ("the operator cannot judge alerts yet: it has not listed the Rollouts (it is starting, or has just become the "
              "leader); Alertmanager retries this 503")
 
@@ -71,6 +84,12 @@ ListRollouts = Callable[[], Iterable[Mapping[str, Any]]]
 """The Rollouts to match against, as the API server returns them (a kopf index's bodies will do)."""
 OnAlerts = Callable[[str, str, tuple[Alert, ...]], Awaitable[str]]
 """`await on_alerts(namespace, name, alerts)`: act on new matching alerts; returns what it did, for the response."""
+ClusterLabels = tuple[tuple[str, str], ...]
+"""--cluster-alert-labels: an alert without a namespace label that carries all of these may match Rollouts anywhere."""
+
+UNSCOPED = Counter("fmop_webhook_unscoped_alerts_total",
+                   "Firing alerts received without a namespace label (and without every --cluster-alert-labels label): "
+                   "they match no Rollout.", registry=REGISTRY)
 
 
 # ---------------------------------------------------------------- the payload
@@ -87,19 +106,37 @@ class ReceivedAlert:
     annotations: tuple[tuple[str, str], ...]
     starts_at: datetime
     fingerprint: str
+    _by_name: dict[str, str] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", dict(self.labels))
 
     @property
     def name(self) -> str:
-        return dict(self.labels).get("alertname", "")
+        return self._by_name.get("alertname", "")
 
     def label(self, name: str) -> str:
         """The label's value; "" when the alert has no such label (Prometheus' rule)."""
-        return dict(self.labels).get(name, "")
+        return self._by_name.get(name, "")
 
     def to_alert(self) -> Alert:
         annotations = dict(self.annotations)
         summary = annotations.get("summary") or annotations.get("description") or ""
         return Alert(self.name, self.fingerprint, self.starts_at, summary=summary, labels=self.labels)
+
+
+def parse_body(body: bytes) -> tuple[ReceivedAlert, ...]:
+    """The alerts of a request body: UTF-8 JSON, then parse_payload. Raises PayloadError, naming what is wrong, for
+    every body that is not a payload (never another exception: deep nesting, huge numbers and bad bytes included)."""
+    try:
+        doc = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise PayloadError(f"the body is not UTF-8 JSON: {e.reason} at byte {e.start}") from None
+    except RecursionError:
+        raise PayloadError("the body nests arrays or objects too deeply to be an Alertmanager webhook payload") from None
+    except ValueError as e:  # JSONDecodeError, and integers longer than Python's limit on digits
+        raise PayloadError(f"the body is not JSON: {_clip(str(e), 200)}") from None
+    return parse_payload(doc)
 
 
 def parse_payload(doc: object) -> tuple[ReceivedAlert, ...]:
@@ -114,7 +151,7 @@ def parse_payload(doc: object) -> tuple[ReceivedAlert, ...]:
     if version is None:
         raise PayloadError("field 'version' is missing: expected an Alertmanager webhook payload with version \"4\"")
     if version != "4":
-        raise PayloadError(f"field 'version' is {version!r}: only Alertmanager webhook payload version \"4\" is understood")
+        raise PayloadError(f"field 'version' is {_show(version)}: only Alertmanager webhook payload version \"4\" is understood")
     alerts = doc.get("alerts")
     if alerts is None:
         raise PayloadError("field 'alerts' is missing")
@@ -128,18 +165,21 @@ def _parse_alert(doc: object, where: str) -> ReceivedAlert:
         raise PayloadError(f"field '{where}' must be an object, got {_json_type(doc)}")
     given = _required(doc, where, "status")
     if given not in ("firing", "resolved"):
-        raise PayloadError(f"field '{where}.status' must be \"firing\" or \"resolved\", got {given!r}")
+        raise PayloadError(f"field '{where}.status' must be \"firing\" or \"resolved\", got {_show(given)}")
     status: Literal["firing", "resolved"] = "firing" if given == "firing" else "resolved"
     labels = _string_map(doc.get("labels"), f"{where}.labels", required=True)
     annotations = _string_map(doc.get("annotations", {}), f"{where}.annotations", required=False)
     starts = _required(doc, where, "startsAt")
     try:
         starts_at = utc(datetime.fromisoformat(_truncate_nanoseconds(starts)))
-    except ValueError:
-        raise PayloadError(f"field '{where}.startsAt' is not an RFC 3339 timestamp with a time zone: {starts!r}") from None
+    except (ValueError, OverflowError):  # OverflowError: e.g. year 9999 with a negative offset is past year 9999 in UTC
+        raise PayloadError(f"field '{where}.startsAt' is not an RFC 3339 timestamp with a time zone (years 1 to 9999 in UTC): "
+                           f"{_show(starts)}") from None
     fingerprint = _required(doc, where, "fingerprint")
     if not fingerprint:
         raise PayloadError(f"field '{where}.fingerprint' is empty")
+    if len(fingerprint) > MAX_FINGERPRINT:
+        raise PayloadError(f"field '{where}.fingerprint' is longer than {MAX_FINGERPRINT} characters (Alertmanager's are 16 hex digits)")
     return ReceivedAlert(status, labels, annotations, starts_at, fingerprint)
 
 
@@ -149,7 +189,7 @@ def _required(doc: dict[str, Any], where: str, key: str) -> str:
     value = doc[key]
     if not isinstance(value, str):
         raise PayloadError(f"field '{where}.{key}' must be a string, got {_json_type(value)}")
-    return value
+    return _text(value)
 
 
 def _string_map(value: object, where: str, required: bool) -> tuple[tuple[str, str], ...]:
@@ -161,11 +201,31 @@ def _string_map(value: object, where: str, required: bool) -> tuple[tuple[str, s
         raise PayloadError(f"field '{where}' must be an object of strings, got {_json_type(value)}")
     for k, v in value.items():
         if not isinstance(v, str):
-            raise PayloadError(f"field '{where}.{k}' must be a string, got {_json_type(v)}")
-    return tuple(sorted(value.items()))
+            raise PayloadError(f"field '{where}.{_clip(k, 64)}' must be a string, got {_json_type(v)}")
+    return tuple(sorted({_text(k): _text(v) for k, v in value.items()}.items()))
 
 
 _FRACTION = re.compile(r"(\.\d{6})\d+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _text(value: str) -> str:
+    """A JSON string as Go (Alertmanager) reads it: an unpaired UTF-16 surrogate escape (\\ud800) becomes U+FFFD, so
+    every string here can be encoded as UTF-8 (for RE2, the logs and the Kubernetes API)."""
+    return value if value.isascii() else _SURROGATE.sub("\ufffd", value)
+
+
+def _show(value: object) -> str:
+    """A payload value for an error message: a string quoted and cut short, other types by name (never nested reprs)."""
+    if isinstance(value, str):
+        return json.dumps(_clip(value, 64))
+    if isinstance(value, (dict, list)):
+        return _json_type(value)
+    return _clip(repr(value), 64)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _truncate_nanoseconds(text: str) -> str:
@@ -190,47 +250,65 @@ class Matcher:
         return f"{self.name}{self.op}{json.dumps(self.value)}"
 
 
-@lru_cache(maxsize=1024)
-def _anchored(pattern: str) -> re.Pattern[str]:
-    return re.compile(f"^(?:{pattern})$")
-
-
 def matches(matcher: Matcher, alert: ReceivedAlert) -> bool:
-    """Prometheus' label matcher semantics; an invalid regex raises re.error (see rollout_matchers)."""
+    """Alertmanager's label matcher semantics (RE2, anchored); an invalid regex raises ValueError (see rollout_matchers)."""
     value = alert.label(matcher.name)
     if matcher.op == "=":
         return value == matcher.value
     if matcher.op == "!=":
         return value != matcher.value
-    hit = _anchored(matcher.value).fullmatch(value) is not None
+    hit = label_regex(matcher.value).fullmatch(value) is not None
     return hit if matcher.op == "=~" else not hit
 
 
 def rollout_matchers(rollout: Mapping[str, Any]) -> tuple[Matcher, ...]:
     """spec.rollback.alerts.matchers of a Rollout object; () when it has none. ValueError names a bad one."""
-    rollback = (rollout.get("spec") or {}).get("rollback") or {}
-    docs = (rollback.get("alerts") or {}).get("matchers") or []
+    spec = rollout.get("spec")
+    rollback = spec.get("rollback") if isinstance(spec, dict) else None
+    section = rollback.get("alerts") if isinstance(rollback, dict) else None
+    docs = (section.get("matchers") if isinstance(section, dict) else None) or []
+    if not isinstance(docs, list):
+        raise ValueError(f"spec.rollback.alerts.matchers must be a list, got {_json_type(docs)}")
     found: list[Matcher] = []
     for i, m in enumerate(docs):
         where = f"spec.rollback.alerts.matchers[{i}]"
-        name, op, value = m.get("name"), m.get("op", "="), m.get("value")
+        name, op, value = (m.get("name"), m.get("op", "="), m.get("value")) if isinstance(m, dict) else (None, None, None)
         if not isinstance(name, str) or not isinstance(value, str) or op not in ("=", "!=", "=~", "!~"):
-            raise ValueError(f"{where} needs a name, an op (=, !=, =~, !~) and a value, got {m!r}")
+            raise ValueError(f"{where} needs a name, an op (=, !=, =~, !~) and a value, got {_clip(repr(m), 200)}")
         if op in ("=~", "!~"):
             try:
-                _anchored(value)
-            except re.error as e:
-                raise ValueError(f"{where}.value {value!r} is not a valid regular expression: {e}") from None
+                label_regex(value)
+            except ValueError as e:
+                raise ValueError(f"{where} {name}{op}{json.dumps(value)} {e}") from None
         found.append(Matcher(name, op, value))
     return tuple(found)
 
 
-def alert_matches_rollout(alert: ReceivedAlert, namespace: str, matchers: tuple[Matcher, ...]) -> bool:
-    """Firing, in the Rollout's namespace when it names one, and every matcher holds. No matchers: no match."""
+@dataclass(frozen=True)
+class Scope:
+    """The Rollouts an alert may match: those of `namespace`; None: of every namespace (a trusted cluster alert)."""
+
+    namespace: str | None
+
+
+def alert_scope(alert: ReceivedAlert, cluster_labels: ClusterLabels = ()) -> Scope | None:
+    """Its namespace label's namespace; every namespace for an alert without one that carries every trusted cluster
+    label (--cluster-alert-labels, never empty here); None, no Rollout at all, for any other alert without one."""
+    namespace = alert.label(NAMESPACE_LABEL)
+    if namespace:
+        return Scope(namespace)
+    if cluster_labels and all(alert.label(k) == v for k, v in cluster_labels):
+        return Scope(None)
+    return None
+
+
+def alert_matches_rollout(alert: ReceivedAlert, namespace: str, matchers: tuple[Matcher, ...],
+                          cluster_labels: ClusterLabels = ()) -> bool:
+    """Firing, in the Rollout's namespace (alert_scope), and every matcher holds. No matchers: no match."""
     if alert.status != "firing" or not matchers:
         return False
-    alert_namespace = alert.label(NAMESPACE_LABEL)
-    if alert_namespace and alert_namespace != namespace:
+    scope = alert_scope(alert, cluster_labels)
+    if scope is None or scope.namespace not in (None, namespace):
         return False
     return all(matches(m, alert) for m in matchers)
 
@@ -247,34 +325,55 @@ class Match:
 @dataclass(frozen=True)
 class Matching:
     matches: tuple[Match, ...]
-    unmatched: tuple[ReceivedAlert, ...]  # firing alerts no Rollout matched
-    invalid: tuple[tuple[str, str], ...]  # (namespace/name, why its matchers cannot be used)
+    unmatched: tuple[ReceivedAlert, ...]  # firing alerts no Rollout matched (the unscoped ones included)
+    invalid: tuple[tuple[str, str], ...]  # (namespace/name, why its matchers cannot be used), of Rollouts an alert could reach
+    unscoped: tuple[ReceivedAlert, ...] = ()  # firing alerts that may match no Rollout: no namespace label (alert_scope)
 
 
-def match_rollouts(alerts: Iterable[ReceivedAlert], rollouts: Iterable[Mapping[str, Any]]) -> Matching:
-    """Which firing alerts match which Rollouts, in a stable order (by namespace/name, then startsAt)."""
+def match_rollouts(alerts: Iterable[ReceivedAlert], rollouts: Iterable[Mapping[str, Any]],
+                   cluster_labels: ClusterLabels = ()) -> Matching:
+    """Which firing alerts match which Rollouts, in a stable order (by namespace/name, then startsAt).
+
+    Each alert is only tried on the Rollouts of its scope (alert_scope), so the work grows with the Rollouts of the
+    namespaces the alerts name, and a Rollout elsewhere costs a dictionary lookup."""
     firing = [a for a in alerts if a.status == "firing"]
+    in_namespace: dict[str, list[tuple[int, ReceivedAlert]]] = {}
+    anywhere: list[tuple[int, ReceivedAlert]] = []
+    unscoped: list[ReceivedAlert] = []
+    for i, a in enumerate(firing):
+        scope = alert_scope(a, cluster_labels)
+        if scope is None:
+            unscoped.append(a)
+        elif scope.namespace is None:
+            anywhere.append((i, a))
+        else:
+            in_namespace.setdefault(scope.namespace, []).append((i, a))
     found: list[Match] = []
     invalid: list[tuple[str, str]] = []
     matched: set[int] = set()
     for rollout in sorted(rollouts, key=_key):
         namespace, name = _key(rollout)
+        candidates = in_namespace.get(namespace, []) + anywhere
+        if not candidates:
+            continue
         try:
             matchers = rollout_matchers(rollout)
         except ValueError as e:
             invalid.append((f"{namespace}/{name}", str(e)))
             continue
-        hits = [(i, a) for i, a in enumerate(firing) if alert_matches_rollout(a, namespace, matchers)]
+        hits = [(i, a) for i, a in candidates if matchers and all(matches(m, a) for m in matchers)]
         if hits:
             matched.update(i for i, _ in hits)
             ordered = sorted((a for _, a in hits), key=lambda a: (a.starts_at, a.fingerprint))
             found.append(Match(namespace, name, tuple(ordered)))
     unmatched = tuple(a for i, a in enumerate(firing) if i not in matched)
-    return Matching(tuple(found), unmatched, tuple(invalid))
+    return Matching(tuple(found), unmatched, tuple(invalid), tuple(unscoped))
 
 
 def _key(rollout: Mapping[str, Any]) -> tuple[str, str]:
-    meta = rollout.get("metadata") or {}
+    meta = rollout.get("metadata")
+    if not isinstance(meta, dict):
+        return "", ""
     return str(meta.get("namespace", "")), str(meta.get("name", ""))
 
 
@@ -360,10 +459,21 @@ def _always() -> bool:
 
 
 def make_app(list_rollouts: ListRollouts, on_alerts: OnAlerts, token: TokenFile, *,
-             max_body_bytes: int = MAX_BODY_BYTES, handled: Handled | None = None, ready: Callable[[], bool] = _always) -> web.Application:
+             max_body_bytes: int = MAX_BODY_BYTES, handled: Handled | None = None, ready: Callable[[], bool] = _always,
+             cluster_labels: Iterable[tuple[str, str]] = ()) -> web.Application:
     """The aiohttp app: POST /alertmanager (bearer token), GET /healthz. `ready()` false: 503 NOT_READY,
-    and nothing is matched or remembered (a caller whose Rollouts are all known up front leaves it out)."""
+    and nothing is matched or remembered (a caller whose Rollouts are all known up front leaves it out).
+    `cluster_labels` (--cluster-alert-labels): see alert_scope.
+
+    Every answer is 200, or 400/401/413 (final: Alertmanager does not retry them) or 503/500 (retried) with a JSON
+    {"error": ...} saying why; the body is parsed and matched on MATCH_WORKERS threads, not on the event loop."""
     record = handled if handled is not None else Handled()
+    trusted: ClusterLabels = tuple(sorted(cluster_labels))
+    for k, v in trusted:
+        if not k or not v or k == NAMESPACE_LABEL:
+            raise ValueError(f"cluster label {k}={v!r}: a trusted cluster label needs a name other than {NAMESPACE_LABEL!r} and "
+                             "a non-empty value (an empty one would trust every alert without the label)")
+    workers = ThreadPoolExecutor(MATCH_WORKERS, thread_name_prefix="fmop-webhook")
 
     async def receive(request: web.Request) -> web.Response:
         try:
@@ -380,33 +490,43 @@ def make_app(list_rollouts: ListRollouts, on_alerts: OnAlerts, token: TokenFile,
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _too_large(max_body_bytes)
+        except web.RequestPayloadError as e:  # e.g. Content-Encoding: gzip with bytes that are not gzip
+            return _error(400, f"the body cannot be read: {_clip(str(e).replace(chr(10), ' '), 200)}")
+        loop = asyncio.get_running_loop()
         try:
-            alerts = parse_payload(json.loads(body))
-        except json.JSONDecodeError as e:
-            return _error(400, f"the body is not JSON: {e}")
-        except UnicodeDecodeError:
-            return _error(400, "the body is not UTF-8 JSON")
+            alerts = await loop.run_in_executor(workers, parse_body, body)
         except PayloadError as e:
             return _error(400, str(e))
         if not ready():
             log.info("Alertmanager webhook: %d alert(s) answered 503: the Rollouts are not listed yet", len(alerts))
             return _error(503, NOT_READY, headers={"Retry-After": "1"})
-        summary, status = await _act(alerts, list_rollouts(), on_alerts, record)
+        rollouts = list(list_rollouts())  # here, on the loop, where the operator's handlers change what it lists
+        matching = await loop.run_in_executor(workers, match_rollouts, alerts, rollouts, trusted)
+        summary, status = await _act(alerts, matching, on_alerts, record)
         return web.json_response(summary, status=status)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 
+    async def stop_workers(_: web.Application) -> None:
+        workers.shutdown(wait=False, cancel_futures=True)
+
     app = web.Application(client_max_size=max_body_bytes)
     app.router.add_post(PATH, receive)
     app.router.add_get(HEALTH_PATH, healthz)
+    app.on_cleanup.append(stop_workers)
     return app
 
 
-async def _act(alerts: tuple[ReceivedAlert, ...], rollouts: Iterable[Mapping[str, Any]], on_alerts: OnAlerts,
+async def _act(alerts: tuple[ReceivedAlert, ...], matching: Matching, on_alerts: OnAlerts,
                record: Handled) -> tuple[dict[str, Any], int]:
     """Call on_alerts once per Rollout with its new alerts (concurrently); 500 when a call failed, so Alertmanager retries."""
-    matching = match_rollouts(alerts, rollouts)
+    if matching.unscoped:
+        UNSCOPED.inc(len(matching.unscoped))
+        names = sorted({_show(a.name) for a in matching.unscoped})  # quoted: an alert name cannot forge a log line
+        log.warning("Alertmanager webhook: %d firing alert(s) without a %r label match no Rollout (tenants are namespaces; "
+                    "see --cluster-alert-labels for alerts a cluster admin trusts): %s", len(matching.unscoped), NAMESPACE_LABEL,
+                    ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else ""))
     calls: list[tuple[Match, tuple[ReceivedAlert, ...], list[datetime | None]]] = []
     duplicates: list[dict[str, str]] = []
     for m in matching.matches:
@@ -431,11 +551,12 @@ async def _act(alerts: tuple[ReceivedAlert, ...], rollouts: Iterable[Mapping[str
             for a, b in reversed(list(zip(new, before, strict=True))):  # newest first, back to what was there
                 record.restore(m.namespace, m.name, a, b)
             entry["error"] = f"{type(result).__name__}: {result}"
-            log.error("Alertmanager webhook: acting on %s for Rollout %s/%s failed: %s", ", ".join(a.name for a in new), m.namespace, m.name,
-                      entry["error"])
+            log.error("Alertmanager webhook: acting on %s for Rollout %s/%s failed: %s", ", ".join(_show(a.name) for a in new),
+                      m.namespace, m.name, entry["error"])
         else:
             entry["result"] = result
-            log.info("Alertmanager webhook: %s matched Rollout %s/%s: %s", ", ".join(a.name for a in new), m.namespace, m.name, result)
+            log.info("Alertmanager webhook: %s matched Rollout %s/%s: %s", ", ".join(_show(a.name) for a in new), m.namespace, m.name,
+                     result)
         matched.append(entry)
     summary = {
         "received": len(alerts),
@@ -443,6 +564,7 @@ async def _act(alerts: tuple[ReceivedAlert, ...], rollouts: Iterable[Mapping[str
         "matched": matched,
         "duplicates": duplicates,
         "unmatched": [_brief(a) for a in matching.unmatched],
+        "unscoped": [_brief(a) for a in matching.unscoped],
         "invalidMatchers": [{"rollout": r, "error": e} for r, e in matching.invalid],
     }
     return summary, 500 if failed else 200
@@ -478,20 +600,23 @@ class WebhookServer:
 
 
 async def start(list_rollouts: ListRollouts, on_alerts: OnAlerts, token_file: Path | str, *, host: str = "0.0.0.0", port: int,
-                max_body_bytes: int = MAX_BODY_BYTES, handled: Handled | None = None, ready: Callable[[], bool] = _always) -> WebhookServer:
+                max_body_bytes: int = MAX_BODY_BYTES, handled: Handled | None = None, ready: Callable[[], bool] = _always,
+                ssl_context: ssl.SSLContext | None = None, cluster_labels: Iterable[tuple[str, str]] = ()) -> WebhookServer:
     """Serve the receiver on host:port in the current loop; `await server.stop()` ends it. Until
-    `ready()` it answers 503 (see Gate).
+    `ready()` it answers 503 (see Gate). With `ssl_context` (fmop.tls) it speaks HTTPS only. `cluster_labels`
+    (--cluster-alert-labels): an alert without a namespace label that carries them all may match any namespace's Rollouts.
 
     Refuses to start (ValueError/OSError naming the file) when the token file is missing or empty:
     a receiver that cannot authenticate anyone must not listen.
     """
     token = TokenFile(token_file)
     token.read()
-    app = make_app(list_rollouts, on_alerts, token, max_body_bytes=max_body_bytes, handled=handled, ready=ready)
+    app = make_app(list_rollouts, on_alerts, token, max_body_bytes=max_body_bytes, handled=handled, ready=ready,
+                   cluster_labels=cluster_labels)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
     except BaseException:
         await runner.cleanup()
         raise

@@ -14,6 +14,14 @@ Conventions every provider keeps, so `observe(render(...))` gives back what was 
 - stable-only (canary_revision None) routes 100% to the stable and mirrors nothing;
 - every object carries the fmops.dev/rollout label and a controller ownerReference to the Rollout,
   so the garbage collector removes it with the Rollout.
+
+No takeover: a traffic object that already exists is written only when it is the Rollout's (`holder`
+says None): it has the Rollout's ownerReference (the operator created it, or adopted it before), or
+it carries the annotation `fmops.dev/adopt: <the Rollout's name>` and no other controller, or this
+operator's field manager wrote it for a Rollout of that name (its ownerReference was removed, e.g. by
+`kubectl delete rollout --cascade=orphan`). Anything else (another team's HTTPRoute that happens to
+have the Rollout's name, an object another controller owns) is neither read as the Rollout's traffic
+nor changed, and so never garbage-collected with the Rollout: `refusal` names it, its holder and the fix.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from fmop.rollout.types import ObservedTraffic, SetTraffic
 Unknown = Literal["unknown"]
 UNKNOWN: Unknown = "unknown"
 Obj = dict[str, Any]
+ADOPT_ANNOTATION = "fmops.dev/adopt"  # value: the name of the Rollout (in the object's namespace) that may take it over
 
 _REVISION_OF_BACKEND = re.compile(r"-r([0-9]+)-predictor$")
 
@@ -62,12 +71,14 @@ class RolloutRef:
 
 @dataclass(frozen=True)
 class ObjectRef:
-    """One object a provider writes and reads back, in the Rollout's namespace."""
+    """One object a provider writes and reads back, in the Rollout's namespace; `owner`, the Rollout it is for:
+    providers.kube reads and writes it only while it is that Rollout's (`holder`)."""
 
     api_version: str  # group/version
     kind: str
     plural: str
     name: str
+    owner: RolloutRef | None = None
 
     @property
     def group(self) -> str:
@@ -78,8 +89,8 @@ class ObjectRef:
         return self.api_version.split("/")[1]
 
     @classmethod
-    def of(cls, kind: Kind, name: str) -> ObjectRef:
-        return cls(kind.api_version, kind.kind, kind.plural, name)
+    def of(cls, kind: Kind, name: str, owner: RolloutRef | None = None) -> ObjectRef:
+        return cls(kind.api_version, kind.kind, kind.plural, name, owner)
 
     def as_kind(self, install: str) -> Kind:
         """The kind's typed reference, with what to install when the API server does not serve it."""
@@ -94,6 +105,7 @@ class TrafficProvider(ABC):
 
     name: ClassVar[str]  # spec.trafficRouting.provider
     install_hint: ClassVar[str]  # what to install when the API server does not know the kind
+    name_field: ClassVar[str] = ""  # the spec field that names the traffic object, "" when it is always the Rollout's name
     field_manager: ClassVar[str] = naming.FIELD_MANAGER
     creates: ClassVar[bool] = True  # False: the objects must already exist (the provider writes a few fields only)
 
@@ -108,6 +120,51 @@ class TrafficProvider(ABC):
     @abstractmethod
     def observe(self, found: list[Obj | None]) -> ObservedTraffic | Unknown:
         """The objects of `objects()` as found (None: not found), parsed back into weights and mirror."""
+
+
+# ---------------------------------------------------------------- whose object is it
+@dataclass(frozen=True)
+class Held:
+    """Who holds a traffic object that is not the Rollout's, and whether the adopt annotation could hand it over."""
+
+    by: str  # "it is controlled by HTTPRoute x", "it was not created by this operator (written by kubectl-edit)"
+    adoptable: bool
+
+
+def holder(obj: Obj, rollout: RolloutRef, field_manager: str) -> Held | None:
+    """None when `rollout` may manage `obj` (see the module's docstring); otherwise who holds it."""
+    meta = _mapping(obj.get("metadata"))
+    owners = [o for o in meta.get("ownerReferences") or [] if isinstance(o, dict)]
+    if any(o.get("uid") == rollout.uid for o in owners):
+        return None  # created by this Rollout, or adopted by it before
+    controller = next((o for o in owners if o.get("controller") is True), None)
+    if controller is not None:
+        return Held(f"it is controlled by {controller.get('kind')} {controller.get('name')} (its controller ownerReference), and an "
+                    "object has one controller", adoptable=False)
+    adopt = _mapping(meta.get("annotations")).get(ADOPT_ANNOTATION)
+    if adopt == rollout.name:
+        return None
+    managers = sorted({str(m.get("manager")) for m in meta.get("managedFields") or [] if isinstance(m, dict) and m.get("manager")})
+    if field_manager in managers and _mapping(meta.get("labels")).get(naming.LABEL_ROLLOUT) == rollout.name:
+        return None  # this operator wrote it for a Rollout of this name, whose ownerReference is gone (orphaned)
+    if adopt is not None:
+        return Held(f"its {ADOPT_ANNOTATION} annotation names Rollout {str(adopt)[:63]!r}, not {rollout.name}", adoptable=True)
+    written = f"written by {', '.join(managers)[:256]}" if managers else "no owner recorded"
+    return Held(f"it was not created by this operator ({written}) and has no {ADOPT_ANNOTATION} annotation", adoptable=True)
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def refusal(ref: ObjectRef, namespace: str, held: Held, provider: TrafficProvider, rollout: RolloutRef) -> str:
+    """What the Rollout is told of a traffic object it may not manage: the object, who holds it, the fix."""
+    rename = f"name another object in {provider.name_field}" if provider.name_field else f"use a provider other than {provider.name}"
+    handover = (f"to hand it to this Rollout, annotate it: kubectl annotate -n {namespace} {ref.plural}.{ref.group} {ref.name} "
+                f"{ADOPT_ANNOTATION}={rollout.name} (the Rollout then owns it: deleting the Rollout deletes it); or ") if held.adoptable else ""
+    return (f"{ref.kind} {namespace}/{ref.name} is not Rollout {rollout.name}'s to manage: {held.by}. The operator changes (and, "
+            f"with the Rollout, deletes) only traffic objects it created, so it left this one as it is and routes nothing through it; "
+            f"{handover}{rename}")
 
 
 # ---------------------------------------------------------------- helpers shared by the providers

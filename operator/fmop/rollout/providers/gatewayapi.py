@@ -28,10 +28,11 @@ def _settings(routing: TrafficRouting) -> GatewayAPIRouting:
 class GatewayAPI(TrafficProvider):
     name: ClassVar[str] = "gatewayAPI"
     install_hint: ClassVar[str] = "install the Gateway API CRDs (standard channel, v1.3 or newer for RequestMirror percent)"
+    name_field: ClassVar[str] = "spec.trafficRouting.gatewayAPI.httpRouteName"
 
     def objects(self, rollout: RolloutRef, routing: TrafficRouting) -> list[ObjectRef]:
         name = naming.traffic_object_name(rollout.name, _settings(routing).httpRouteName)
-        return [ObjectRef(API_VERSION, "HTTPRoute", "httproutes", name)]
+        return [ObjectRef(API_VERSION, "HTTPRoute", "httproutes", name, rollout)]
 
     def render(self, rollout: RolloutRef, routing: TrafficRouting, t: SetTraffic) -> list[Obj]:
         settings = _settings(routing)

@@ -31,10 +31,11 @@ def _destination(host: str) -> Obj:
 class Istio(TrafficProvider):
     name: ClassVar[str] = "istio"
     install_hint: ClassVar[str] = "install Istio's CRDs (networking.istio.io, from istio.io/api or the Istio base chart)"
+    name_field: ClassVar[str] = "spec.trafficRouting.istio.virtualServiceName"
 
     def objects(self, rollout: RolloutRef, routing: TrafficRouting) -> list[ObjectRef]:
         name = naming.traffic_object_name(rollout.name, _settings(routing).virtualServiceName)
-        return [ObjectRef(API_VERSION, "VirtualService", "virtualservices", name)]
+        return [ObjectRef(API_VERSION, "VirtualService", "virtualservices", name, rollout)]
 
     def render(self, rollout: RolloutRef, routing: TrafficRouting, t: SetTraffic) -> list[Obj]:
         settings = _settings(routing)

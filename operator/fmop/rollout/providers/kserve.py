@@ -10,7 +10,9 @@ CEL rule on the Rollout CRD).
 This provider writes only that one field (plus the Rollout's label, ownerReference and an annotation
 naming the canary revision) with a field manager of its own, `fm-operator-traffic`, so that
 server-side apply never takes away the fields the serving side writes to the same object; it does
-not create the InferenceService (`creates = False`). The serving side must, for provider kserve,
+not create the InferenceService (`creates = False`), and, like every provider, it writes to one only
+when it is the Rollout's: whoever creates it hands it over with the annotation
+`fmops.dev/adopt: <Rollout name>` (base.holder), after which the Rollout owns it (ownerReference). The serving side must, for provider kserve,
 keep that one InferenceService serving the canary revision's model while a canary is in flight and
 the stable's otherwise. Mapping of SetTraffic:
 - a canary revision: canaryTrafficPercent = canary weight (0 sends everything back to the
@@ -39,7 +41,7 @@ class KServe(TrafficProvider):
     creates: ClassVar[bool] = False
 
     def objects(self, rollout: RolloutRef, routing: TrafficRouting) -> list[ObjectRef]:
-        return [ObjectRef.of(INFERENCE_SERVICE, naming.traffic_object_name(rollout.name))]
+        return [ObjectRef.of(INFERENCE_SERVICE, naming.traffic_object_name(rollout.name), rollout)]
 
     def render(self, rollout: RolloutRef, routing: TrafficRouting, t: SetTraffic) -> list[Obj]:
         _, canary_weight = check(t)

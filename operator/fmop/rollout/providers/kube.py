@@ -3,14 +3,23 @@
 Through the one adapter (fmop.kube), whose error mapping names the object and the cause: a kind the
 API server does not know says which CRDs to install (the provider's install hint), an object the
 schema rejects carries the server's message (which names the field).
+
+Neither reads nor writes an object that is not its Rollout's (base.holder): both raise ForeignObject,
+naming the object, who holds it and the fix, before anything is written. The first write to an
+object handed over with the adopt annotation carries the resourceVersion read, so an annotation
+taken away in between makes it a conflict, not a takeover. (Creating an object is one apply: another
+writer that creates the same name in the instant between the read and the apply loses it to the
+Rollout.)
 """
 
 from __future__ import annotations
 
+import copy
+
 from kubernetes import client
 
 from fmop.kube import Kube, KubeError
-from fmop.rollout.providers.base import Obj, ObjectRef, TrafficProvider
+from fmop.rollout.providers.base import Obj, ObjectRef, TrafficProvider, holder, refusal
 
 
 class TrafficError(KubeError):
@@ -22,14 +31,37 @@ class TrafficError(KubeError):
         super().__init__(message, retry=retry, status=status)
 
 
+class ForeignObject(TrafficError):
+    """The traffic object exists and is not the Rollout's (base.holder): nothing was read as its traffic or written.
+    Not retried as such: a person must annotate the object or name another one."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry=False)
+
+
 def _traffic_error(err: KubeError) -> TrafficError:
     return TrafficError(str(err), err.retry, err.status)
+
+
+def _refuse_foreign(provider: TrafficProvider, ref: ObjectRef, namespace: str, found: Obj) -> None:
+    if ref.owner is None:
+        return
+    held = holder(found, ref.owner, provider.field_manager)
+    if held is not None:
+        raise ForeignObject(refusal(ref, namespace, held, provider, ref.owner))
+
+
+def _adopting(ref: ObjectRef, found: Obj) -> bool:
+    """Does this write hand the object over (it has no ownerReference of the Rollout yet)?"""
+    owners = (found.get("metadata") or {}).get("ownerReferences") or []
+    return ref.owner is not None and not any(isinstance(o, dict) and o.get("uid") == ref.owner.uid for o in owners)
 
 
 def apply(api: client.ApiClient, provider: TrafficProvider, refs: list[ObjectRef], objects: list[Obj]) -> None:
     """Server-side apply each object (field manager provider.field_manager, force); stops at the first failure.
 
     `refs` are provider.objects(...), `objects` provider.render(...) for the same Rollout, in the same order.
+    Each object that exists is read first: ForeignObject when it is not the Rollout's (nothing written).
     """
     if [(r.api_version, r.kind, r.name) for r in refs] != [(o["apiVersion"], o["kind"], o["metadata"]["name"]) for o in objects]:
         raise ValueError(f"{provider.name}: render() and objects() disagree: {[str(r) for r in refs]}")
@@ -38,10 +70,16 @@ def apply(api: client.ApiClient, provider: TrafficProvider, refs: list[ObjectRef
         namespace = obj["metadata"]["namespace"]
         kind = ref.as_kind(provider.install_hint)
         try:
+            found = kube.get(kind, namespace, ref.name) if ref.owner is not None or not provider.creates else None
             # Not creating: apply would create it, with only our few fields.
-            if not provider.creates and kube.get(kind, namespace, ref.name) is None:
+            if not provider.creates and found is None:
                 raise TrafficError(f"apply {ref.kind} {namespace}/{ref.name}: not found ({provider.name} writes only some fields of it; "
                                    "whatever creates it must run first)", retry=True, status=404)
+            if found is not None:
+                _refuse_foreign(provider, ref, namespace, found)
+                if _adopting(ref, found):  # the object as read, or a conflict
+                    obj = copy.deepcopy(obj)
+                    obj["metadata"]["resourceVersion"] = (found.get("metadata") or {}).get("resourceVersion")
             kube.apply(kind, obj)
         except TrafficError:
             raise
@@ -50,9 +88,13 @@ def apply(api: client.ApiClient, provider: TrafficProvider, refs: list[ObjectRef
 
 
 def read(api: client.ApiClient, provider: TrafficProvider, namespace: str, refs: list[ObjectRef]) -> list[Obj | None]:
-    """The objects as found, in order; None for one that does not exist."""
+    """The objects as found, in order; None for one that does not exist. ForeignObject for one that is not the Rollout's."""
     kube = Kube(api, field_manager=provider.field_manager)
     try:
-        return [kube.get(ref.as_kind(provider.install_hint), namespace, ref.name) for ref in refs]
+        found = [kube.get(ref.as_kind(provider.install_hint), namespace, ref.name) for ref in refs]
     except KubeError as err:
         raise _traffic_error(err) from err
+    for ref, obj in zip(refs, found, strict=True):
+        if obj is not None:
+            _refuse_foreign(provider, ref, namespace, obj)
+    return found

@@ -29,14 +29,15 @@ def _settings(routing: TrafficRouting) -> TraefikRouting:
 class Traefik(TrafficProvider):
     name: ClassVar[str] = "traefik"
     install_hint: ClassVar[str] = "install Traefik's CRDs (traefik.io, from the Traefik Helm chart or its kubernetes-crd-definition-v1.yml)"
+    name_field: ClassVar[str] = "spec.trafficRouting.traefik.traefikServiceName"
 
     def objects(self, rollout: RolloutRef, routing: TrafficRouting) -> list[ObjectRef]:
         settings = _settings(routing)
         name = naming.traffic_object_name(rollout.name, settings.traefikServiceName)
-        refs = [ObjectRef(API_VERSION, "TraefikService", "traefikservices", name + SPLIT_SUFFIX),
-                ObjectRef(API_VERSION, "TraefikService", "traefikservices", name)]
+        refs = [ObjectRef(API_VERSION, "TraefikService", "traefikservices", name + SPLIT_SUFFIX, rollout),
+                ObjectRef(API_VERSION, "TraefikService", "traefikservices", name, rollout)]
         if settings.ingressRoute is not None:
-            refs.append(ObjectRef(API_VERSION, "IngressRoute", "ingressroutes", name))
+            refs.append(ObjectRef(API_VERSION, "IngressRoute", "ingressroutes", name, rollout))
         return refs
 
     def render(self, rollout: RolloutRef, routing: TrafficRouting, t: SetTraffic) -> list[Obj]:

@@ -17,15 +17,17 @@ from datetime import datetime
 from typing import Any
 
 import kopf
+from kubernetes import client
 
 from fmop import __version__, metrics
 from fmop.api import GROUP
+from fmop.cache import WatchCache
 from fmop.conditions import now_rfc3339
 from fmop.config import Config
 from fmop.kinds import FOUNDATION_MODEL, INFERENCE_SERVICE, ROLLOUT, TASK_ADAPTER, WORKFLOW, Kind
 from fmop.kube import Conflict, Kube, KubeError, NotInstalled, api_client
 from fmop.rollout import naming, webhook
-from fmop.rollout.controller import Controller, PrometheusAnalysis, traffic_for
+from fmop.rollout.controller import Controller, Outcome, PrometheusAnalysis, traffic_for
 from fmop.rollout.types import Alert
 from fmop.training.planner import Plan, StepLog, plan
 from fmop.training.render import LABEL_KIND, LABEL_OWNER
@@ -42,7 +44,13 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Lo
     # Shared by every object's handlers: kopf gives each object a shallow copy of this memo, so a key added later
     # (by one Rollout's handler) would be seen by that object alone.
     memo["rollout_bodies"] = {}
-    memo["rollouts"] = Controller(kube, traffic_for=traffic_for(api),
+    memo["wakes"] = {}  # (namespace, name) -> (loop, event): a reconcile outside the daemon wakes it when time-driven work began
+    cache = WatchCache(CACHED)
+    for kind in CACHED:
+        if kind in (ROLLOUT, FOUNDATION_MODEL, TASK_ADAPTER) or _serves(api, kind):  # our CRDs must be there; KServe's may not be
+            cache.serve(kind)
+    memo["cache"] = cache
+    memo["rollouts"] = Controller(kube, traffic_for=traffic_for(api), cache=cache,
                                   analysis=PrometheusAnalysis(cfg.prometheus_url, cfg.prometheus_allow) if cfg.prometheus_url else None)
     # Progress and diff-base live in annotations: our status schema is strict and owned by us.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -57,6 +65,40 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Lo
     metrics.serve(cfg.metrics_port, cfg.bind_address)
     logger.info(f"fm-operator {__version__} watching {'all namespaces' if cfg.clusterwide else ', '.join(cfg.namespaces)}; "
                 f"metrics on :{cfg.metrics_port}, resync every {cfg.resync_seconds}s")
+
+
+# The kinds the Rollout controller reads from kopf's watches instead of the API server (fmop.cache).
+CACHED = (ROLLOUT, FOUNDATION_MODEL, TASK_ADAPTER, INFERENCE_SERVICE)
+
+
+def _serves(api: client.ApiClient, kind: Kind) -> bool:
+    """Does the API server serve `kind` (API discovery, open to every identity)? kopf watches it only if so."""
+    try:
+        found = client.CustomObjectsApi(api).get_api_resources(kind.group, kind.version, _request_timeout=10)
+    except Exception:  # not served (404), or unknown: read it from the API server, as without a cache
+        return False
+    return any(r.name == kind.plural for r in found.resources or [])
+
+
+def cache_object(memo: kopf.Memo, body: kopf.Body, resource: kopf.Resource, **_: Any) -> None:
+    """kopf index handler: every watch event of a cached kind, before any other handler sees it (and before any handler
+    runs at all, for the first listing: kopf's index readiness), so the cache is as new as the events handlers get."""
+    cache: WatchCache | None = memo.get("cache")
+    if cache is not None:
+        cache.seen(_CACHED_BY_PLURAL[resource.plural], body)
+
+
+def _forget_cached(memo: kopf.Memo, resource: kopf.Resource, namespace: str | None, name: str | None, type: str | None) -> None:
+    """A handler of a cached kind runs: kopf has indexed every kind, so the cache may serve; a deletion leaves it."""
+    cache: WatchCache | None = memo.get("cache")
+    if cache is None:
+        return
+    cache.open()
+    if type == "DELETED" and name:
+        cache.gone(_CACHED_BY_PLURAL[resource.plural], namespace or "", name)
+
+
+_CACHED_BY_PLURAL = {k.plural: k for k in CACHED}
 
 
 class _QuietResync(logging.Filter):
@@ -176,10 +218,18 @@ async def rollout_daemon(memo: kopf.Memo, namespace: str, name: str, stopped: ko
     change (Decision.next_look) otherwise, and at most --rollout-idle-seconds; events reconcile it meanwhile."""
     cfg: Config = memo["config"]
     ctl = _controller(memo)
+    cache: WatchCache | None = memo.get("cache")
+    if cache is not None:
+        cache.open()  # kopf starts a daemon only once its index handlers have seen every object of every kind
+    wake = asyncio.Event()
+    wakes: dict[tuple[str, str], tuple[asyncio.AbstractEventLoop, asyncio.Event]] = memo.setdefault("wakes", {})
+    wakes[(namespace, name)] = (asyncio.get_running_loop(), wake)
+    fresh = False
     while not stopped:
         delay = cfg.resync_seconds
+        wake.clear()  # a reconcile that ends after this one began wakes the next nap
         try:
-            outcome = await asyncio.to_thread(ctl.reconcile, namespace, name)
+            outcome = await asyncio.to_thread(ctl.reconcile, namespace, name, (), 3, fresh)
             if outcome.result == "gone":
                 return
             delay = _sleep(cfg, outcome.busy, outcome.next_look, ctl.clock())
@@ -188,8 +238,33 @@ async def rollout_daemon(memo: kopf.Memo, namespace: str, name: str, stopped: ko
         except Exception:  # a bug must not stop the Rollout's daemon for good
             logger.exception("rollout reconcile failed; retrying")
             metrics.RECONCILES.labels("Rollout", "error").inc()
-        await stopped.wait(delay)
+        fresh = cfg.rollout_idle_seconds > 0 and delay >= cfg.rollout_idle_seconds  # the idle resync reads the API server: it heals what a watch missed
+        await _nap(stopped, wake, delay)
+        fresh = fresh and not wake.is_set()
+    wakes.pop((namespace, name), None)
     ctl.forget(namespace, name)
+
+
+async def _nap(stopped: kopf.DaemonStopped, wake: asyncio.Event, delay: float) -> None:
+    """Sleep `delay` seconds, or less: until the Rollout is stopped, or another reconcile of it (an event's, the webhook's)
+    started time-driven work that this daemon, asleep on an older decision, would otherwise only see at its next wake."""
+    waits = [asyncio.ensure_future(stopped.wait(delay)), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+def _woken(memo: kopf.Memo, namespace: str, name: str, outcome: Outcome) -> Outcome:
+    """After a reconcile outside the daemon: wake the daemon if the Rollout now needs looking at by a time (a step's tick,
+    a measurement, a deadline); it may be asleep for --rollout-idle-seconds on what it decided before the event."""
+    if outcome.busy or outcome.next_look is not None:
+        found = (memo.get("wakes") or {}).get((namespace, name))
+        if found is not None:
+            loop, event = found
+            loop.call_soon_threadsafe(event.set)
+    return outcome
 
 
 def _sleep(cfg: Config, busy: bool, next_look: datetime | None, now: datetime) -> float:
@@ -202,17 +277,19 @@ def _sleep(cfg: Config, busy: bool, next_look: datetime | None, now: datetime) -
 
 def reconcile_rollout_now(memo: kopf.Memo, namespace: str, name: str, **_: Any) -> None:
     try:
-        _controller(memo).reconcile(namespace, name)
+        _woken(memo, namespace, name, _controller(memo).reconcile(namespace, name))
     except KubeError as err:
         raise kopf.TemporaryError(f"{err}; retrying", delay=10) from err
 
 
-def on_inference_service(memo: kopf.Memo, namespace: str, labels: kopf.Labels, type: str | None, **_: Any) -> None:
+def on_inference_service(memo: kopf.Memo, namespace: str, name: str, labels: kopf.Labels, type: str | None, resource: kopf.Resource,
+                         **_: Any) -> None:
     """A Rollout's InferenceService changed (became Ready, say): reconcile its Rollout now."""
+    _forget_cached(memo, resource, namespace, name, type)
     owner = labels.get(naming.LABEL_ROLLOUT)
     if owner and type is not None and "rollouts" in memo:
         try:
-            _controller(memo).reconcile(namespace, owner)
+            _woken(memo, namespace, owner, _controller(memo).reconcile(namespace, owner))
         except KubeError as err:
             logging.getLogger("fmop.rollout").warning(f"{err}; the Rollout's daemon will try again")
 
@@ -220,6 +297,7 @@ def on_inference_service(memo: kopf.Memo, namespace: str, labels: kopf.Labels, t
 def on_model_event(memo: kopf.Memo, namespace: str, name: str, type: str | None, resource: kopf.Resource, **_: Any) -> None:
     """A FoundationModel or TaskAdapter changed (a version recorded, gated, deleted): reconcile, now, the Rollouts in its
     namespace that name it, so an idle Rollout needs no polling to see a new version (FollowLatest) or a resolved reference."""
+    _forget_cached(memo, resource, namespace, name, type)
     if type is None or "rollouts" not in memo:
         return
     known: dict[tuple[str, str], dict[str, Any]] = memo.get("rollout_bodies", {})
@@ -229,13 +307,15 @@ def on_model_event(memo: kopf.Memo, namespace: str, name: str, type: str | None,
             a.get("name") for a in model.get("adapters") or []}
         if ns == namespace and name in names:
             try:
-                _controller(memo).reconcile(ns, rollout)
+                _woken(memo, ns, rollout, _controller(memo).reconcile(ns, rollout))
             except KubeError as err:
                 logging.getLogger("fmop.rollout").warning(f"{err}; the Rollout's daemon will try again")
 
 
-def remember_rollout(memo: kopf.Memo, body: kopf.Body, namespace: str, name: str, type: str | None, **_: Any) -> None:
+def remember_rollout(memo: kopf.Memo, body: kopf.Body, namespace: str, name: str, type: str | None, resource: kopf.Resource,
+                     **_: Any) -> None:
     """Keep every watched Rollout's spec at hand, for the webhook to match alerts against without an API call."""
+    _forget_cached(memo, resource, namespace, name, type)
     known: dict[tuple[str, str], dict[str, Any]] = memo.setdefault("rollout_bodies", {})
     if type == "DELETED":
         known.pop((namespace, name), None)
@@ -259,7 +339,7 @@ async def start_webhook(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> No
     gate: webhook.Gate = memo.setdefault("webhook_gate", webhook.Gate())
 
     async def on_alerts(namespace: str, name: str, alerts: tuple[Alert, ...]) -> str:
-        outcome = await asyncio.to_thread(ctl.reconcile, namespace, name, alerts)
+        outcome = _woken(memo, namespace, name, await asyncio.to_thread(ctl.reconcile, namespace, name, alerts))
         if outcome.rolled_back:
             for alert in alerts:
                 metrics.ALERT_ROLLBACKS.labels(alert.name).inc()
@@ -328,6 +408,9 @@ def register(cfg: Config) -> None:
     kopf.on.event(isvc.group, isvc.version, isvc.plural, id="rollout.inferenceservice",
                   labels={naming.LABEL_ROLLOUT: kopf.PRESENT})(on_inference_service)
     kopf.on.event(ro.group, ro.version, ro.plural, id="rollout.remember")(remember_rollout)
+    for k in CACHED:  # index handlers: kopf calls them first, and runs no handler before they have seen every object
+        kopf.index(k.group, k.version, k.plural, id=f"cache.{k.plural}",
+                   **({"labels": {naming.LABEL_ROLLOUT: kopf.PRESENT}} if k == INFERENCE_SERVICE else {}))(cache_object)
     for k in (FOUNDATION_MODEL, TASK_ADAPTER):
         kopf.on.event(k.group, k.version, k.plural, id=f"rollout.references.{k.plural}")(on_model_event)
     kopf.on.startup(id="webhook.start")(start_webhook)

@@ -43,6 +43,7 @@ from pydantic import ValidationError
 from fmop import metrics
 from fmop.api.rollout import Rollout, RolloutSpec, RolloutStatus, TrafficRouting
 from fmop.assess import assess_rollout
+from fmop.cache import Unsynced, WatchCache
 from fmop.conditions import Cond, merge
 from fmop.kinds import FOUNDATION_MODEL, INFERENCE_SERVICE, ROLLOUT, TASK_ADAPTER, Kind
 from fmop.kube import Conflict, KubeError
@@ -206,13 +207,18 @@ class Controller:
     analysis: Analysis | None = None  # None: measurements come back as Error naming the missing Prometheus
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     crash: Callable[[str, str], None] = field(default_factory=crash_from_env)
+    cache: WatchCache | None = None  # what kopf's watches saw (fmop.cache); None: every read goes to the API server
     _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict, init=False)
     _guard: threading.Lock = field(default_factory=threading.Lock, init=False)
     _unrecorded: dict[tuple[str, str], UnrecordedRollback] = field(default_factory=dict, init=False)
 
     # ------------------------------------------------------------ entry point
-    def reconcile(self, namespace: str, name: str, alerts: Iterable[Alert] = (), attempts: int = 3) -> Outcome:
+    def reconcile(self, namespace: str, name: str, alerts: Iterable[Alert] = (), attempts: int = 3, fresh: bool = False) -> Outcome:
         """Reconcile one Rollout now; alerts from the webhook go straight into the observations.
+
+        Reads come from the watch cache when there is one, except with `fresh` (the Rollout and its InferenceServices
+        from the API server: the daemon asks for it at each idle wake, which heals a deletion the watch missed) and
+        after a conflict (the cache was behind what the API server holds).
 
         Raises KubeError when the API server fails, and StatusConflict when status changed underneath every
         attempt: either way nothing was recorded, and an alert must be resent (the webhook answers 500)."""
@@ -222,7 +228,7 @@ class Controller:
                 start = time.perf_counter()
                 result = "error"
                 try:
-                    outcome = self._reconcile(namespace, name, alerts)
+                    outcome = self._reconcile(namespace, name, alerts, fresh or attempt > 0)
                     result = outcome.result
                     if outcome.result != "conflict":
                         return outcome
@@ -242,8 +248,8 @@ class Controller:
             self._locks.pop((namespace, name), None)
 
     # ------------------------------------------------------------ one pass
-    def _reconcile(self, namespace: str, name: str, alerts: tuple[Alert, ...]) -> Outcome:
-        body = self.kube.get(ROLLOUT, namespace, name)
+    def _reconcile(self, namespace: str, name: str, alerts: tuple[Alert, ...], fresh: bool = False) -> Outcome:
+        body = self._get(ROLLOUT, namespace, name, fresh)
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             self._unrecorded.pop((namespace, name), None)
             return Outcome("gone")
@@ -258,8 +264,8 @@ class Controller:
         spec = ro.spec
 
         # References: the FoundationModel version and adapters must exist before anything is served.
-        fm = self.kube.get(FOUNDATION_MODEL, namespace, spec.model.foundationModel.name)
-        adapters = {a.name: self.kube.get(TASK_ADAPTER, namespace, a.name) for a in spec.model.adapters}
+        fm = self._get(FOUNDATION_MODEL, namespace, spec.model.foundationModel.name)
+        adapters = {a.name: self._get(TASK_ADAPTER, namespace, a.name) for a in spec.model.adapters}
         verdict = assess_rollout(body, fm, adapters)
         latest = verdict.extra.get("version")
         refs_ok = verdict.phase != "Failed" and all(c.status == "True" for c in verdict.conditions if c.type in ("Accepted", "ResolvedRefs"))
@@ -282,7 +288,7 @@ class Controller:
             traffic, seen = None, ObservedTraffic(canary_weight=0, mirror_percent=0)  # it routes nothing of the Rollout's
             references = (*(c for c in references if c.type != "ResolvedRefs"), Cond("ResolvedRefs", "False", "RefNotPermitted", str(err)))
             hold = hold or str(err)
-        isvcs = self._inference_services(ref)
+        isvcs = self._inference_services(ref, fresh)
         obs = Observations(
             inference_services=tuple(state for state, _ in isvcs.values()),
             alerts=alerts,
@@ -324,7 +330,7 @@ class Controller:
         changed = _strip_times(new_status) != _strip_times(old_status)
         if changed:
             try:
-                self.kube.replace_status(ROLLOUT, body, new_status)
+                self._seen(ROLLOUT, self.kube.replace_status(ROLLOUT, body, new_status))
             except Conflict:
                 return Outcome("conflict")
             except KubeError as err:
@@ -346,7 +352,7 @@ class Controller:
                 wanted = render_isvc(ref, action.revision, spec.serving, served) if served else None
                 if wanted is None or (found is not None and contains(found, wanted)):
                     continue  # as wanted already: no write, so KServe's webhooks are not called on every tick
-                self.kube.apply(INFERENCE_SERVICE, wanted)
+                self._seen(INFERENCE_SERVICE, self.kube.apply(INFERENCE_SERVICE, wanted))
                 done.append(f"ensure {naming.isvc_name(name, action.revision)}")
                 self.crash("inferenceservice-applied", phase)
             elif isinstance(action, SetTraffic) and traffic is not None and routing is not None:
@@ -360,6 +366,8 @@ class Controller:
                     self.crash("traffic-applied", phase)
             elif isinstance(action, RemoveInferenceService):
                 self.kube.delete(INFERENCE_SERVICE, namespace, naming.isvc_name(name, action.revision))
+                if self.cache is not None:
+                    self.cache.gone(INFERENCE_SERVICE, namespace, naming.isvc_name(name, action.revision))
                 done.append(f"remove {naming.isvc_name(name, action.revision)}")
                 self.crash("inferenceservice-deleted", phase)
 
@@ -401,7 +409,7 @@ class Controller:
                                   meta.get("generation"), now)
             new = {**old_status, "phase": "Failed", "message": problem[:1024], "conditions": conditions, "observedGeneration": meta.get("generation")}
             if _strip_times(new) != _strip_times(old_status):
-                self.kube.replace_status(ROLLOUT, body, new)
+                self._seen(ROLLOUT, self.kube.replace_status(ROLLOUT, body, new))
             return Outcome("blocked", "Failed", message=problem)
         try:
             routing: TrafficRouting | None = TrafficRouting.model_validate((body.get("spec") or {}).get("trafficRouting"))
@@ -424,10 +432,46 @@ class Controller:
         return replace(out, rolled_back=decision.status.phase == "RolledBack" and status.phase != "RolledBack")
 
     # ------------------------------------------------------------ observations
-    def _inference_services(self, ref: RolloutRef) -> dict[int, tuple[InferenceServiceState, dict[str, Any]]]:
+    def _get(self, kind: Kind, namespace: str, name: str, fresh: bool = False) -> dict[str, Any] | None:
+        """One object, from the watch cache unless `fresh` or the kind is not served there; a fresh read updates the cache."""
+        if self.cache is not None and not fresh:
+            try:
+                return self.cache.get(kind, namespace, name)
+            except Unsynced:
+                pass
+        found = self.kube.get(kind, namespace, name)
+        if self.cache is not None:
+            if found is None:
+                self.cache.gone(kind, namespace, name)
+            else:
+                self.cache.seen(kind, found)
+        return found
+
+    def _list(self, kind: Kind, namespace: str, labels: Mapping[str, str], fresh: bool = False) -> list[dict[str, Any]]:
+        if self.cache is not None and not fresh:
+            try:
+                return self.cache.list(kind, namespace, labels)
+            except Unsynced:
+                pass
+        found = self.kube.list(kind, namespace, labels)
+        if self.cache is not None and self.cache.serves(kind):
+            names = {(o.get("metadata") or {}).get("name") for o in found}
+            for held in self.cache.list(kind, namespace, labels):  # a deletion the watch missed (kopf relists without telling)
+                if (held.get("metadata") or {}).get("name") not in names:
+                    self.cache.gone(kind, namespace, str(held["metadata"]["name"]))
+            for obj in found:
+                self.cache.seen(kind, obj)
+        return found
+
+    def _seen(self, kind: Kind, written: dict[str, Any] | None) -> None:
+        """What a write returned, into the cache: the next read (from the cache) is never behind our own write."""
+        if self.cache is not None and written:
+            self.cache.seen(kind, written)
+
+    def _inference_services(self, ref: RolloutRef, fresh: bool = False) -> dict[int, tuple[InferenceServiceState, dict[str, Any]]]:
         """The Rollout's InferenceServices by revision: their state, and the object as found."""
         out: dict[int, tuple[InferenceServiceState, dict[str, Any]]] = {}
-        for item in self.kube.list(INFERENCE_SERVICE, ref.namespace, {naming.LABEL_ROLLOUT: ref.name}):
+        for item in self._list(INFERENCE_SERVICE, ref.namespace, {naming.LABEL_ROLLOUT: ref.name}, fresh):
             state = observe_isvc(item)
             if state is not None:
                 out[state.revision] = (state, item)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -122,6 +123,16 @@ def cached_world() -> tuple[Cluster, WatchCache, Watch]:
     return c, cache, watch
 
 
+def promote(c: Cluster, deliver: Callable[[], None], tick: Callable[[], object] | None = None) -> None:
+    """Reconcile (then let the watch deliver) until revision 1 is Promoted."""
+    for _ in range(40):
+        (tick or c.reconcile)()
+        deliver()
+        if c.phase()[0] == "Promoted":
+            return
+    raise AssertionError(f"not Promoted in 40 reconciles: {c.status().get('message')}")
+
+
 def replace_cache(ctl: Controller, cache: WatchCache) -> Controller:
     return Controller(ctl.kube, traffic_for=ctl.traffic_for, analysis=ctl.analysis, clock=ctl.clock, crash=ctl.crash, cache=cache)
 
@@ -130,11 +141,7 @@ def test_a_steady_rollout_is_reconciled_without_reading_the_api_server() -> None
     """The old controller read the Rollout, its FoundationModel, its TaskAdapters and its InferenceServices from the API
     server at every reconcile of every Rollout (500 Rollouts: 197.8 requests/s)."""
     c, _, watch = cached_world()
-    for _ in range(40):
-        c.reconcile()
-        watch.deliver()
-        if c.phase()[0] == "Promoted":
-            break
+    promote(c, watch.deliver)
     assert c.phase()[0] == "Promoted"
     kube = c.kube
     assert isinstance(kube, CountingKube)
@@ -149,11 +156,7 @@ def test_our_own_write_is_read_back_without_waiting_for_the_watch() -> None:
     """The watch never delivers a Rollout here: every status write the controller made must still be what it reads next,
     or each reconcile would conflict (and read the API server) or, worse, decide from its own old status."""
     c, cache, watch = cached_world()
-    for _ in range(40):
-        c.reconcile()
-        watch.deliver((FOUNDATION_MODEL, TASK_ADAPTER, INFERENCE_SERVICE))
-        if c.phase()[0] == "Promoted":
-            break
+    promote(c, lambda: watch.deliver((FOUNDATION_MODEL, TASK_ADAPTER, INFERENCE_SERVICE)))
     assert c.phase()[0] == "Promoted"
     kube = c.kube
     assert isinstance(kube, CountingKube)
@@ -165,11 +168,7 @@ def test_a_cache_behind_the_api_server_costs_one_conflict_then_a_fresh_read() ->
     """Someone else wrote the Rollout's status; the watch has not delivered it yet. The stale resourceVersion makes the
     status write a 409, and the retry reads the API server: nothing is decided twice from the stale copy."""
     c, cache, watch = cached_world()
-    for _ in range(40):
-        c.reconcile()
-        watch.deliver()
-        if c.phase()[0] == "Promoted":
-            break
+    promote(c, watch.deliver)
     c.edit_spec(model=V2)  # the user's edit: the watch delivers it
     watch.deliver()
     c.kube.objects[("rollouts", NS, NAME)]["metadata"]["resourceVersion"] = "999999"  # another writer; no event yet
@@ -186,11 +185,7 @@ def test_a_fresh_read_heals_an_inference_service_deletion_the_watch_missed() -> 
     """kopf relists after a broken watch without a DELETED event for what vanished meanwhile. The cache then holds an
     InferenceService that is gone; the daemon's fresh read at each idle wake drops it, and the controller recreates it."""
     c, cache, watch = cached_world()
-    for _ in range(40):
-        c.reconcile()
-        watch.deliver()
-        if c.phase()[0] == "Promoted":
-            break
+    promote(c, watch.deliver)
     isvc = next(k for k in c.kube.objects if k[0] == INFERENCE_SERVICE.plural)
     del c.kube.objects[isvc]  # deleted while the watch was down: never delivered
     c.reconcile()
@@ -227,10 +222,7 @@ def test_a_lagging_watch_never_undoes_a_rollback(lag: int) -> None:
         if ticks % lag == 0:
             watch.deliver()
 
-    for _ in range(40):
-        tick()
-        if c.phase()[0] == "Promoted":
-            break
+    promote(c, lambda: None, tick)
     c.edit_spec(model=V2)
     watch.deliver()
     for _ in range(80):

@@ -1,9 +1,10 @@
-"""The one Kubernetes adapter of the operator (apart from kopf itself): get, list, apply, delete,
+"""The one Kubernetes adapter of the operator (apart from kopf itself): get, list, apply, create, delete,
 replace status, post an Event, read a pod's log tail; every failure mapped the one way `error_for` says.
 
     kube = Kube(api_client(), field_manager=naming.FIELD_MANAGER)
     fm = kube.get(kinds.FOUNDATION_MODEL, "team-a", "movielens")          # None: it does not exist
     kube.apply(kinds.WORKFLOW, workflow)                                   # server-side apply, forced
+    kube.create(kind, route)                                               # only if absent; AlreadyExists otherwise
     kube.replace_status(kinds.ROLLOUT, body, status)                      # Conflict: body is stale
 
 A failure is a `KubeError` whose message names the call, the object and the fix, and whose `retry`
@@ -28,6 +29,7 @@ from fmop.kinds import EVENT, POD, Kind
 Obj = dict[str, Any]
 Objs = list[Obj]
 APPLY_PATCH = "application/apply-patch+yaml"
+MERGE_PATCH = "application/merge-patch+json"
 
 
 class KubeError(RuntimeError):
@@ -49,6 +51,10 @@ class NotInstalled(KubeError):
 
 class Conflict(KubeError):
     """HTTP 409: the object changed since it was read (a stale resourceVersion); read it again."""
+
+
+class AlreadyExists(Conflict):
+    """HTTP 409 to a create: an object of that name exists (it may have been created since it was read)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,8 @@ def error_for(call: Call, err: Exception) -> KubeError:
     if status == 404:
         return NotInstalled(f"{call.what}: the API server does not serve {call.kind.plural}.{call.kind.api_version}: "
                             f"{call.kind.install or 'install the API that serves it'}", retry=False, status=status)
+    if status == 409 and _reason(err) == "AlreadyExists":
+        return AlreadyExists(f"{call.what}: already exists (HTTP 409): {message}", retry=True, status=status)
     if status == 409:
         return Conflict(f"{call.what}: conflict (HTTP 409): {message}", retry=True, status=status)
     # Server-side apply checks field types against the schema before validation proper, and answers a
@@ -97,6 +105,15 @@ def server_message(err: ApiException) -> str:
         return str(status.get("message", body))
     except (ValueError, AttributeError):
         return str(body or err.reason)
+
+
+def _reason(err: ApiException) -> str:
+    """The Status object's machine-readable `reason` ("AlreadyExists", "Conflict"), "" when there is none."""
+    try:
+        status: Any = json.loads(err.body or "")
+        return str(status.get("reason") or "")
+    except (ValueError, AttributeError, TypeError):
+        return ""
 
 
 def _names_what_is_missing(err: ApiException, name: str) -> bool:
@@ -168,6 +185,44 @@ class Kube:
                          kind.group, kind.version, ns, kind.plural, name, obj,
                          field_manager=field_manager or self.field_manager, force=True, _content_type=APPLY_PATCH)
         return dict(got or {})
+
+    def create(self, kind: Kind, obj: Obj, field_manager: str | None = None) -> Obj:
+        """Create `obj` only if no object of its name exists: `AlreadyExists` (nothing written) when one does.
+
+        Server-side apply cannot say "create, never update", so this is a POST. The API server records a create
+        as an Update of the field manager, whose fields a later apply by the same manager would share and so never
+        remove; they are handed to the manager's Apply entry (`_as_applied`), and from then on the object is the
+        manager's exactly as if an apply had created it."""
+        manager = field_manager or self.field_manager
+        ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        created = self._call(Call(f"create {kind.kind} {ns}/{name}", kind, "create", name), self._custom.create_namespaced_custom_object,
+                             kind.group, kind.version, ns, kind.plural, obj, field_manager=manager)
+        return self._as_applied(kind, ns, name, dict(created or {}), manager)
+
+    def _as_applied(self, kind: Kind, ns: str, name: str, obj: Obj, manager: str, attempts: int = 3) -> Obj:
+        """Turn `manager`'s Update entry in managedFields into its Apply entry, against the resourceVersion read
+        (another writer in between, a controller writing status say: read again and retry; `Conflict` after
+        `attempts`). Nothing to do when there is no such entry or the manager has an Apply entry already."""
+        call = Call(f"hand the fields of {kind.kind} {ns}/{name} that {manager} created to its server-side apply", kind, "patch", name)
+        for attempt in range(attempts):
+            meta = obj.get("metadata") or {}
+            entries = [m for m in meta.get("managedFields") or [] if isinstance(m, dict)]
+            ours = [m for m in entries if m.get("manager") == manager and not m.get("subresource")]
+            if [m.get("operation") for m in ours] != ["Update"]:
+                return obj
+            fields = [{**m, "operation": "Apply"} if m is ours[0] else m for m in entries]
+            try:
+                got = self._call(call, self._custom.patch_namespaced_custom_object, kind.group, kind.version, ns, kind.plural, name,
+                                 {"metadata": {"resourceVersion": meta.get("resourceVersion"), "managedFields": fields}},
+                                 field_manager=manager, _content_type=MERGE_PATCH)
+            except Conflict:
+                again = self.get(kind, ns, name)
+                if again is None or attempt == attempts - 1:
+                    raise
+                obj = again
+                continue
+            return dict(got or {})
+        return obj
 
     def delete(self, kind: Kind, namespace: str, name: str) -> bool:
         """Delete (dependents in the background); False when it was gone already."""

@@ -300,3 +300,56 @@ def test_an_adoption_is_written_against_the_object_as_read(api: Any, rollout: Ro
     assert err.value.retry
     monkeypatch.undo()
     assert found_now(api, "gatewayAPI", rollout) == now
+
+
+@pytest.mark.parametrize("provider", ["gatewayAPI", "istio"])
+def test_an_object_created_between_the_read_and_the_write_is_not_taken_over(api: Any, rollout: RolloutRef, provider: str,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 26: another team creates the object in the instant between the operator's read (nothing there) and its
+    write. The write was a forced apply, which took their object over (its fields, the Rollout's ownerReference, so
+    the garbage collector deleted it with the Rollout); it is a create now, which fails, and the object is refused."""
+    from fmop.kube import Kube
+
+    read, theirs = Kube.get, dict[str, Any]()
+
+    def get_then_another_team_creates_it(self: Kube, kind: Any, namespace: str, name: str) -> dict[str, Any] | None:
+        found = read(self, kind, namespace, name)
+        if found is None and not theirs:
+            theirs.update(create_as(api, team_b_object(provider, rollout), "team-b-kubectl"))
+        return found
+
+    monkeypatch.setattr(Kube, "get", get_then_another_team_creates_it)
+    with pytest.raises(traffic.ForeignObject, match=f"{rollout.namespace}/reco is not Rollout reco's to manage: "
+                                                    r"it was not created by this operator \(written by team-b-kubectl\)"):
+        write(api, rollout, provider, SetTraffic(1, 2, 25, 0))
+    monkeypatch.undo()
+    assert theirs, "the other team's object was created in between"
+    now = found_now(api, provider, rollout)
+    assert now == theirs  # not one field written: the resourceVersion is the same
+    assert "ownerReferences" not in now["metadata"]
+    assert [(m["manager"], m["operation"]) for m in now["metadata"]["managedFields"]] == [("team-b-kubectl", "Update")]
+    delete_rollout_and_wait_for_the_garbage_collector(api, rollout)
+    assert found_now(api, provider, rollout) == theirs
+
+
+def test_a_created_object_is_the_providers_as_if_applied(api: Any, rollout: RolloutRef) -> None:
+    """The create records an Update; its fields are handed to the provider's server-side apply, so a later apply by the
+    same field manager changes them without a conflict and removes what it leaves out (here: the hostnames)."""
+    p = PROVIDERS["gatewayAPI"]
+    with_hosts = TrafficRouting.model_validate(ROUTINGS["gatewayAPI"])
+    without = TrafficRouting.model_validate({**ROUTINGS["gatewayAPI"], "gatewayAPI": {"parentRefs": [{"name": "gw", "sectionName": "http"}]}})
+    refs = p.objects(rollout, with_hosts)
+    traffic.apply(api, p, refs, p.render(rollout, with_hosts, SetTraffic(1, None, 0, 0)))
+    (created,) = traffic.read(api, p, rollout.namespace, refs)
+    assert created is not None and created["spec"]["hostnames"] == ["reco.example.com"]
+    assert [(m["manager"], m["operation"]) for m in created["metadata"]["managedFields"]] == [(p.field_manager, "Apply")]
+    assert [(o["uid"], o["controller"]) for o in created["metadata"]["ownerReferences"]] == [(rollout.uid, True)]
+    rendered = p.render(rollout, without, SetTraffic(1, 2, 25, 0))
+    ref = refs[0]
+    unforced: dict[str, Any] = client.CustomObjectsApi(api).patch_namespaced_custom_object(  # a conflict: HTTP 409
+        ref.group, ref.version, rollout.namespace, ref.plural, ref.name, rendered[0], field_manager=p.field_manager, force=False,
+        _content_type="application/apply-patch+yaml")
+    assert "hostnames" not in unforced["spec"]
+    (found,) = write(api, rollout, "gatewayAPI", SetTraffic(1, 2, 50, 0))
+    assert found is not None and p.observe([found]) == ObservedTraffic(50, 0, 2)
+    assert [(m["manager"], m["operation"]) for m in found["metadata"]["managedFields"]] == [(p.field_manager, "Apply")]

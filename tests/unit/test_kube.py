@@ -17,7 +17,7 @@ from kubernetes.client.exceptions import ApiException
 
 from fmop import kinds
 from fmop.kinds import EVENT, POD, ROLLOUT, WORKFLOW
-from fmop.kube import Call, Conflict, Kube, KubeError, NotFound, NotInstalled, error_for
+from fmop.kube import AlreadyExists, Call, Conflict, Kube, KubeError, NotFound, NotInstalled, error_for
 from fmop.rollout.providers import PROVIDERS
 from fmop.rollout.providers import kube as traffic
 from fmop.rollout.providers.base import ObjectRef
@@ -41,6 +41,7 @@ GET = Call(f"get Workflow {NS}/train-v1", WORKFLOW, "get", "train-v1")
 LIST = Call(f"list Workflow in {NS} (fmops.dev/owner=m)", WORKFLOW, "list")
 APPLY = Call(f"apply Workflow {NS}/train-v1", WORKFLOW, "create and patch", "train-v1")
 DELETE = Call(f"delete Workflow {NS}/train-v1", WORKFLOW, "delete", "train-v1")
+CREATE = Call(f"create Workflow {NS}/train-v1", WORKFLOW, "create", "train-v1")
 STATUS = Call(f"update status of Rollout {NS}/reco", ROLLOUT, "update", "reco", "status")
 LOG = Call(f"read log of Pod {NS}/train-v1-123", POD, "get", "train-v1-123", "log")
 EVENTS = Call(f"create Event Started about Rollout {NS}/reco", EVENT, "create")
@@ -91,6 +92,9 @@ MAPPING = [
     pytest.param(LIST, MISSING, NotInstalled, False, INSTALL_ARGO, id="404-on-a-list-is-the-kind"),
     pytest.param(STATUS, status(409, 'Operation cannot be fulfilled on rollouts.fmops.dev "reco": the object has been modified', "Conflict",
                                 "reco", "rollouts"), Conflict, True, "conflict (HTTP 409): Operation cannot be fulfilled", id="409-conflict"),
+    pytest.param(CREATE, status(409, 'workflows.argoproj.io "train-v1" already exists', "AlreadyExists", "train-v1", "workflows"),
+                 AlreadyExists, True, f'create Workflow {NS}/train-v1: already exists (HTTP 409): workflows.argoproj.io "train-v1" already exists',
+                 id="409-already-exists-on-create"),
     pytest.param(APPLY, status(422, 'Workflow.argoproj.io "train-v1" is invalid: spec.workflowTemplateRef.nmae: field not declared in schema',
                                "Invalid"), KubeError, False,
                  f"apply Workflow {NS}/train-v1: rejected by the schema: Workflow.argoproj.io \"train-v1\" is invalid: spec.workflowTemplateRef.nmae",
@@ -175,6 +179,67 @@ def test_apply_is_a_forced_server_side_apply_under_a_field_manager(monkeypatch: 
     assert args == ("argoproj.io", "v1alpha1", NS, "workflows", "train-v1", wf)
     assert kw == {"field_manager": "fm-operator", "force": True, "_content_type": "application/apply-patch+yaml"}
     assert kw2["field_manager"] == "fm-operator-traffic"
+
+
+def _created(rv: str, *entries: tuple[str, str, str]) -> dict[str, Any]:
+    """A Workflow as the API server answers a create: managedFields (manager, operation, subresource)."""
+    fields = [{"manager": m, "operation": op, "apiVersion": "argoproj.io/v1alpha1", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}},
+               **({"subresource": sub} if sub else {})} for m, op, sub in entries]
+    return {"apiVersion": WORKFLOW.api_version, "kind": "Workflow", "spec": {},
+            "metadata": {"name": "train-v1", "namespace": NS, "resourceVersion": rv, "managedFields": fields}}
+
+
+def test_create_fails_when_the_name_is_taken_and_writes_nothing(monkeypatch: pytest.MonkeyPatch, kube: Kube) -> None:
+    wf = {"apiVersion": WORKFLOW.api_version, "kind": "Workflow", "metadata": {"name": "train-v1", "namespace": NS}, "spec": {}}
+    fn = fake(monkeypatch, kube, "create_namespaced_custom_object",
+              status(409, 'workflows.argoproj.io "train-v1" already exists', "AlreadyExists", "train-v1", "workflows"))
+    patch = fake(monkeypatch, kube, "patch_namespaced_custom_object", {})
+    with pytest.raises(AlreadyExists, match=f"create Workflow {NS}/train-v1: already exists") as err:
+        kube.create(WORKFLOW, wf, field_manager="fm-operator-traffic")
+    assert err.value.status == 409 and isinstance(err.value, Conflict)
+    assert fn.calls == [(("argoproj.io", "v1alpha1", NS, "workflows", wf), {"field_manager": "fm-operator-traffic"})]
+    assert patch.calls == [], "nothing but the create: no apply, which would take the existing object over"
+
+
+def test_create_hands_the_fields_it_wrote_to_server_side_apply(monkeypatch: pytest.MonkeyPatch, kube: Kube) -> None:
+    """The API server records a create as an Update: the manager's entry becomes its Apply entry, against the
+    resourceVersion created (another writer in between: read again), so later applies can drop those fields."""
+    wf = {"apiVersion": WORKFLOW.api_version, "kind": "Workflow", "metadata": {"name": "train-v1", "namespace": NS}, "spec": {}}
+    fake(monkeypatch, kube, "create_namespaced_custom_object", _created("5", ("fm-operator", "Update", "")))
+    stale = status(409, 'Operation cannot be fulfilled on workflows.argoproj.io "train-v1": the object has been modified', "Conflict",
+                   "train-v1", "workflows")
+    done = _created("7", ("fm-operator", "Apply", ""), ("argo-controller", "Update", "status"))
+    patch = fake(monkeypatch, kube, "patch_namespaced_custom_object", stale, done)
+    fake(monkeypatch, kube, "get_namespaced_custom_object", _created("6", ("fm-operator", "Update", ""), ("argo-controller", "Update", "status")))
+    assert kube.create(WORKFLOW, wf) == done
+    (args1, kw1), (args2, kw2) = patch.calls
+    assert args1[:5] == args2[:5] == ("argoproj.io", "v1alpha1", NS, "workflows", "train-v1")
+    assert kw1 == kw2 == {"field_manager": "fm-operator", "_content_type": "application/merge-patch+json"}
+    applied = _created("5", ("fm-operator", "Apply", ""))["metadata"]["managedFields"]
+    assert args1[5] == {"metadata": {"resourceVersion": "5", "managedFields": applied}}
+    assert args2[5]["metadata"] == {"resourceVersion": "6", "managedFields": _created(
+        "6", ("fm-operator", "Apply", ""), ("argo-controller", "Update", "status"))["metadata"]["managedFields"]}, "the other writer's entry is kept"
+
+
+@pytest.mark.parametrize("entries", [(), (("fm-operator", "Apply", ""),), (("fm-operator", "Update", ""), ("fm-operator", "Apply", "")),
+                                     (("someone", "Update", ""),)], ids=["none", "applied-already", "both", "another-manager"])
+def test_create_leaves_managed_fields_alone_when_there_is_nothing_to_hand_over(monkeypatch: pytest.MonkeyPatch, kube: Kube,
+                                                                                entries: tuple[tuple[str, str, str], ...]) -> None:
+    wf = {"apiVersion": WORKFLOW.api_version, "kind": "Workflow", "metadata": {"name": "train-v1", "namespace": NS}, "spec": {}}
+    fake(monkeypatch, kube, "create_namespaced_custom_object", _created("5", *entries))
+    patch = fake(monkeypatch, kube, "patch_namespaced_custom_object", {})
+    assert kube.create(WORKFLOW, wf) == _created("5", *entries)
+    assert patch.calls == []
+
+
+def test_create_gives_up_handing_over_after_three_conflicts(monkeypatch: pytest.MonkeyPatch, kube: Kube) -> None:
+    wf = {"apiVersion": WORKFLOW.api_version, "kind": "Workflow", "metadata": {"name": "train-v1", "namespace": NS}, "spec": {}}
+    fake(monkeypatch, kube, "create_namespaced_custom_object", _created("5", ("fm-operator", "Update", "")))
+    fake(monkeypatch, kube, "get_namespaced_custom_object", _created("6", ("fm-operator", "Update", "")))
+    patch = fake(monkeypatch, kube, "patch_namespaced_custom_object", status(409, "the object has been modified", "Conflict", "train-v1"))
+    with pytest.raises(Conflict, match="fields of Workflow team-a/train-v1 that fm-operator created") as err:
+        kube.create(WORKFLOW, wf)
+    assert type(err.value) is Conflict and err.value.retry and len(patch.calls) == 3
 
 
 def test_delete_says_whether_there_was_anything_to_delete(monkeypatch: pytest.MonkeyPatch, kube: Kube) -> None:

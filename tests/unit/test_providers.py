@@ -5,6 +5,7 @@ The same objects are applied to the real CRDs in tests/integration/test_provider
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any, get_args
 
@@ -268,27 +269,46 @@ def test_every_provider_names_the_rollout_its_objects_are_for() -> None:
 
 
 class FakeApi:
-    """The kubernetes CustomObjectsApi calls providers.kube makes, on one object per (plural, name) or none; writes recorded."""
+    """The kubernetes CustomObjectsApi calls providers.kube makes, on one object per (plural, name) or none; writes recorded
+    (and kept: a create or an apply leaves the object written). `between` runs after each read, as another writer would."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, objects: dict[tuple[str, str], dict[str, Any]]) -> None:
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
-        self.objects, self.patches = objects, []
+        self.objects = objects
+        self.patches: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+        self.creates: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+        self.between: Any = lambda: None
 
         def get(_: Any, group: str, version: str, namespace: str, plural: str, name: str, **__: Any) -> dict[str, Any]:
-            if (plural, name) not in self.objects:
-                body = {"kind": "Status", "message": f'{plural}.{group} "{name}" not found', "reason": "NotFound",
-                        "details": {"name": name, "kind": plural}, "code": 404}
-                raise ApiException(status=404, reason="Not Found", body=json.dumps(body))
-            return self.objects[(plural, name)]
+            try:
+                if (plural, name) not in self.objects:
+                    body = {"kind": "Status", "message": f'{plural}.{group} "{name}" not found', "reason": "NotFound",
+                            "details": {"name": name, "kind": plural}, "code": 404}
+                    raise ApiException(status=404, reason="Not Found", body=json.dumps(body))
+                return copy.deepcopy(self.objects[(plural, name)])
+            finally:
+                self.between()
 
         def patch(_: Any, group: str, version: str, namespace: str, plural: str, name: str, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
             self.patches.append((name, body, kw))
+            self.objects[(plural, name)] = copy.deepcopy(body)
+            return body
+
+        def create(_: Any, group: str, version: str, namespace: str, plural: str, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
+            name = body["metadata"]["name"]
+            if (plural, name) in self.objects:
+                status = {"kind": "Status", "message": f'{plural}.{group} "{name}" already exists', "reason": "AlreadyExists",
+                          "details": {"name": name, "kind": plural}, "code": 409}
+                raise ApiException(status=409, reason="Conflict", body=json.dumps(status))
+            self.creates.append((name, body, kw))
+            self.objects[(plural, name)] = copy.deepcopy(body)
             return body
 
         monkeypatch.setattr(client.CustomObjectsApi, "get_namespaced_custom_object", get)
         monkeypatch.setattr(client.CustomObjectsApi, "patch_namespaced_custom_object", patch)
+        monkeypatch.setattr(client.CustomObjectsApi, "create_namespaced_custom_object", create)
         monkeypatch.setattr(client.CustomObjectsApi, "delete_namespaced_custom_object", lambda *a, **kw: pytest.fail("nothing is deleted"))
 
 
@@ -361,6 +381,34 @@ def test_the_rollouts_own_objects_are_written_without_a_precondition(monkeypatch
     assert _read(provider) == list(ours.values())
     _write(provider)
     assert [n for n, _, _ in api.patches] == [n for _, n in ours] and all("resourceVersion" not in b["metadata"] for _, b, _ in api.patches)
-    api.objects.clear()  # not there yet: created
+    assert all(kw["force"] is True for _, _, kw in api.patches) and api.creates == []
+    api.objects.clear()  # not there yet: created, with a create that fails if the name is taken (never an apply)
     _write(provider)
-    assert len(api.patches) == 2 * len(ours)
+    assert len(api.patches) == len(ours) and [n for n, _, _ in api.creates] == [n for _, n in ours]
+    assert all(kw == {"field_manager": p.field_manager} for _, _, kw in api.creates)
+    _write(provider, SetTraffic(1, 2, 25, 0))  # from then on: applied
+    assert len(api.patches) == 2 * len(ours) and len(api.creates) == len(ours)
+
+
+@pytest.mark.parametrize("provider", ["gatewayAPI", "istio", "traefik"])
+def test_an_object_created_by_another_writer_between_the_read_and_the_write_is_not_taken_over(
+        monkeypatch: pytest.MonkeyPatch, provider: str) -> None:
+    """Issue 26: the read found nothing, then another team created the object before the operator wrote it. The
+    write was a forced apply, which took their object over (their fields, the Rollout's ownerReference); it is a
+    create now, which fails, and the object is read again and refused like any other that is not the Rollout's."""
+    theirs = _foreign(provider)
+    ((key, foreign),) = theirs.items()
+    api = FakeApi(monkeypatch, {})
+
+    def another_writer_creates_it() -> None:
+        if key not in api.objects:
+            api.objects.update(copy.deepcopy(theirs))
+
+    api.between = another_writer_creates_it
+    with pytest.raises(traffic.ForeignObject, match=f"{foreign['kind']} team-a/{key[1]} is not Rollout reco's to manage: "
+                                                    "it was not created by this operator") as err:
+        _write(provider)
+    assert not err.value.retry
+    assert api.objects[key] == foreign, "their object as they created it: no ownerReference, no field of the Rollout's"
+    assert "ownerReferences" not in api.objects[key]["metadata"]
+    assert api.patches == [] and api.creates == []

@@ -3,7 +3,7 @@
     provider = provider_for(spec.trafficRouting)
     refs = provider.objects(rollout, spec.trafficRouting)                      # pure
     objs = provider.render(rollout, spec.trafficRouting, set_traffic)          # pure
-    kube.apply(api, provider, refs, objs)                                      # server-side apply (fmop.kube)
+    kube.apply(api, provider, refs, objs)                                      # create if absent, else server-side apply (fmop.kube)
     found = kube.read(api, provider, rollout.namespace, refs)
     observations.traffic = provider.observe(found)                             # pure
 """

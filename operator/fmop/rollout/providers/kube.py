@@ -1,15 +1,17 @@
-"""The traffic providers' I/O: server-side apply what a provider rendered, read back what it names.
+"""The traffic providers' I/O: write what a provider rendered, read back what it names.
 
 Through the one adapter (fmop.kube), whose error mapping names the object and the cause: a kind the
 API server does not know says which CRDs to install (the provider's install hint), an object the
 schema rejects carries the server's message (which names the field).
 
 Neither reads nor writes an object that is not its Rollout's (base.holder): both raise ForeignObject,
-naming the object, who holds it and the fix, before anything is written. The first write to an
-object handed over with the adopt annotation carries the resourceVersion read, so an annotation
-taken away in between makes it a conflict, not a takeover. (Creating an object is one apply: another
-writer that creates the same name in the instant between the read and the apply loses it to the
-Rollout.)
+naming the object, who holds it and the fix, before anything is written. An object that does not exist
+is created with a create that fails when the name is taken, never with an apply (which creates or
+updates): another writer that creates the same name in the instant between the read and the write keeps
+its object, which is then read and judged like any other (ForeignObject unless it is the Rollout's). The
+first write to an object handed over with the adopt annotation carries the resourceVersion read, so an
+annotation taken away in between makes it a conflict, not a takeover. Every later write is a forced
+server-side apply under the provider's field manager, which owns every field it wrote, the created ones too.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import copy
 
 from kubernetes import client
 
-from fmop.kube import Kube, KubeError
+from fmop.kube import AlreadyExists, Kube, KubeError
 from fmop.rollout.providers.base import Obj, ObjectRef, TrafficProvider, holder, refusal
 
 
@@ -58,33 +60,48 @@ def _adopting(ref: ObjectRef, found: Obj) -> bool:
 
 
 def apply(api: client.ApiClient, provider: TrafficProvider, refs: list[ObjectRef], objects: list[Obj]) -> None:
-    """Server-side apply each object (field manager provider.field_manager, force); stops at the first failure.
+    """Write each object (field manager provider.field_manager); stops at the first failure.
 
     `refs` are provider.objects(...), `objects` provider.render(...) for the same Rollout, in the same order.
-    Each object that exists is read first: ForeignObject when it is not the Rollout's (nothing written).
+    Each object is read first: ForeignObject when it is not the Rollout's (nothing written); created only if it
+    still does not exist when written; otherwise server-side applied, forced.
     """
     if [(r.api_version, r.kind, r.name) for r in refs] != [(o["apiVersion"], o["kind"], o["metadata"]["name"]) for o in objects]:
         raise ValueError(f"{provider.name}: render() and objects() disagree: {[str(r) for r in refs]}")
     kube = Kube(api, field_manager=provider.field_manager)
     for ref, obj in zip(refs, objects, strict=True):
-        namespace = obj["metadata"]["namespace"]
-        kind = ref.as_kind(provider.install_hint)
         try:
-            found = kube.get(kind, namespace, ref.name) if ref.owner is not None or not provider.creates else None
-            # Not creating: apply would create it, with only our few fields.
-            if not provider.creates and found is None:
-                raise TrafficError(f"apply {ref.kind} {namespace}/{ref.name}: not found ({provider.name} writes only some fields of it; "
-                                   "whatever creates it must run first)", retry=True, status=404)
-            if found is not None:
-                _refuse_foreign(provider, ref, namespace, found)
-                if _adopting(ref, found):  # the object as read, or a conflict
-                    obj = copy.deepcopy(obj)
-                    obj["metadata"]["resourceVersion"] = (found.get("metadata") or {}).get("resourceVersion")
-            kube.apply(kind, obj)
+            _write(kube, provider, ref, obj)
         except TrafficError:
             raise
         except KubeError as err:
             raise _traffic_error(err) from err
+
+
+def _write(kube: Kube, provider: TrafficProvider, ref: ObjectRef, obj: Obj) -> None:
+    namespace = obj["metadata"]["namespace"]
+    kind = ref.as_kind(provider.install_hint)
+    if ref.owner is None and provider.creates:  # no Rollout to hold it for: create or update, as it is
+        kube.apply(kind, obj)
+        return
+    found = kube.get(kind, namespace, ref.name)
+    if found is None and not provider.creates:  # apply would create it, with only our few fields
+        raise TrafficError(f"apply {ref.kind} {namespace}/{ref.name}: not found ({provider.name} writes only some fields of it; "
+                           "whatever creates it must run first)", retry=True, status=404)
+    if found is None:
+        try:
+            kube.create(kind, obj)  # fails if someone created it since the read: their object is not taken over
+            return
+        except AlreadyExists:
+            found = kube.get(kind, namespace, ref.name)
+        if found is None:
+            raise TrafficError(f"create {ref.kind} {namespace}/{ref.name}: created and deleted again by another writer while "
+                               "the operator wrote it; trying again", retry=True, status=409)
+    _refuse_foreign(provider, ref, namespace, found)
+    if _adopting(ref, found):  # the object as read, or a conflict
+        obj = copy.deepcopy(obj)
+        obj["metadata"]["resourceVersion"] = (found.get("metadata") or {}).get("resourceVersion")
+    kube.apply(kind, obj)
 
 
 def read(api: client.ApiClient, provider: TrafficProvider, namespace: str, refs: list[ObjectRef]) -> list[Obj | None]:

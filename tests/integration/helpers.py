@@ -11,14 +11,18 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from kubernetes import client
 
-from fmdev.local.common import free_port
+from fmdev.local.common import binary, free_port
 
 GROUP, VERSION = "fmops.dev", "v1alpha1"
+CHART = Path(__file__).resolve().parents[2] / "charts" / "fm-operator"
+RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 T = TypeVar("T")
 
 
@@ -134,9 +138,67 @@ def _json_or_empty(data: bytes) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
+@dataclass(frozen=True)
+class ChartIdentity:
+    """The chart's ServiceAccount as the operator runs in namespaced mode: `kubeconfig` logs in with a token of it."""
+    kubeconfig: Path
+    release_namespace: str
+    lease_name: str  # the one Lease its Role lets it hold (the chart's fullname for release fmop)
+    rbac: list[dict[str, Any]]  # what the chart rendered and was applied
+
+    @property
+    def username(self) -> str:
+        return f"system:serviceaccount:{self.release_namespace}:{self.lease_name}"
+
+
+def token_kubeconfig(cluster: Any, sa_namespace: str, sa: str, path: Path, duration: str = "1h") -> Path:
+    """A kubeconfig for the cluster that logs in as ServiceAccount `sa` (a bound token, kubectl create token)."""
+    token = cluster.kubectl("create", "token", sa, "-n", sa_namespace, f"--duration={duration}").stdout.strip()
+    admin = yaml.safe_load(cluster.kubeconfig_path.read_text())
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": admin["clusters"],
+        "users": [{"name": sa, "user": {"token": token}}],
+        "contexts": [{"name": sa, "context": {"cluster": admin["clusters"][0]["name"], "user": sa}}],
+        "current-context": sa,
+    }))
+    return path
+
+
 @contextmanager
-def running_operator(kubeconfig: Path, log: Path, resync: float = 1.0) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(kubeconfig, log, resync).start()
+def chart_identity(cluster: Any, release_namespace: str, watched: list[str], workdir: Path,
+                   duration: str = "3h") -> Iterator[ChartIdentity]:
+    """The chart rendered for release `fmop` with watchNamespaces=`watched` (helm template), only its RBAC applied
+    (ServiceAccount, Roles and RoleBindings in the watched and the release namespace; nothing cluster-wide), and a
+    kubeconfig of its ServiceAccount: the least privilege a platform team installs the operator with. The release
+    namespace must exist; the watched ones too. Deletes what is cluster-wide afterwards (namespaced objects go with
+    their namespaces)."""
+    rendered = subprocess.run([binary("helm"), f"--kubeconfig={cluster.kubeconfig_path}", "template", "fmop", str(CHART),
+                               "--namespace", release_namespace, "--set", f"watchNamespaces={{{','.join(watched)}}}"],
+                              text=True, capture_output=True)
+    assert rendered.returncode == 0, rendered.stderr
+    rbac = [d for d in yaml.safe_load_all(rendered.stdout) if d and d["kind"] in RBAC_KINDS]
+    applied = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac), check=False)
+    assert applied.returncode == 0, applied.stderr
+    sa = next(d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount")
+    try:
+        yield ChartIdentity(token_kubeconfig(cluster, release_namespace, sa, workdir / f"{sa}.kubeconfig", duration),
+                            release_namespace, sa, rbac)
+    finally:
+        for d in rbac:
+            if d["kind"].startswith("Cluster"):
+                cluster.kubectl("delete", d["kind"].lower(), d["metadata"]["name"], "--ignore-not-found", check=False)
+
+
+def rbac_denials(log: str) -> list[str]:
+    """The lines of an operator log that report an RBAC denial: 'User "system:serviceaccount:..." cannot <verb>
+    resource ...', which the API server answers with 403 Forbidden."""
+    return [line for line in log.splitlines() if (" cannot " in line and "system:serviceaccount" in line) or "Forbidden" in line]
+
+
+@contextmanager
+def running_operator(kubeconfig: Path, log: Path, resync: float = 1.0, extra: list[str] | None = None) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(kubeconfig, log, resync, extra=extra).start()
     try:
         yield op
     finally:

@@ -16,10 +16,9 @@ from kubernetes import client
 from fmdev.local.common import binary
 from fmop.config import from_args
 from tests.conftest import REPO, load_example
-from tests.integration.helpers import OperatorProcess, wait_condition, wait_for
+from tests.integration.helpers import CHART, OperatorProcess, token_kubeconfig, wait_condition, wait_for
 from tests.integration.test_operator import apply
 
-CHART = REPO / "charts" / "fm-operator"
 ALL_FEATURES = ["--set", "metrics.serviceMonitor.enabled=true", "--set", "prometheusRule.enabled=true",
                 "--set", "watchNamespaces={team-a,team-b}", "--set", "verbose=true"]
 
@@ -114,25 +113,12 @@ def test_one_replica_without_leader_election(control_plane: Any) -> None:
     assert [r["resources"] for r in role["rules"]] == [["pods"]]  # the leader label is still how the Service finds it
 
 
-def _token_kubeconfig(cluster: Any, sa_namespace: str, sa: str, path: Path) -> Path:
-    token = cluster.kubectl("create", "token", sa, "-n", sa_namespace, "--duration=1h").stdout.strip()
-    admin = yaml.safe_load(cluster.kubeconfig_path.read_text())
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": admin["clusters"],
-        "users": [{"name": sa, "user": {"token": token}}],
-        "contexts": [{"name": sa, "context": {"cluster": admin["clusters"][0]["name"], "user": sa}}],
-        "current-context": sa,
-    }))
-    return path
-
-
 def test_operator_reconciles_with_the_charts_rbac(cluster: Any, api: Any, namespace: str, tmp_path: Path) -> None:
     release_ns = f"fmops-{uuid.uuid4().hex[:6]}"
     installed = helm(cluster, "install", "fmop", str(CHART), "--namespace", release_ns, "--create-namespace")
     assert installed.returncode == 0, installed.stderr
     try:
-        kubeconfig = _token_kubeconfig(cluster, release_ns, "fmop-fm-operator", tmp_path / "sa.kubeconfig")
+        kubeconfig = token_kubeconfig(cluster, release_ns, "fmop-fm-operator", tmp_path / "sa.kubeconfig")
         whoami = subprocess.run([binary("kubectl"), f"--kubeconfig={kubeconfig}", "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"],
                                 text=True, capture_output=True, check=True).stdout
         assert whoami == f"system:serviceaccount:{release_ns}:fmop-fm-operator"

@@ -20,10 +20,9 @@ from kubernetes import client, config
 
 from fmdev.local.common import free_port
 from tests.conftest import load_example
-from tests.integration.helpers import GROUP, VERSION, OperatorProcess, get, wait_condition, wait_for
-from tests.integration.test_helm import CHART, _token_kubeconfig, helm
-
-RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+from tests.integration.helpers import (CHART, GROUP, VERSION, OperatorProcess, chart_identity, get, rbac_denials, wait_condition,
+                                       wait_for)
+from tests.integration.test_helm import helm
 SA = "fmop-fm-operator"
 PLURALS = {"FoundationModel": "foundationmodels", "TaskAdapter": "taskadapters", "Rollout": "rollouts"}
 WRITTEN = [  # what the operator creates, reads and deletes in a namespace it serves: (group, resource)
@@ -72,20 +71,12 @@ def namespaced(control_plane: Any, admin: Any, tmp_path_factory: pytest.TempPath
     core = client.CoreV1Api(admin)
     for ns in names.values():
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
-    rendered = helm(control_plane, "template", "fmop", str(CHART), "--namespace", names["release"],
-                    "--set", f"watchNamespaces={{{names['watched']}}}")
-    assert rendered.returncode == 0, rendered.stderr
-    rbac = [d for d in yaml.safe_load_all(rendered.stdout) if d and d["kind"] in RBAC_KINDS]
-    cluster_wide = [d for d in rbac if d["kind"].startswith("Cluster")]
-    applied = control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac), check=False)
-    assert applied.returncode == 0, applied.stderr
     try:
-        kubeconfig = _token_kubeconfig(control_plane, names["release"], SA, tmp_path_factory.mktemp("sa") / "sa.kubeconfig")
-        yield {**names, "kubeconfig": kubeconfig, "sa": config.new_client_from_config(config_file=str(kubeconfig)),
-               "cluster_wide": cluster_wide}
+        with chart_identity(control_plane, names["release"], [names["watched"]], tmp_path_factory.mktemp("sa"), "1h") as who:
+            assert who.lease_name == SA
+            yield {**names, "kubeconfig": who.kubeconfig, "sa": config.new_client_from_config(config_file=str(who.kubeconfig)),
+                   "cluster_wide": [d for d in who.rbac if d["kind"].startswith("Cluster")]}
     finally:
-        for d in cluster_wide:
-            control_plane.kubectl("delete", d["kind"].lower(), d["metadata"]["name"], "--ignore-not-found", check=False)
         for ns in names.values():
             control_plane.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
@@ -205,8 +196,7 @@ def test_the_operator_serves_the_watched_namespace_as_that_identity(namespaced: 
         raise AssertionError(f"{err}\noperator log (as {SA}):\n{op.log()[-4000:]}") from None
     finally:
         op.stop()
-    # RBAC denials read 'User "system:serviceaccount:..." cannot <verb> resource ...', and come as 403 Forbidden.
-    denials = [line for line in op.log().splitlines() if (" cannot " in line and "system:serviceaccount" in line) or "Forbidden" in line]
+    denials = rbac_denials(op.log())
     assert not denials, "\n".join(denials[:5])
 
 

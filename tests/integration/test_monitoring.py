@@ -62,7 +62,10 @@ def test_error_rate_alert_reaches_the_webhook_with_the_token(tmp_path: Path, rec
     failure = Gauge("nv_inference_request_failure", "failed", labels, registry=registry)
     canary = ("team-a", "ro", "2", naming.isvc_name("ro", 2))
     stable = ("team-a", "ro", "1", naming.isvc_name("ro", 1))
-    for side in (canary, stable):
+    # A failing series without a namespace (a scrape that lost the label): it must raise no alert, since an
+    # alert without a namespace belongs to no tenant (the chart's rules select namespace!="").
+    unscoped = ("", "ro", "3", naming.isvc_name("ro", 3))
+    for side in (canary, stable, unscoped):
         success.labels(*side)
         failure.labels(*side)
     port = free_port()
@@ -78,6 +81,7 @@ def test_error_rate_alert_reaches_the_webhook_with_the_token(tmp_path: Path, rec
         wait_scraped(mon, 'sum(nv_inference_request_failure{rollout="ro"})', 0)  # at 0 first, so rate() sees the step below
         success.labels(*canary).inc(90)
         failure.labels(*canary).inc(10)  # 10% of the canary's requests fail
+        failure.labels(*unscoped).inc(50)
         success.labels(*stable).inc(100)  # the stable is healthy
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -95,6 +99,16 @@ def test_error_rate_alert_reaches_the_webhook_with_the_token(tmp_path: Path, rec
         (alert,) = firing  # the stable's error rate is 0: only the canary's revision fires
         assert {k: alert["labels"][k] for k in labels} == dict(zip(labels, canary, strict=True))
         assert "team-a/ro" in alert["annotations"]["summary"]
+        # Both would fire in the same evaluation: whatever else arrives in the next seconds has a namespace.
+        later = [body]
+        until = time.monotonic() + 5
+        while time.monotonic() < until:
+            try:
+                later.append(receiver.posts.get(timeout=until - time.monotonic())[2])
+            except queue.Empty:
+                break
+        unscoped_alerts = [a["labels"] for b in later for a in b["alerts"] if not a["labels"].get("namespace")]
+        assert unscoped_alerts == [], f"alerts without a namespace label: {unscoped_alerts}"
     finally:
         sup.stop_all()
         server.shutdown()

@@ -15,8 +15,8 @@ import pytest
 from kubernetes import client, config
 
 from tests.conftest import load_example
-from tests.integration.helpers import GROUP, VERSION, OperatorProcess, wait_for
-from tests.integration.test_helm import CHART, _token_kubeconfig, helm
+from tests.integration.helpers import CHART, GROUP, VERSION, OperatorProcess, token_kubeconfig, wait_for
+from tests.integration.test_helm import helm
 
 FINALIZER = f"{GROUP}/finalizer"
 PLURALS = {"FoundationModel": "foundationmodels", "TaskAdapter": "taskadapters", "Rollout": "rollouts"}
@@ -35,7 +35,7 @@ def chart_identity(control_plane: Any, tmp_path_factory: pytest.TempPathFactory)
     installed = helm(control_plane, "install", "fmop", str(CHART), "--namespace", release_ns, "--create-namespace")
     assert installed.returncode == 0, installed.stderr
     try:
-        yield _token_kubeconfig(control_plane, release_ns, "fmop-fm-operator", tmp_path_factory.mktemp("sa") / "sa.kubeconfig")
+        yield token_kubeconfig(control_plane, release_ns, "fmop-fm-operator", tmp_path_factory.mktemp("sa") / "sa.kubeconfig")
     finally:
         helm(control_plane, "uninstall", "fmop", "--namespace", release_ns)
         control_plane.kubectl("delete", "namespace", release_ns, "--wait=false", check=False)

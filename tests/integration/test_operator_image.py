@@ -12,8 +12,8 @@ from urllib.parse import urlparse
 
 from fmdev.local import images
 from tests.conftest import load_example
-from tests.integration.helpers import wait_condition, wait_for
-from tests.integration.test_helm import CHART, helm
+from tests.integration.helpers import CHART, wait_condition, wait_for
+from tests.integration.test_helm import helm
 from tests.integration.test_operator import apply
 
 

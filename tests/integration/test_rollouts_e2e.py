@@ -22,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from fmdev.local.monitoring import Monitoring
 from fmop.rollout import naming
 from fmop.rollout.verdicts import split_within_sigma
 
-from .helpers import OperatorProcess, wait_for
+from .helpers import OperatorProcess, chart_identity, rbac_denials, wait_for
 from .rollout_support import GROUP, VERSION, Load, events, publish_versions, reasons, rollout, train_tiny_fm
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
@@ -44,19 +45,24 @@ SERVING = {"minReplicas": 1, "maxReplicas": 1, "timeoutSeconds": 30,
            "resources": {"requests": {"cpu": "50m", "memory": "256Mi"}, "limits": {"memory": "3Gi"}}}
 FAST_ERRORS = {"name": "errors", "successCondition": "result < 0.05", "interval": "2s", "count": 3, "failureLimit": 0,
                "inconclusiveLimit": 5,
-               "query": 'sum(rate(nv_inference_request_failure{namespace="{{namespace}}",inferenceservice="{{canary}}"}[20s])) / '
-                        '(sum(rate(nv_inference_request_success{namespace="{{namespace}}",inferenceservice="{{canary}}"}[20s])) + '
-                        'sum(rate(nv_inference_request_failure{namespace="{{namespace}}",inferenceservice="{{canary}}"}[20s])))'}
+               "query": 'sum(rate(nv_inference_request_failure{namespace="{{namespace}}",inferenceservice="{{canary}}",model!~".+_outcome"}[20s])) / '
+                        '(sum(rate(nv_inference_request_success{namespace="{{namespace}}",inferenceservice="{{canary}}",model!~".+_outcome"}[20s])) + '
+                        'sum(rate(nv_inference_request_failure{namespace="{{namespace}}",inferenceservice="{{canary}}",model!~".+_outcome"}[20s])))'}
 
 
 @pytest.fixture(scope="module")
 def world(cluster: Any, api: client.ApiClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Namespace, model versions, Prometheus + Alertmanager pointed at the operator, the operator."""
     assert cluster.traefik_endpoints is not None, "the cluster fixture starts Traefik"
-    ns = "rollouts-e2e"
+    ns, release = "rollouts-e2e", "fmops-e2e"
     core = client.CoreV1Api(api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    for name in (ns, release):
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     work = tmp_path_factory.mktemp("e2e")
+    # Every scenario runs as the chart's ServiceAccount in namespaced mode (watchNamespaces: [rollouts-e2e]): what a
+    # platform team installs, with least privilege. An RBAC denial anywhere in the operator's log fails the module.
+    identity = ExitStack()
+    who = identity.enter_context(chart_identity(cluster, release, [ns], work))
     publish_versions(cluster, api, ns, train_tiny_fm(work / "fm"))
     webhook_port, metrics_port = free_port(), free_port()
     token = work / "webhook-token"
@@ -68,17 +74,22 @@ def world(cluster: Any, api: client.ApiClient, tmp_path_factory: pytest.TempPath
     mon.start(cluster.sup)
     assert mon.webhook_tls is not None, "an https:// webhook URL makes Monitoring issue the webhook's certificate"
     _WEBHOOK_TLS.append(ssl.create_default_context(cafile=str(mon.webhook_tls[2])))  # Alertmanager trusts the same CA
-    op = OperatorProcess(cluster.kubeconfig_path, work / "operator.log", resync=2.0, metrics_port=metrics_port,
+    op = OperatorProcess(who.kubeconfig, work / "operator.log", resync=2.0, metrics_port=metrics_port,
                          extra=[f"--webhook-port={webhook_port}", f"--webhook-token-file={token}", *mon.operator_tls_args(),
                                 f"--prometheus-url={mon.prometheus_url}", "--rollout-tick-seconds=0.5", f"--namespaces={ns}"])
     op.start()
     try:
-        yield {"ns": ns, "mon": mon, "op": op, "webhook": f"https://127.0.0.1:{webhook_port}/alertmanager", "token": token.read_text(),
-               "web": cluster.traefik_endpoints.web}
+        world = {"ns": ns, "mon": mon, "op": op, "webhook": f"https://127.0.0.1:{webhook_port}/alertmanager", "token": token.read_text(),
+                 "web": cluster.traefik_endpoints.web, "identity": who, "logs": [op.log_path]}
+        yield world
     finally:
         op.stop()
         mon.stop(cluster.sup)
-        core.delete_namespace(ns)
+        for name in (ns, release):
+            core.delete_namespace(name)
+        identity.close()
+    denials = [line for path in world["logs"] if path.exists() for line in rbac_denials(path.read_text())]
+    assert not denials, f"the operator, as {who.username}, was refused:\n" + "\n".join(denials[:5])
 
 
 def _spec(version: str, routing: dict[str, Any], steps: list[dict[str, Any]], shadow: dict[str, Any] | None = None,
@@ -669,10 +680,12 @@ def test_i_two_replicas_the_leader_killed_mid_step_and_during_an_alert(world: di
     replicas: list[OperatorProcess] = []
     for i in range(2):
         port = free_port()
+        world["logs"].append(tmp_path / f"replica-{i}.log")
         r = OperatorProcess(lone.kubeconfig, tmp_path / f"replica-{i}.log", resync=2.0, leader_election=True,
                             extra=[f"--webhook-port={port}", f"--webhook-token-file={lone.extra[1].split('=', 1)[1]}",
                                    *[e for e in lone.extra if e.startswith(("--prometheus-url", "--rollout-tick", "--namespaces", "--webhook-tls"))],
-                                   f"--lease-namespace={ns}", "--lease-name=e2e-replicas"],
+                                   f"--lease-namespace={world['identity'].release_namespace}",
+                                   f"--lease-name={world['identity'].lease_name}"],  # the one Lease the chart's Role grants
                             env={"POD_NAME": f"replica-{i}"})
         ports[id(r)] = port
         replicas.append(r.start())

@@ -18,7 +18,7 @@ from kubernetes import client
 from fmdev.local import argo, images, volumes
 from fmop.training.planner import plan
 from tests.conftest import load_example
-from tests.integration.helpers import GROUP, VERSION, get, running_operator, wait_for
+from tests.integration.helpers import GROUP, VERSION, chart_identity, get, rbac_denials, running_operator, wait_for
 
 
 
@@ -32,7 +32,12 @@ def test_operator_trains_a_tiny_foundation_model_through_argo(cluster: Any, api:
     fm["spec"]["resources"].update(cpu="1", memory="3Gi")
     fm["spec"]["export"] = {"formats": ["tritonPython"], "topK": 10}
     monkeypatch.setenv("FMOP_TRAINER_IMAGE", images.ref("fmrec"))
-    with running_operator(cluster.kubeconfig_path, tmp_path / "operator.log") as op:
+    # As the chart's ServiceAccount in namespaced mode (least privilege): it trains, fine-tunes and records versions
+    # with nothing but the Role in this namespace, and is refused nothing.
+    release = f"fmops-{namespace}"[:63]
+    cluster.kubectl("create", "namespace", release)
+    with (chart_identity(cluster, release, [namespace], tmp_path) as who,
+          running_operator(who.kubeconfig, tmp_path / "operator.log", extra=[f"--namespaces={namespace}"]) as op):
         client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, "foundationmodels", fm)
         training = wait_for(lambda: (get(api, "foundationmodels", namespace, "movielens").get("status") or {}).get("workflowName"),
                             60, "the training Workflow to be submitted")
@@ -91,6 +96,9 @@ def test_operator_trains_a_tiny_foundation_model_through_argo(cluster: Any, api:
         assert (adapter_repo / "config.pbtxt").is_file() and len(files) == 1, sorted(adapter_repo.rglob("*"))
         blob = torch.load(files[0], map_location="cpu", weights_only=True)  # the served file holds the adapter the spec names
         assert (blob["kind"], {k: blob["settings"].get(k) for k in want[1]}) == want, (name, blob["kind"], blob["settings"])
+    denials = rbac_denials(op.log())
+    assert not denials, f"the operator, as {who.username}, was refused:\n" + "\n".join(denials[:5])
+    cluster.kubectl("delete", "namespace", release, "--wait=false", check=False)
 
 def test_two_node_pretraining_joins_one_process_group_through_the_rendezvous_daemon(cluster: Any, namespace: str) -> None:
     """spec.resources.nodes 2 with one GPU each: the Workflow the operator renders runs a rendezvous

@@ -5,7 +5,7 @@ CACHE ?= $(or $(FMOP_CACHE),$(HOME)/.cache/fm-operator)
 KUBECONFIG_LOCAL := $(CACHE)/cluster/kubeconfig
 export PATH := $(CACHE)/bin:$(PATH)
 
-.PHONY: help setup lint test fuzz bench tune bench-report bench-rollouts bench-webhook bench-alert demo test-e2e test-chaos train-fm finetune cold export serve-bench consolidation-bench test-unit test-integration crds check-crds cluster-up cluster-down cluster-status run examples operator-image clean
+.PHONY: help setup lint test fuzz bench tune bench-report bench-rollouts bench-experiments bench-webhook bench-alert demo test-e2e test-chaos train-fm finetune cold export serve-bench consolidation-bench test-unit test-integration crds check-crds cluster-up cluster-down cluster-status run examples operator-image clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ examples: ## apply the examples to the local control plane and show them
 
 bench-rollouts: ## 500 Rollouts on the local control plane: operator CPU/RSS, reconcile p50/p99, API requests/s (~5 min)
 	$(PY) -m fmdev.bench.rollouts --rollouts 500 --steady 60
+
+bench-experiments: ## the A/B experiment statistics: A/A false positives vs a peeking z-test, power, exposures to decision, SRM (seeded simulations, ~10 s)
+	$(PY) -m fmdev.bench.experiments
 
 bench-webhook: ## Alertmanager webhook -> traffic patched, 20 trials on the local control plane (p50/p99; ~2 min)
 	$(PY) -m fmdev.bench.webhook --trials 20

@@ -41,8 +41,9 @@ class Exporter:
         self.items = Gauge("fmrec_recommended_items_total", "items", ["namespace", "inferenceservice", "task", "decile"], registry=self.registry)
         self.gauge = Gauge("test_value", "a value the test sets", ["namespace", "inferenceservice", "series"], registry=self.registry)
         for isvc in (CANARY, STABLE):
-            self.success.labels(NS, isvc, "fmrec")
-            self.failure.labels(NS, isvc, "fmrec")
+            for model in ("fmrec", "fmrec_outcome"):  # the recommend model and its outcome model, as exported
+                self.success.labels(NS, isvc, model)
+                self.failure.labels(NS, isvc, model)
             for d in range(1, 11):
                 self.items.labels(NS, isvc, "fm", str(d))
         self.port = free_port()
@@ -150,6 +151,9 @@ def test_builtin_checks_on_triton_shaped_series(prometheus: Monitoring, exporter
     exporter.failure.labels(NS, CANARY, "fmrec").inc(3)
     exporter.success.labels(NS, STABLE, "fmrec").inc(500)
     exporter.p99.labels(NS, CANARY, "fmrec", "0.99").set(1_500_000)  # 1.5 s
+    # Outcome reports are Triton requests of the outcome model: they must not dilute the error rate or set the p99.
+    exporter.success.labels(NS, CANARY, "fmrec_outcome").inc(9000)
+    exporter.p99.labels(NS, CANARY, "fmrec_outcome", "0.99").set(9_000_000)
     for d in range(10):
         exporter.items.labels(NS, CANARY, "fm", str(d + 1)).inc(canary_items[d] * 100)
         exporter.items.labels(NS, STABLE, "fm", str(d + 1)).inc(stable_items[d] * 100)
@@ -176,10 +180,11 @@ def test_builtin_error_rate_without_traffic_is_inconclusive(prometheus: Monitori
 
 def test_observed_split_from_backend_counters(prometheus: Monitoring, exporter: Exporter) -> None:
     current = exporter.registry.get_sample_value("nv_inference_request_success", {"namespace": NS, "inferenceservice": CANARY, "model": "fmrec"})
-    wait_scraped(prometheus, f'sum(nv_inference_request_success{{inferenceservice="{CANARY}"}})', current or 0.0)
+    wait_scraped(prometheus, f'sum(nv_inference_request_success{{inferenceservice="{CANARY}",model="fmrec"}})', current or 0.0)
     since = datetime.now(UTC)
     time.sleep(1.2)
     exporter.success.labels(NS, CANARY, "fmrec").inc(20)
+    exporter.success.labels(NS, CANARY, "fmrec_outcome").inc(300)  # outcome reports: not part of the split
     exporter.success.labels(NS, STABLE, "fmrec").inc(75)
     exporter.failure.labels(NS, STABLE, "fmrec").inc(5)
     wait_scraped(prometheus, f'sum(nv_inference_request_failure{{inferenceservice="{STABLE}"}})', 5)

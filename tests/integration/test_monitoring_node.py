@@ -55,7 +55,8 @@ def test_prometheus_discovers_and_scrapes_a_predictor_pod(cluster: Any, namespac
         return any(c["type"] == "Ready" and c["status"] == "True" for c in got.get("status", {}).get("conditions", []))
     wait_for(ready, 300, f"InferenceService {name} Ready", interval=2)
 
-    sel = f'{naming.PROM_NAMESPACE_LABEL}="{namespace}",{naming.PROM_ISVC_LABEL}="{name}"'
+    # The recommend model's series (its outcome model, fmrec_outcome, has Triton's request series too)
+    sel = f'{naming.PROM_NAMESPACE_LABEL}="{namespace}",{naming.PROM_ISVC_LABEL}="{name}",model="fmrec"'
     wait_scraped(monitoring, f"sum(nv_inference_request_success{{{sel}}})", 0, timeout=60)
     since = datetime.now(UTC) - timedelta(seconds=0.5)
     slices = json.loads(cluster.kubectl("get", "endpointslices", "-n", namespace, "-l",

@@ -1,15 +1,22 @@
-"""Export an FM version plus any number of its task adapters as one Triton model (python backend).
+"""Export an FM version plus any number of its task adapters as one Triton model (python backend),
+and beside it the model that counts what users did with its recommendations.
 
-    REPO/NAME/config.pbtxt     inputs/outputs (fmrec.serving.protocol), dynamic batching, top_k and int8
-    REPO/NAME/1/...            the version folder (fmrec.serving.artifact)
+    REPO/NAME/config.pbtxt              inputs/outputs (fmrec.serving.protocol), dynamic batching, top_k and int8
+    REPO/NAME/1/...                     the version folder (fmrec.serving.artifact)
+    REPO/NAME_outcome/config.pbtxt      the outcome model: OUTCOME, POSITION, TASK in, ACK out; the recommend
+                                        model's name, version, tasks and top_k as parameters
+    REPO/NAME_outcome/1/model.py        a copy of fmrec/serving/outcome_model.py (no weights)
 
 REPO is a model repository as Triton (`tritonserver --model-repository=REPO`) and KServe's Triton
-runtime (storageUri = REPO, mounted at /mnt/models) expect it. Everything a request may need is
-checked here, so a model whose fields cannot be served fails at export, naming the field.
+runtime (storageUri = REPO, mounted at /mnt/models) expect it; both load every model of the
+repository (a server started with --model-control-mode=explicit must --load-model both NAME and
+NAME_outcome). Everything a request may need is checked here, so a model whose fields cannot be
+served fails at export, naming the field.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +44,22 @@ instance_group [ {{ kind: KIND_CPU count: {instances} }} ]
 parameters: {{ key: "top_k" value: {{ string_value: "{k}" }} }}
 parameters: {{ key: "int8" value: {{ string_value: "{int8}" }} }}
 parameters: {{ key: "threads" value: {{ string_value: "{threads}" }} }}
+"""
+OUTCOME_CONFIG = """name: "{name}"
+backend: "python"
+max_batch_size: {max_batch}
+input [
+  {inputs}
+]
+output [
+  {outputs}
+]
+dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}
+instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+parameters: {{ key: "recommender" value: {{ string_value: "{model}" }} }}
+parameters: {{ key: "recommender_version" value: {{ string_value: "{version}" }} }}
+parameters: {{ key: "tasks" value: {{ string_value: "{tasks}" }} }}
+parameters: {{ key: "top_k" value: {{ string_value: "{k}" }} }}
 """
 FAULTS = ("fault_error_share", "fault_latency_ms")  # test-only: see fmrec.serving.triton_model.Faults
 KEEP_META = ("dataFingerprint", "featureFingerprint", "metrics", "topScoreDeciles")  # never paths
@@ -119,11 +142,29 @@ def export_triton(model_dir: Path, repo: Path, name: str = "fmrec", k: int = 100
     target = repo / name
     if int8:  # adapters were checked against the fp32 FM above; the version records the int8 FM they are served with
         fm = quantize_int8(fm)
-    artifact.write_version(target / "1", fm, vocab, loaded, {k: meta[k] for k in KEEP_META if k in meta}, buckets)
+    manifest = artifact.write_version(target / "1", fm, vocab, loaded, {k: meta[k] for k in KEEP_META if k in meta}, buckets)
     (target / "config.pbtxt").write_text(CONFIG.format(
         name=name, max_batch=max_batch, delay_us=delay_us, instances=instances, k=k, int8=str(int8).lower(), threads=threads,
         inputs=",\n  ".join(s.pbtxt() for s in protocol.INPUTS),
         outputs=",\n  ".join(s.pbtxt() for s in protocol.outputs(fm.cfg.d_model))))
+    export_outcomes(repo, name, "1", tuple(manifest.tasks), k, max_batch=max_batch, delay_us=delay_us)
+    return target
+
+
+def export_outcomes(repo: Path, model: str, version: str, tasks: Sequence[str], k: int, max_batch: int = 64,
+                    delay_us: int = 2000) -> Path:
+    """Write repo/<model>_outcome/: the model that counts outcomes reported for the recommend model `model`.
+
+    `tasks` are the recommend model's, the foundation model's own first; `k` its maximum K."""
+    if not tasks or any("," in t for t in tasks):
+        raise ExportError(f"tasks {list(tasks)}: give the recommend model's task names, the foundation model's first")
+    target = repo / protocol.outcome_model(model)
+    (target / "1").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(__file__).with_name("outcome_model.py"), target / "1" / "model.py")
+    (target / "config.pbtxt").write_text(OUTCOME_CONFIG.format(
+        name=target.name, max_batch=max_batch, delay_us=delay_us, model=model, version=version, tasks=",".join(tasks), k=k,
+        inputs=",\n  ".join(s.pbtxt() for s in protocol.OUTCOME_INPUTS),
+        outputs=",\n  ".join(s.pbtxt() for s in protocol.OUTCOME_OUTPUTS)))
     return target
 
 

@@ -15,6 +15,28 @@
         by the input at fault (ITEMS, TIMESTAMPS, ..., or "request"). Triton counts those
         answers as successes (fmrec.serving.triton_model says why): this is where they show.
 
+The outcome model (NAME_outcome, fmrec.serving.outcome_model) counts what users did with the
+recommendations, labelled with the recommend model it reports on (model = NAME, its version):
+
+    fmrec_outcomes_total{model,version,task,outcome}         counter: reported outcomes, outcome one
+        of fmrec.serving.protocol.OUTCOMES (clicked, played, added, skipped, ignored) and no other
+        value: an unknown outcome is refused, never a new series
+    fmrec_outcome_position{model,version,task,outcome}       histogram: the 1-based rank of the item,
+        for outcomes reported with POSITION; buckets le 1, 2, 3, 5, 10 and +Inf, i.e. positions 1,
+        2, 3, 4-5, 6-10 and 11 up to the exported K
+    fmrec_refused_requests_total{model=NAME_outcome,version,input}  as above, for OUTCOME, POSITION,
+        TASK or "request"
+
+What to divide outcomes by: fmrec_top_score_count{model,version,task}, the recommend model's count
+of answered users (one observation per user row answered with at least one item: a list the user
+can act on). Triton's nv_inference_request_success{model=NAME} is no denominator: it counts
+requests, not users (a request may carry 64), and counts refused requests too. So "played per
+recommendation" of a revision is
+    sum(increase(fmrec_outcomes_total{model="fmrec",outcome="played"}[w]))
+      / sum(increase(fmrec_top_score_count{model="fmrec"}[w]))
+with the revision's pod selector in both; it can exceed 1 (several plays from one list), and
+outcomes reach the revision that served the list only while the user's bucket routes to it.
+
 The decile counter is a histogram kept as one counter per bucket: PSI needs per-bucket shares,
 and it costs at most ten metric updates per task and batch instead of K per request.
 Series exist from start-up (at 0) for every task, so a rate over them is never empty.
@@ -23,20 +45,26 @@ Series exist from start-up (at 0) for every task, so a rate over them is never e
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fmrec.data.schema import CONTEXT_FIELDS, IntArray
-from fmrec.serving.infer import Recommendation
-from fmrec.serving.protocol import INPUTS
+from fmrec.serving.protocol import INPUTS, OUTCOME_INPUTS, OUTCOMES, Outcome
 from fmrec.vocab import DECILES
+
+if TYPE_CHECKING:  # the outcome model imports this module without torch
+    from fmrec.serving.infer import Recommendation
 
 RECOMMENDED = "fmrec_recommended_items_total"
 TOP_SCORE = "fmrec_top_score"
 UNKNOWN = "fmrec_unknown_values_total"
 EVENTS = "fmrec_history_events_total"
 REFUSED = "fmrec_refused_requests_total"
+OUTCOMES_TOTAL = "fmrec_outcomes_total"
+OUTCOME_POSITION = "fmrec_outcome_position"
+POSITION_BUCKETS = (1.0, 2.0, 3.0, 5.0, 10.0)  # positions 1, 2, 3, 4-5, 6-10, 11+ (the +Inf bucket)
+REFUSED_HELP = "requests answered with a 400, by the input at fault"  # one text: each model registers the family
 UNKNOWN_FIELDS = ("item", "action", *CONTEXT_FIELDS)
 DEFAULT_SCORE_BUCKETS = (-4.0, -2.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0)
 
@@ -53,7 +81,7 @@ class ServingMetrics:
             TOP_SCORE: fam(name=TOP_SCORE, description="top-1 score of each answered user", kind=fam.HISTOGRAM),
             UNKNOWN: fam(name=UNKNOWN, description="request values training never saw, by field", kind=fam.COUNTER),
             EVENTS: fam(name=EVENTS, description="history events received", kind=fam.COUNTER),
-            REFUSED: fam(name=REFUSED, description="requests answered with a 400, by the input at fault", kind=fam.COUNTER),
+            REFUSED: fam(name=REFUSED, description=REFUSED_HELP, kind=fam.COUNTER),
         }
         self.refusals = {name: self._families[REFUSED].Metric(labels={"model": model, "version": version, "input": name})
                          for name in (*(spec.name for spec in INPUTS), "request")}
@@ -84,6 +112,44 @@ class ServingMetrics:
                 n = sum(r.unknown.get(field, 0) for r in mine)
                 if n:
                     self.unknown[task][field].increment(float(n))
+
+    def refused(self, tensor: str) -> None:
+        """Count one request answered with a 400 because of this input ("" or an unknown name: the request)."""
+        self.refusals.get(tensor, self.refusals["request"]).increment(1.0)
+
+
+class OutcomeMetrics:
+    """Triton custom metrics of one outcome model (`outcome_model`, named NAME_outcome), reporting on
+    the recommend model `model` (NAME) version `version` and its `tasks`: every series exists from
+    start-up (at 0), one per task and outcome, and no request can add one."""
+
+    def __init__(self, pb: Any, outcome_model: str, outcome_version: str, model: str, version: str, tasks: Sequence[str]) -> None:
+        fam = pb.MetricFamily
+        self._families = {  # kept alive as long as their metrics are
+            OUTCOMES_TOTAL: fam(name=OUTCOMES_TOTAL, description="outcomes reported for recommended items, by outcome",
+                                kind=fam.COUNTER),
+            OUTCOME_POSITION: fam(name=OUTCOME_POSITION, description="1-based rank of the item an outcome was reported for",
+                                  kind=fam.HISTOGRAM),
+            REFUSED: fam(name=REFUSED, description=REFUSED_HELP, kind=fam.COUNTER),
+        }
+        self.counts, self.positions = {}, {}
+        for task in tasks:
+            for outcome in OUTCOMES:
+                labels = {"model": model, "version": version, "task": task, "outcome": outcome}
+                self.counts[task, outcome] = self._families[OUTCOMES_TOTAL].Metric(labels=labels)
+                self.positions[task, outcome] = self._families[OUTCOME_POSITION].Metric(labels=labels, buckets=list(POSITION_BUCKETS))
+        self.refusals = {name: self._families[REFUSED].Metric(labels={"model": outcome_model, "version": outcome_version, "input": name})
+                         for name in (*(spec.name for spec in OUTCOME_INPUTS), "request")}
+
+    def record(self, rows: Sequence[Outcome]) -> None:
+        """Count the validated outcomes of one executed batch: one increment per task and outcome present."""
+        counts: dict[tuple[str, str], int] = {}
+        for row in rows:
+            counts[row.task, row.outcome] = counts.get((row.task, row.outcome), 0) + 1
+            if row.position is not None:
+                self.positions[row.task, row.outcome].observe(float(row.position))
+        for key, n in counts.items():
+            self.counts[key].increment(float(n))
 
     def refused(self, tensor: str) -> None:
         """Count one request answered with a 400 because of this input ("" or an unknown name: the request)."""

@@ -20,11 +20,29 @@ Limits, each refused with a 400 that names the input (RequestError), never answe
 - TIMESTAMPS: whole seconds from MIN_TIMESTAMP to MAX_TIMESTAMP (0001-01-01 to 9999-12-31 UTC,
   fmrec.serving.request); a larger value is usually milliseconds.
 - users per request: the exported max_batch_size (`export`'s max_batch, 64), enforced by Triton.
+
+Outcomes. Beside the recommend model NAME, the repository holds NAME_outcome (outcome_model()),
+to which clients report what a user did with a recommendation: one row per outcome, each row
+
+- OUTCOME: one of OUTCOMES, exactly (lowercase); anything else is refused naming OUTCOME and the
+  set, so the label values of fmrec_outcomes_total stay this fixed set:
+    clicked  the user opened or selected the item
+    played   the user played, watched, read or bought it: the outcome the item was recommended for
+    added    the user saved it for later (a list, a library, a cart)
+    skipped  the user dismissed it or skipped past it
+    ignored  the list was shown and the user did nothing with the item (without POSITION: with the list)
+- POSITION (optional): the item's 1-based rank in the list the recommend model returned, 1..the
+  exported maximum K; anything else is refused naming POSITION.
+- TASK (optional): the task the list was recommended for, as the recommend request's TASK ("" or
+  "fm" = the foundation model; another name must be one of the exported adapters').
+
+A request with any bad row is refused whole (a 400 naming the input, "row N: " first when it has
+several), and counts nothing. The answer is ACK, 1 per row counted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -183,4 +201,71 @@ def prepare(rec: Recommender, get: Callable[[str], npt.NDArray[np.generic] | Non
             out.append(rec.prepare(q))
         except RequestError as err:
             raise RequestError(f"user row {b}: {err}" if len(rows) > 1 else str(err), err.tensor) from None
+    return out
+
+
+# ---- outcomes: what a user did with a recommendation, reported to the NAME_outcome model ----------------------------
+
+OUTCOME_SUFFIX = "_outcome"
+OUTCOMES = ("clicked", "played", "added", "skipped", "ignored")  # the label values of fmrec_outcomes_total, no others
+
+OUTCOME_INPUTS = (
+    TensorSpec("OUTCOME", "BYTES", (1,), f"what the user did with the recommended item: one of {', '.join(OUTCOMES)}"),
+    TensorSpec("POSITION", "INT32", (1,), "the item's 1-based rank in the returned list, 1..the exported maximum K", optional=True),
+    TensorSpec("TASK", "BYTES", (1,), "the task the list was recommended for, as in the recommend request (\"fm\", the default, "
+               "for the foundation model itself)", optional=True),
+)
+OUTCOME_OUTPUTS = (TensorSpec("ACK", "INT32", (1,), "1 for each row counted"),)
+
+
+def outcome_model(name: str) -> str:
+    """The name of the outcome model exported beside the recommend model `name`."""
+    return f"{name}{OUTCOME_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One reported outcome, validated."""
+
+    outcome: str  # one of OUTCOMES
+    task: str  # a served task, never "" (the foundation model's own name instead)
+    position: int | None  # 1..K, or None when not reported
+
+
+def outcomes(get: Callable[[str], npt.NDArray[np.generic] | None], tasks: Sequence[str], k_max: int) -> list[Outcome]:
+    """The rows of one outcome request; `get(name)` returns an input's array (B, 1) or None when absent.
+
+    `tasks` are the served tasks, the foundation model's own first (as Recommender.tasks), `k_max` the
+    exported maximum K. RequestError names the input (and the row of a request with several)."""
+    sent = get("OUTCOME")
+    if sent is None:
+        raise RequestError(f"OUTCOME is required: what the user did, one of {list(OUTCOMES)}", "OUTCOME")
+    if sent.ndim != 2 or sent.shape[1:] != (1,):
+        raise RequestError(f"OUTCOME must have shape [rows, 1], got {list(sent.shape)}", "OUTCOME")
+    B = sent.shape[0]
+    if B == 0:
+        raise RequestError("OUTCOME has no rows (shape [0, 1]): send one row per outcome", "OUTCOME")
+    arrays = {spec.name: get(spec.name) for spec in OUTCOME_INPUTS[1:]}
+    for name, arr in arrays.items():
+        if arr is not None and arr.shape != (B, 1):
+            raise RequestError(f"{name} has shape {list(arr.shape)}; send [{B}, 1] like OUTCOME", name)
+    what = _texts("OUTCOME", sent)
+    task = _texts("TASK", t) if (t := arrays["TASK"]) is not None else None
+    position = _integers(OUTCOME_INPUTS[1], p) if (p := arrays["POSITION"]) is not None else None
+    out = []
+    for b in range(B):
+        row = f"row {b}: " if B > 1 else ""
+        name = str(what[b, 0])
+        if name not in OUTCOMES:
+            raise RequestError(f"{row}OUTCOME {name[:64]!r} is not an outcome this model counts: send one of {list(OUTCOMES)}",
+                               "OUTCOME")
+        served = str(task[b, 0]) if task is not None else ""
+        served = served or tasks[0]
+        if served not in tasks:
+            raise RequestError(f"{row}unknown TASK {served[:64]!r}: this model serves {list(tasks)}", "TASK")
+        rank = int(position[b, 0]) if position is not None else None
+        if rank is not None and not 1 <= rank <= k_max:
+            raise RequestError(f"{row}POSITION={rank} is outside 1..{k_max}: send the item's 1-based rank in the list "
+                               f"the model returned (at most {k_max} items)", "POSITION")
+        out.append(Outcome(outcome=name, task=served, position=rank))
     return out

@@ -369,9 +369,9 @@ def measure_one(prom: Prometheus, metric: Metric, namespace: str, canary: str, s
 
 
 def split_query(namespace: str, isvc: str, window_seconds: int | None = None) -> str:
-    """Inference requests one revision's Triton has counted (all pods, all models), as one number;
-    with a window, the increase over it instead of the running total."""
-    sel = f'{naming.PROM_NAMESPACE_LABEL}="{namespace}",{naming.PROM_ISVC_LABEL}="{isvc}"'
+    """Inference requests one revision's Triton has counted (all pods, its recommend models: not the outcome
+    reports), as one number; with a window, the increase over it instead of the running total."""
+    sel = f'{naming.PROM_NAMESPACE_LABEL}="{namespace}",{naming.PROM_ISVC_LABEL}="{isvc}",{checks.NOT_OUTCOMES}'
     series = [f"{counter}{{{sel}}}" for counter in checks.REQUESTS_COUNTER]
     if window_seconds is not None:
         series = [f"increase({s}[{window_seconds}s])" for s in series]

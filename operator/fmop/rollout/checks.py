@@ -30,9 +30,15 @@ _ISVC = naming.PROM_ISVC_LABEL
 _NS = naming.PROM_NAMESPACE_LABEL
 
 
+# Each recommend model NAME is exported with an outcome model NAME_outcome (fmrec.serving.protocol.outcome_model)
+# whose requests, clients' outcome reports, Triton counts too: they are not inference and must neither dilute the
+# error rate nor set the latency or the observed split.
+NOT_OUTCOMES = 'model!~".+_outcome"'
+
+
 def _sel(side: str) -> str:
-    """Label matchers selecting one revision's predictor pods; side is "canary" or "stable"."""
-    return f'{_NS}="{{{{namespace}}}}",{_ISVC}="{{{{{side}}}}}"'
+    """Label matchers selecting one revision's predictor pods, its recommend models only; side is "canary" or "stable"."""
+    return f'{_NS}="{{{{namespace}}}}",{_ISVC}="{{{{{side}}}}}",{NOT_OUTCOMES}'
 
 
 def _requests(side: str) -> str:

@@ -49,3 +49,29 @@ def predictor_service(rollout: str, revision: int) -> str:
 def traffic_object_name(rollout: str, override: str | None = None) -> str:
     """HTTPRoute / VirtualService / TraefikService name: the spec's override, else the Rollout's name."""
     return override or rollout
+
+
+# A/B experiments (strategy.steps[].experiment): each user's sticky bucket, 0..99, which the client computes
+# from a user key (fmrec.serving.client.bucket: the first 15 hex digits of SHA-256 of the key, modulo 100)
+# and sends in this header; the traffic object sends the candidate's buckets to the canary by a header match.
+BUCKET_HEADER = "x-fmops-bucket"
+BUCKETS = 100
+
+
+def bucket_regex(first: int, last: int) -> str:
+    """An anchored RE2 regular expression matching the header values first..last (inclusive) and nothing else:
+    the decimal numbers, written without leading zeros, as the client sends them."""
+    if not 0 <= first <= last < BUCKETS:
+        raise ValueError(f"a bucket range must lie within 0..{BUCKETS - 1}, got {first}..{last}")
+    return "^(" + "|".join(str(b) for b in range(first, last + 1)) + ")$"
+
+
+def buckets_of(regex: object) -> tuple[int, int] | None:
+    """The range bucket_regex wrote, read back; None for anything else."""
+    if not isinstance(regex, str) or not regex.startswith("^(") or not regex.endswith(")$"):
+        return None
+    parts = regex[2:-2].split("|")
+    if not all(p.isdigit() and p == str(int(p)) for p in parts):
+        return None
+    first, last = int(parts[0]), int(parts[-1])
+    return (first, last) if 0 <= first <= last < BUCKETS and parts == [str(b) for b in range(first, last + 1)] else None

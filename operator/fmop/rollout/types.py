@@ -89,6 +89,7 @@ class ObservedTraffic:
     canary_weight: int
     mirror_percent: int
     canary_revision: int | None = None  # the revision behind the canary backend, when the provider can tell
+    buckets: tuple[int, int] | None = None  # the user buckets (first, last) routed to the canary by header, if any
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,9 @@ class SetTraffic:
     canary_revision: int | None
     canary_weight: int
     mirror_percent: int
+    # An experiment: requests whose naming.BUCKET_HEADER names a bucket in first..last (inclusive) go to the canary,
+    # all others by the weights (the engine sets canary_weight 0 and no mirror then). None: no header routing.
+    buckets: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,10 @@ Conventions every provider keeps, so `observe(render(...))` gives back what was 
   (shadowing), so the canary revision can be read back from the object;
 - stable-only (canary_revision None) routes 100% to the stable and mirrors nothing;
 - every object carries the fmops.dev/rollout label and a controller ownerReference to the Rollout,
-  so the garbage collector removes it with the Rollout.
+  so the garbage collector removes it with the Rollout;
+- an experiment (SetTraffic.buckets) adds one route before the weighted one that sends requests whose
+  naming.BUCKET_HEADER matches naming.bucket_regex to the canary backend alone (the weighted one then
+  gives the canary 0); a provider that cannot match headers says so in `supports_buckets`.
 
 No takeover: a traffic object that already exists is written only when it is the Rollout's (`holder`
 says None): it has the Rollout's ownerReference (the operator created it, or adopted it before), or
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 from fmop.api.rollout import TrafficRouting
@@ -178,7 +181,38 @@ def check(t: SetTraffic) -> tuple[int, int]:
         raise ValueError(f"SetTraffic without a canary revision cannot send {t.canary_weight}% or mirror {t.mirror_percent}% to a canary")
     if t.canary_revision is not None and t.canary_revision == t.stable_revision:
         raise ValueError(f"SetTraffic names revision {t.stable_revision} as both stable and canary")
+    if t.buckets is not None:
+        if t.canary_revision is None:
+            raise ValueError(f"SetTraffic without a canary revision cannot send user buckets {t.buckets[0]}..{t.buckets[1]} to a canary")
+        if t.mirror_percent:
+            raise ValueError(f"SetTraffic cannot mirror {t.mirror_percent}% during an experiment: the candidate's users are its own "
+                             "(mirroring would make the stable's users its requests too)")
+        naming.bucket_regex(*t.buckets)  # ValueError naming the range when it is not one
     return 100 - t.canary_weight, t.canary_weight
+
+
+def supports_buckets(routing: TrafficRouting) -> str | None:
+    """None when the provider of `routing` can send user buckets to the canary by a header match (an experiment step);
+    otherwise why not, and the fix. One message for admission, the engine and the providers."""
+    if routing.provider == "kserve":
+        return ("spec.trafficRouting.provider kserve cannot route by header (KServe splits by percentage only), so it cannot "
+                "hold an experiment step: use gatewayAPI, istio or traefik")
+    if routing.provider == "traefik" and (routing.traefik is None or routing.traefik.ingressRoute is None):
+        return ("an experiment step with provider traefik needs spec.trafficRouting.traefik.ingressRoute: a TraefikService "
+                "cannot match headers, the IngressRoute the operator writes can")
+    return None
+
+
+def with_buckets(observed: ObservedTraffic | Unknown, service: object, regex: object) -> ObservedTraffic | Unknown:
+    """`observed` (the weighted part, read as usual) plus the bucket route read back: its one backend `service` must be
+    the canary's and `regex` one that naming.bucket_regex wrote; anything else is "unknown"."""
+    buckets = naming.buckets_of(regex)
+    if observed == UNKNOWN or buckets is None:
+        return UNKNOWN
+    assert isinstance(observed, ObservedTraffic)
+    if observed.canary_revision is None or revision_of(service) != observed.canary_revision or observed.mirror_percent:
+        return UNKNOWN
+    return replace(observed, buckets=buckets)
 
 
 def backend(rollout: RolloutRef, revision: int) -> str:

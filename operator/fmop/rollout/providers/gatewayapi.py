@@ -5,6 +5,13 @@ RequestMirror filter to the canary while shadowing.
 installed here has it, with `fraction` as the alternative), so no experimental CRDs are needed.
 Implementations differ in what they support: Traefik, for one, does not implement RequestMirror, so
 shadowing through Gateway API needs an implementation that does (Envoy Gateway, Istio, ...).
+
+An experiment puts a first rule before the weighted one: a `RegularExpression` header match on
+x-fmops-bucket to the canary alone. Regular-expression header matches are "implementation-specific"
+support in Gateway API; Traefik's provider turns them into its HeaderRegexp matcher (Go regexp), and
+Istio and Envoy Gateway implement them with RE2. The expression is an anchored alternation of
+decimal numbers, the same in every dialect. The rule with a header match wins over the one without
+(Gateway API's precedence counts header matches), whatever their order.
 """
 
 from __future__ import annotations
@@ -13,7 +20,19 @@ from typing import ClassVar
 
 from fmop.api.rollout import GatewayAPIRouting, TrafficRouting
 from fmop.rollout import naming
-from fmop.rollout.providers.base import UNKNOWN, Obj, ObjectRef, RolloutRef, TrafficProvider, Unknown, backend, check, dig, weighted
+from fmop.rollout.providers.base import (
+    UNKNOWN,
+    Obj,
+    ObjectRef,
+    RolloutRef,
+    TrafficProvider,
+    Unknown,
+    backend,
+    check,
+    dig,
+    weighted,
+    with_buckets,
+)
 from fmop.rollout.types import ObservedTraffic, SetTraffic
 
 API_VERSION = "gateway.networking.k8s.io/v1"
@@ -45,7 +64,11 @@ class GatewayAPI(TrafficProvider):
             if t.mirror_percent:
                 rule["filters"] = [{"type": "RequestMirror",
                                     "requestMirror": {"backendRef": {"name": canary, "port": naming.PREDICTOR_PORT}, "percent": t.mirror_percent}}]
-        spec: Obj = {"parentRefs": [p.model_dump(exclude_none=True) for p in settings.parentRefs], "rules": [rule]}
+        rules = [rule]
+        if t.buckets is not None and t.canary_revision is not None:
+            match = {"headers": [{"type": "RegularExpression", "name": naming.BUCKET_HEADER, "value": naming.bucket_regex(*t.buckets)}]}
+            rules.insert(0, {"matches": [match], "backendRefs": [{"name": backend(rollout, t.canary_revision), "port": naming.PREDICTOR_PORT}]})
+        spec: Obj = {"parentRefs": [p.model_dump(exclude_none=True) for p in settings.parentRefs], "rules": rules}
         if settings.hostnames:
             spec["hostnames"] = list(settings.hostnames)
         (ref,) = self.objects(rollout, routing)
@@ -53,17 +76,37 @@ class GatewayAPI(TrafficProvider):
 
     def observe(self, found: list[Obj | None]) -> ObservedTraffic | Unknown:
         rules = dig(found[0] if found else None, "spec", "rules")
-        if not isinstance(rules, list) or len(rules) != 1:
+        if not isinstance(rules, list) or len(rules) not in (1, 2):
             return UNKNOWN
-        refs = dig(rules[0], "backendRefs")
-        if not isinstance(refs, list):
+        main = _weighted_rule(rules[-1])
+        if len(rules) == 1:
+            return main
+        bucket_rule = rules[0]
+        headers = dig(bucket_rule, "matches", 0, "headers")
+        refs = dig(bucket_rule, "backendRefs")
+        if (len(dig(bucket_rule, "matches") or []) != 1 or not isinstance(headers, list) or len(headers) != 1 or dig(bucket_rule, "filters")
+                or dig(headers[0], "type") != "RegularExpression" or str(dig(headers[0], "name")).lower() != naming.BUCKET_HEADER
+                or dig(bucket_rule, "matches", 0, "path") not in (None, {"type": "PathPrefix", "value": "/"})
+                or not isinstance(refs, list) or len(refs) != 1):
             return UNKNOWN
-        mirrors = [f for f in dig(rules[0], "filters") or [] if dig(f, "type") == "RequestMirror"]
-        if len(mirrors) > 1 or (mirrors and dig(mirrors[0], "requestMirror", "fraction") is not None):
-            return UNKNOWN
-        mirror = None
-        if mirrors:
-            percent = dig(mirrors[0], "requestMirror", "percent")
-            mirror = (dig(mirrors[0], "requestMirror", "backendRef", "name"), 100 if percent is None else percent)  # no percent: all
-        # weight defaults to 1 on the server when left out
-        return weighted([(dig(r, "name"), dig(r, "weight") if dig(r, "weight") is not None else 1) for r in refs], mirror)
+        return with_buckets(main, dig(refs[0], "name"), dig(headers[0], "value"))
+
+
+def _weighted_rule(rule: object) -> ObservedTraffic | Unknown:
+    """The rule that weighs stable and canary (and mirrors to the canary): it must match everything."""
+    if not isinstance(rule, dict):
+        return UNKNOWN
+    if any(m not in ({}, {"path": {"type": "PathPrefix", "value": "/"}}) for m in dig(rule, "matches") or []):
+        return UNKNOWN  # the server defaults an absent match to path prefix /
+    refs = dig(rule, "backendRefs")
+    if not isinstance(refs, list):
+        return UNKNOWN
+    mirrors = [f for f in dig(rule, "filters") or [] if dig(f, "type") == "RequestMirror"]
+    if len(mirrors) > 1 or (mirrors and dig(mirrors[0], "requestMirror", "fraction") is not None):
+        return UNKNOWN
+    mirror = None
+    if mirrors:
+        percent = dig(mirrors[0], "requestMirror", "percent")
+        mirror = (dig(mirrors[0], "requestMirror", "backendRef", "name"), 100 if percent is None else percent)  # no percent: all
+    # weight defaults to 1 on the server when left out
+    return weighted([(dig(r, "name"), dig(r, "weight") if dig(r, "weight") is not None else 1) for r in refs], mirror)

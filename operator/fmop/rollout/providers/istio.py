@@ -3,6 +3,9 @@ canary predictor Services, with `mirror` + `mirrorPercentage` to the canary whil
 
 Hosts are the predictor Services' short names, which Istio resolves in the VirtualService's own
 namespace (the Rollout's, where the InferenceServices live).
+
+An experiment puts an HTTP route `fmops-experiment` first: a `regex` header match (RE2, matched whole)
+on x-fmops-bucket to the canary alone; Istio takes the first route that matches.
 """
 
 from __future__ import annotations
@@ -11,11 +14,24 @@ from typing import ClassVar
 
 from fmop.api.rollout import IstioRouting, TrafficRouting
 from fmop.rollout import naming
-from fmop.rollout.providers.base import UNKNOWN, Obj, ObjectRef, RolloutRef, TrafficProvider, Unknown, backend, check, dig, weighted
+from fmop.rollout.providers.base import (
+    UNKNOWN,
+    Obj,
+    ObjectRef,
+    RolloutRef,
+    TrafficProvider,
+    Unknown,
+    backend,
+    check,
+    dig,
+    weighted,
+    with_buckets,
+)
 from fmop.rollout.types import ObservedTraffic, SetTraffic
 
 API_VERSION = "networking.istio.io/v1"
-ROUTE_NAME = "fmops"  # the name of the one HTTP route the operator writes
+ROUTE_NAME = "fmops"  # the name of the weighted HTTP route the operator writes
+EXPERIMENT_ROUTE_NAME = "fmops-experiment"  # the one before it during an experiment
 
 
 def _settings(routing: TrafficRouting) -> IstioRouting:
@@ -48,7 +64,12 @@ class Istio(TrafficProvider):
             if t.mirror_percent:
                 http["mirror"] = _destination(canary)
                 http["mirrorPercentage"] = {"value": float(t.mirror_percent)}
-        spec: Obj = {"hosts": list(settings.hosts), "http": [http]}
+        routes = [http]
+        if t.buckets is not None and t.canary_revision is not None:
+            routes.insert(0, {"name": EXPERIMENT_ROUTE_NAME,
+                              "match": [{"headers": {naming.BUCKET_HEADER: {"regex": naming.bucket_regex(*t.buckets)}}}],
+                              "route": [{"destination": _destination(backend(rollout, t.canary_revision))}]})
+        spec: Obj = {"hosts": list(settings.hosts), "http": routes}
         if settings.gateways:
             spec["gateways"] = list(settings.gateways)
         (ref,) = self.objects(rollout, routing)
@@ -56,15 +77,32 @@ class Istio(TrafficProvider):
 
     def observe(self, found: list[Obj | None]) -> ObservedTraffic | Unknown:
         http = dig(found[0] if found else None, "spec", "http")
-        if not isinstance(http, list) or len(http) != 1:
+        if not isinstance(http, list) or len(http) not in (1, 2):
             return UNKNOWN
-        route = dig(http[0], "route")
-        if not isinstance(route, list):
+        main = _weighted_route(http[-1])
+        if len(http) == 1:
+            return main
+        first = http[0]
+        headers = dig(first, "match", 0, "headers")
+        route = dig(first, "route")
+        if (len(dig(first, "match") or []) != 1 or not isinstance(headers, dict) or list(headers) != [naming.BUCKET_HEADER]
+                or set(dig(first, "match", 0) or {}) != {"headers"} or set(headers[naming.BUCKET_HEADER] or {}) != {"regex"}
+                or dig(first, "mirror") is not None or not isinstance(route, list) or len(route) != 1):
             return UNKNOWN
-        mirror = None
-        if dig(http[0], "mirror") is not None:
-            percent = dig(http[0], "mirrorPercentage", "value")
-            mirror = (dig(http[0], "mirror", "host"), 100 if percent is None else percent)  # Istio: no percentage mirrors all
-        # a lone destination without weight gets all traffic
-        weights = [(dig(r, "destination", "host"), dig(r, "weight") if dig(r, "weight") is not None else (100 if len(route) == 1 else None)) for r in route]
-        return weighted(weights, mirror)
+        return with_buckets(main, dig(route[0], "destination", "host"), dig(headers, naming.BUCKET_HEADER, "regex"))
+
+
+def _weighted_route(http: object) -> ObservedTraffic | Unknown:
+    """The HTTP route that weighs stable and canary (and mirrors to the canary): it must match everything."""
+    if not isinstance(http, dict) or dig(http, "match"):
+        return UNKNOWN
+    route = dig(http, "route")
+    if not isinstance(route, list):
+        return UNKNOWN
+    mirror = None
+    if dig(http, "mirror") is not None:
+        percent = dig(http, "mirrorPercentage", "value")
+        mirror = (dig(http, "mirror", "host"), 100 if percent is None else percent)  # Istio: no percentage mirrors all
+    # a lone destination without weight gets all traffic
+    weights = [(dig(r, "destination", "host"), dig(r, "weight") if dig(r, "weight") is not None else (100 if len(route) == 1 else None)) for r in route]
+    return weighted(weights, mirror)

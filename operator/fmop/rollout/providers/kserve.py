@@ -27,7 +27,7 @@ from typing import ClassVar
 from fmop.api.rollout import TrafficRouting
 from fmop.kinds import INFERENCE_SERVICE
 from fmop.rollout import naming
-from fmop.rollout.providers.base import UNKNOWN, Obj, ObjectRef, RolloutRef, TrafficProvider, Unknown, check, dig
+from fmop.rollout.providers.base import UNKNOWN, Obj, ObjectRef, RolloutRef, TrafficProvider, Unknown, check, dig, supports_buckets
 from fmop.rollout.types import ObservedTraffic, SetTraffic
 
 API_VERSION = INFERENCE_SERVICE.api_version
@@ -47,6 +47,8 @@ class KServe(TrafficProvider):
         _, canary_weight = check(t)
         if t.mirror_percent:
             raise ValueError(f"provider kserve cannot mirror traffic (asked to mirror {t.mirror_percent}%): remove spec.strategy.shadow")
+        if t.buckets is not None:
+            raise ValueError(supports_buckets(routing) or "provider kserve cannot route by header")
         (ref,) = self.objects(rollout, routing)
         metadata = rollout.metadata(ref.name)
         if t.canary_revision is not None:

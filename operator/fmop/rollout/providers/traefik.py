@@ -7,19 +7,44 @@
 Routes point at `<name>` (the spec's traefikServiceName, default the Rollout's name), which never
 changes kind, so shadowing and canary steps only ever patch the two TraefikServices. With
 spec.trafficRouting.traefik.ingressRoute the operator also writes an IngressRoute `<name>` to it.
+
+A TraefikService cannot match headers, so an experiment needs that IngressRoute: a first route
+`(<match>) && HeaderRegexp(`x-fmops-bucket`, `<regex>`)` to the canary's predictor Service alone. Its
+rule is the main one plus more, so it is the longer, and Traefik's default priority (the rule's length)
+puts it first.
 """
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 from fmop.api.rollout import TraefikRouting, TrafficRouting
 from fmop.rollout import naming
-from fmop.rollout.providers.base import UNKNOWN, Obj, ObjectRef, RolloutRef, TrafficProvider, Unknown, backend, check, dig, weighted
+from fmop.rollout.providers.base import (
+    UNKNOWN,
+    Obj,
+    ObjectRef,
+    RolloutRef,
+    TrafficProvider,
+    Unknown,
+    backend,
+    check,
+    dig,
+    supports_buckets,
+    weighted,
+    with_buckets,
+)
 from fmop.rollout.types import ObservedTraffic, SetTraffic
 
 API_VERSION = "traefik.io/v1alpha1"
 SPLIT_SUFFIX = "-split"
+_BUCKET_RULE = re.compile(r"^\((?P<match>.*)\) && HeaderRegexp\(`(?P<header>[^`]*)`, `(?P<regex>[^`]*)`\)$", re.DOTALL)
+
+
+def bucket_rule(match: str, first: int, last: int) -> str:
+    """The IngressRoute rule of an experiment's candidate buckets: the route's own match and the header's."""
+    return f"({match}) && HeaderRegexp(`{naming.BUCKET_HEADER}`, `{naming.bucket_regex(first, last)}`)"
 
 
 def _settings(routing: TrafficRouting) -> TraefikRouting:
@@ -55,9 +80,15 @@ class Traefik(TrafficProvider):
             {"apiVersion": API_VERSION, "kind": "TraefikService", "metadata": rollout.metadata(split.name), "spec": {"weighted": {"services": services}}},
             {"apiVersion": API_VERSION, "kind": "TraefikService", "metadata": rollout.metadata(main.name), "spec": {"mirroring": mirroring}},
         ]
+        if t.buckets is not None and not route:
+            raise ValueError(supports_buckets(routing) or "an experiment needs the IngressRoute")
         if route and settings.ingressRoute is not None:
             ingress = settings.ingressRoute
-            spec: Obj = {"routes": [{"match": ingress.match, "kind": "Rule", "services": [{"name": main.name, "kind": "TraefikService"}]}]}
+            routes: list[Obj] = [{"match": ingress.match, "kind": "Rule", "services": [{"name": main.name, "kind": "TraefikService"}]}]
+            if t.buckets is not None and t.canary_revision is not None:
+                routes.insert(0, {"match": bucket_rule(ingress.match, *t.buckets), "kind": "Rule",
+                                  "services": [{"name": backend(rollout, t.canary_revision), "port": naming.PREDICTOR_PORT}]})
+            spec: Obj = {"routes": routes}
             if ingress.entryPoints:
                 spec["entryPoints"] = list(ingress.entryPoints)
             objs.append({"apiVersion": API_VERSION, "kind": "IngressRoute", "metadata": rollout.metadata(route[0].name), "spec": spec})
@@ -76,4 +107,15 @@ class Traefik(TrafficProvider):
             return UNKNOWN
         mirror = (dig(mirrors[0], "name"), dig(mirrors[0], "percent") or 0) if mirrors else None
         # Traefik's weight defaults to 1 when left out
-        return weighted([(dig(s, "name"), dig(s, "weight") if dig(s, "weight") is not None else 1) for s in services], mirror)
+        observed = weighted([(dig(s, "name"), dig(s, "weight") if dig(s, "weight") is not None else 1) for s in services], mirror)
+        routes = dig(found[2], "spec", "routes") if len(found) > 2 else None
+        if not isinstance(routes, list) or len(routes) < 2:
+            return observed  # no IngressRoute written (routed by the user), or its one route to the TraefikService
+        if len(routes) != 2:
+            return UNKNOWN
+        rule = _BUCKET_RULE.match(str(dig(routes[0], "match")))
+        targets = dig(routes[0], "services")
+        if (rule is None or rule.group("header").lower() != naming.BUCKET_HEADER or rule.group("match") != dig(routes[1], "match")
+                or not isinstance(targets, list) or len(targets) != 1 or dig(targets[0], "kind") not in (None, "Service")):
+            return UNKNOWN
+        return with_buckets(observed, dig(targets[0], "name"), rule.group("regex"))

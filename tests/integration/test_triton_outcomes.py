@@ -6,7 +6,12 @@ Gateway API / Istio / Traefik header match does: requests whose x-fmops-bucket m
 the canary, all others (no header included) to the stable. Recommendations and outcome reports go
 through the router with the client's header, so each revision's /metrics must count exactly the
 outcomes of the users whose lists it served; a malformed report in a dynamic batch with good ones
-fails alone (400 naming the input) and an unknown outcome never becomes a label value."""
+fails alone (400 naming the input) and an unknown outcome never becomes a label value.
+
+The header is also the experiment's mark on each request (fmrec.serving.protocol "Experiments"):
+Triton forwards it to the models as a request parameter (fmrec.serving.server starts it with the
+forwarding flags), and only requests and reports that carried a well-formed bucket count in
+fmrec_experiment_requests_total / fmrec_experiment_outcomes_total, over HTTP and gRPC alike."""
 
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 from tritonclient.utils import InferenceServerException
 
@@ -36,7 +42,7 @@ from fmrec.data.split import leave_one_out
 from fmrec.data.synthetic import generate
 from fmrec.nn.adapters import Adapter
 from fmrec.serving import client as client_module
-from fmrec.serving.client import BUCKET_HEADER, Event, RecommenderClient, bucket
+from fmrec.serving.client import BUCKET_HEADER, Event, RecommenderClient, bucket, request_arrays
 from fmrec.serving.export import export_triton
 from fmrec.serving.server import TritonServer
 from fmrec.train.pretrain import build_model
@@ -165,6 +171,11 @@ def test_the_repository_serves_both_models_with_every_series_from_start_up(serve
             assert m[("fmrec_outcomes_total", frozenset({"model": "fmrec", "version": "1", "task": task, "outcome": outcome}.items()))] == 0
     assert total(m, "fmrec_outcome_position_count", model="fmrec") == 0
     assert total(m, "fmrec_refused_requests_total", model="fmrec_outcome") == 0
+    experiment = {ls: v for (n, ls), v in m.items() if n == "fmrec_experiment_outcomes_total"}
+    assert set(experiment) == {frozenset({"model": "fmrec", "version": "1", "task": t, "outcome": o}.items()) for t in TASKS for o in OUTCOMES}
+    exposures = {ls: v for (n, ls), v in m.items() if n == "fmrec_experiment_requests_total"}
+    assert set(exposures) == {frozenset({"model": "fmrec", "version": "1", "task": t}.items()) for t in TASKS}
+    assert not any(experiment.values()) and not any(exposures.values())
 
 
 def test_outcomes_are_counted_by_the_revision_that_served_the_user(servers: dict[str, TritonServer], router: Router) -> None:
@@ -199,8 +210,12 @@ def test_outcomes_are_counted_by_the_revision_that_served_the_user(servers: dict
         after = scrape(server)
         for task in TASKS:
             assert delta(after, before[side], "fmrec_top_score_count", model="fmrec", task=task) == served[side][task], (side, task)
+            # every user here carried a bucket: each list is an exposure, each outcome an experiment outcome
+            assert delta(after, before[side], "fmrec_experiment_requests_total", model="fmrec", task=task) == served[side][task]
             for outcome in OUTCOMES:
                 got = delta(after, before[side], "fmrec_outcomes_total", model="fmrec", version="1", task=task, outcome=outcome)
+                assert got == want[side][task, outcome], (side, task, outcome)
+                got = delta(after, before[side], "fmrec_experiment_outcomes_total", model="fmrec", version="1", task=task, outcome=outcome)
                 assert got == want[side][task, outcome], (side, task, outcome)
         assert delta(after, before[side], "fmrec_outcome_position_count", model="fmrec") == len(positions[side])
         assert delta(after, before[side], "fmrec_outcome_position_sum", model="fmrec") == sum(positions[side])
@@ -250,14 +265,19 @@ def _body(outcome: bytes, position: int, task: bytes, position_type: str = "INT3
             b'{"name": "TASK", "datatype": "BYTES", "shape": [1, 1], "data": [' + text(task) + b']}]}')
 
 
-def _exchange(port: int, bodies: list[bytes]) -> list[tuple[int, dict[str, Any]]]:
-    """Write every request on its own connection first, then read the answers: one dynamic batch."""
+def _exchange(port: int, bodies: list[bytes], headers: list[list[tuple[str, str | bytes]]] | None = None,
+              model: str = "fmrec_outcome") -> list[tuple[int, dict[str, Any]]]:
+    """Write every request on its own connection first, then read the answers: one dynamic batch.
+    `headers[i]`: request i's extra header lines, as they are (repeated names, any bytes)."""
     conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in bodies]
     try:
         for conn in conns:
             conn.connect()
-        for conn, body in zip(conns, bodies, strict=True):
-            conn.request("POST", "/v2/models/fmrec_outcome/infer", body=body, headers={"Content-Type": "application/json"})
+        for conn, body, extra in zip(conns, bodies, headers or [[] for _ in bodies], strict=True):
+            conn.putrequest("POST", f"/v2/models/{model}/infer")
+            for name, value in [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *extra]:
+                conn.putheader(name, value)
+            conn.endheaders(body)
         out = []
         for conn in conns:
             answer = conn.getresponse()
@@ -300,6 +320,7 @@ def test_a_malformed_outcome_in_a_batch_fails_alone_and_adds_no_label(servers: d
     assert delta(after, before, "fmrec_outcomes_total", model="fmrec", task="fm", outcome="played") == 2
     assert delta(after, before, "fmrec_outcomes_total", model="fmrec", task="liked", outcome="skipped") == 1
     assert delta(after, before, "fmrec_outcomes_total") == 3
+    assert delta(after, before, "fmrec_experiment_outcomes_total") == 0, "no report carried a bucket"
     assert {dict(ls)["outcome"] for n, ls in after if n == "fmrec_outcomes_total"} == set(OUTCOMES)
     assert not any("bought" in v or "nope" in v for _, ls in after for _, v in ls), "a refused value became a label value"
     refused = delta(after, before, "fmrec_refused_requests_total", model="fmrec_outcome")
@@ -331,3 +352,122 @@ def test_the_documented_curl_calls_work_through_the_route(servers: dict[str, Tri
     assert delta(after, before, "fmrec_outcomes_total", task="fm", outcome="played") == 1
     assert delta(after, before, "fmrec_outcome_position_bucket", outcome="played", le="3") == 1
     assert delta(after, before, "fmrec_top_score_count", model="fmrec") == 1
+    assert delta(after, before, "fmrec_experiment_requests_total", model="fmrec", task="fm") == 1
+    assert delta(after, before, "fmrec_experiment_outcomes_total", model="fmrec", task="fm", outcome="played") == 1
+    assert delta(after, before, "fmrec_experiment_outcomes_total") == 1
+
+
+# ---- experiments: only requests and reports with a bucket count as the experiment's ---------------------------------------
+
+def _recommend_body(users: list[int], k: int = K) -> bytes:
+    """KServe v2 JSON of one recommend request with these users' histories (ITEMS and K)."""
+    arrays = request_arrays([history(u) for u in users], k=k)
+    items = arrays["ITEMS"]
+    return json.dumps({"inputs": [
+        {"name": "ITEMS", "datatype": "BYTES", "shape": list(items.shape), "data": [v.decode() for v in items.ravel()]},
+        {"name": "K", "datatype": "INT32", "shape": list(arrays["K"].shape), "data": arrays["K"].ravel().tolist()}]}).encode()
+
+
+def test_only_requests_and_reports_with_a_bucket_count_in_the_experiment(servers: dict[str, TritonServer]) -> None:
+    """The stable revision serves users in the experiment (with the header) and users in none (without):
+    fmrec_top_score_count and fmrec_outcomes_total count both, the experiment counters exactly the
+    first, per task and outcome."""
+    server = servers["stable"]
+    before = scrape(server)
+    http = RecommenderClient(server.http_url)
+    exposed: Counter[str] = Counter()
+    answered: Counter[str] = Counter()
+    want: Counter[tuple[str, str]] = Counter()
+    reported: Counter[tuple[str, str]] = Counter()
+    for u in range(24):
+        user, task, in_experiment = f"exp-{u}", TASKS[u % 2], u % 3 != 0
+        tname = "" if task == "fm" else task
+        if u % 4 == 0:  # two users in one request, each with its own bucket header (or none)
+            http.recommend_many([history(u), history(u + 100)], task=tname, k=K,
+                                users=[user, f"exp-{u + 100}"] if in_experiment else None)
+            rows = 2
+        else:
+            http.recommend(history(u), task=tname, k=K, user=user if in_experiment else None)
+            rows = 1
+        answered[task] += rows
+        exposed[task] += rows if in_experiment else 0
+        for j in range(u % 3 + 1):
+            outcome = OUTCOMES[(u + j) % len(OUTCOMES)]
+            http.report(outcome, position=j + 1, user=user if in_experiment else None, task=task)
+            reported[task, outcome] += 1
+            want[task, outcome] += 1 if in_experiment else 0
+    after = scrape(server)
+    assert 0 < exposed.total() < answered.total() and 0 < want.total() < reported.total()
+    for task in TASKS:
+        assert delta(after, before, "fmrec_top_score_count", model="fmrec", task=task) == answered[task], task
+        assert delta(after, before, "fmrec_experiment_requests_total", model="fmrec", version="1", task=task) == exposed[task], task
+        for outcome in OUTCOMES:
+            labels = {"model": "fmrec", "version": "1", "task": task, "outcome": outcome}
+            assert delta(after, before, "fmrec_outcomes_total", **labels) == reported[task, outcome], (task, outcome)
+            assert delta(after, before, "fmrec_experiment_outcomes_total", **labels) == want[task, outcome], (task, outcome)
+
+
+BAD_BUCKETS: list[tuple[str, list[tuple[str, str | bytes]]]] = [  # id, header lines
+    ("word", [(BUCKET_HEADER, "abc")]),
+    ("100", [(BUCKET_HEADER, "100")]),
+    ("negative", [(BUCKET_HEADER, "-3")]),
+    ("leading-zero", [(BUCKET_HEADER, "07")]),
+    ("empty", [(BUCKET_HEADER, "")]),
+    ("two-values", [(BUCKET_HEADER, "3"), (BUCKET_HEADER, "4")]),
+    ("not-utf8", [(BUCKET_HEADER, b"\xe9")]),
+]
+
+
+@pytest.mark.parametrize("header", [b[1] for b in BAD_BUCKETS], ids=[b[0] for b in BAD_BUCKETS])
+def test_a_malformed_bucket_is_answered_and_counts_no_exposure(servers: dict[str, TritonServer],
+                                                                header: list[tuple[str, str | bytes]]) -> None:
+    """Sent together (batched where Triton can) with requests carrying a good bucket (in any case of the
+    name), none, and a longer header name: the malformed one is answered like the others and counts
+    like the one without a bucket; the same for outcome reports. No 4xx, no failure, no refusal."""
+    server = servers["canary"]
+    before = scrape(server)
+    lines: list[list[tuple[str, str | bytes]]] = [[(BUCKET_HEADER, "17")], header, [], [("X-Fmops-Bucket", "5")],
+                                                  [(BUCKET_HEADER + "-other", "1")]]
+    answers = _exchange(server.http_port, [_recommend_body([1, 2]), _recommend_body([3]), _recommend_body([4]), _recommend_body([5]),
+                                           _recommend_body([6])], lines, model="fmrec")
+    assert [status for status, _ in answers] == [200] * 5, answers
+    assert [a["outputs"][0]["shape"] for _, a in answers] == [[2, K], [1, K], [1, K], [1, K], [1, K]]
+    reports = _exchange(server.http_port, [_body(b"played", 1, b"liked")] * 5, lines)
+    assert [status for status, _ in reports] == [200] * 5, reports
+    after = scrape(server)
+    assert delta(after, before, "fmrec_top_score_count", model="fmrec") == 6
+    assert delta(after, before, "fmrec_experiment_requests_total", model="fmrec", task="fm") == 3  # the rows of "17" and "5"
+    assert delta(after, before, "fmrec_outcomes_total", model="fmrec", task="liked", outcome="played") == 5
+    assert delta(after, before, "fmrec_experiment_outcomes_total", model="fmrec", task="liked", outcome="played") == 2
+    assert delta(after, before, "fmrec_experiment_outcomes_total") == 2
+    assert delta(after, before, "fmrec_refused_requests_total") == 0
+    assert total(after, "nv_inference_request_failure") == 0
+
+
+def test_grpc_metadata_counts_as_the_bucket(servers: dict[str, TritonServer]) -> None:
+    """The client over gRPC sends the bucket as metadata: counted like the HTTP header; without it,
+    or with a malformed value, answered and not counted."""
+    server = servers["canary"]
+    before = scrape(server)
+    grpc = RecommenderClient(server.grpc_url, protocol="grpc")
+    assert len(grpc.recommend(history(7), task="liked", k=K, user="user-7").items) == K
+    grpc.recommend_many([history(8), history(9)], k=K, users=["user-8", "user-9"])
+    grpc.recommend(history(10), k=K)  # no experiment
+    grpc.report("clicked", position=2, user="user-7", task="liked")
+    grpc.report("skipped", user="user-8")
+    grpc.report("skipped")  # no experiment
+    raw = tgrpc.InferenceServerClient(server.grpc_url)
+    items = tgrpc.InferInput("ITEMS", [1, 2], "BYTES")
+    items.set_data_from_numpy(np.array([[b"i1", b"i2"]], dtype=np.object_))
+    raw.infer("fmrec", [items], headers={BUCKET_HEADER: "x1"})  # malformed: answered, no exposure
+    outcome = tgrpc.InferInput("OUTCOME", [1, 1], "BYTES")
+    outcome.set_data_from_numpy(np.array([[b"played"]], dtype=np.object_))
+    raw.infer("fmrec_outcome", [outcome], headers={BUCKET_HEADER: "100"})
+    after = scrape(server)
+    assert delta(after, before, "fmrec_top_score_count", model="fmrec") == 5
+    assert delta(after, before, "fmrec_experiment_requests_total", model="fmrec", task="liked") == 1
+    assert delta(after, before, "fmrec_experiment_requests_total", model="fmrec", task="fm") == 2
+    assert delta(after, before, "fmrec_outcomes_total") == 4
+    assert delta(after, before, "fmrec_experiment_outcomes_total", task="liked", outcome="clicked") == 1
+    assert delta(after, before, "fmrec_experiment_outcomes_total", task="fm", outcome="skipped") == 1
+    assert delta(after, before, "fmrec_experiment_outcomes_total") == 2

@@ -1,6 +1,8 @@
 """Sticky user buckets (fmrec.serving.client) and the outcome model's contract (fmrec.serving.protocol
 outcomes, fmrec.serving.outcome_model against a stand-in for triton_python_backend_utils, and its
-export). The real server: tests/integration/test_triton_outcomes.py."""
+export); the bucket header as a request parameter, counted as an experiment exposure or outcome
+(fmrec.serving.protocol "Experiments"), and the Triton flags that forward it. The real server:
+tests/integration/test_triton_outcomes.py."""
 
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import torch
+import yaml
 from scipy.stats import chisquare
 
+from fmdev.local import kserve
 from fmrec import checkpoint
 from fmrec.data.split import leave_one_out
 from fmrec.data.synthetic import generate
@@ -28,7 +32,8 @@ from fmrec.nn.adapters import Adapter
 from fmrec.serving import client, protocol
 from fmrec.serving.client import BUCKET_HEADER, bucket, bucket_headers, outcome_arrays
 from fmrec.serving.export import export_triton
-from fmrec.serving.metrics import OutcomeMetrics
+from fmrec.serving.infer import Recommendation
+from fmrec.serving.metrics import OutcomeMetrics, ServingMetrics
 from fmrec.serving.request import RequestError
 from fmrec.train.pretrain import build_model
 from fmrec.vocab import Vocabulary
@@ -269,7 +274,7 @@ def test_a_bad_request_in_a_batch_fails_alone_and_counts_nothing(pb: types.Modul
 def test_a_bug_fails_the_batch_visibly(pb: types.ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     model = served(pb)
 
-    def broken(rows: object) -> None:
+    def broken(*args: object) -> None:
         raise ZeroDivisionError("secret internals")
 
     monkeypatch.setattr(model.metrics, "record", broken)
@@ -285,6 +290,194 @@ def test_outcome_metrics_count_once_per_task_and_outcome(pb: types.ModuleType) -
         metric.increment = lambda v, metric=metric: calls.append((metric.labels["outcome"], v))
     m.record([protocol.Outcome("played", "fm", None)] * 5 + [protocol.Outcome("added", "fm", 2)])
     assert sorted(calls) == [("added", 1.0), ("played", 5.0)]
+
+
+# ---- experiments: the bucket header as a request parameter --------------------------------------------------------------
+
+def params(*members: tuple[str, object]) -> str:
+    """Request parameters as Triton passes them: a JSON object, duplicate keys kept (forwarded headers come last)."""
+    return "{" + ",".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in members) + "}"
+
+
+H = "x-fmops-bucket"
+BUCKET_PARAMETERS: list[tuple[str, str | None, int | None]] = [  # id, parameters, bucket
+    ("none", None, None),
+    ("empty-string", "", None),
+    ("no-header", "{}", None),
+    ("other-parameters-only", params(("binary_data_size", 12), ("priority", 1)), None),
+    ("bucket", params((H, "42")), 42),
+    ("bucket-0", params((H, "0")), 0),
+    ("bucket-99", params((H, "99")), 99),
+    ("beside-other-parameters", params(("binary_data_size", 12), (H, "7")), 7),
+    ("header-case-kept-by-triton", params(("X-FMOPS-BUCKET", "7")), 7),
+    ("mixed-case", params(("X-Fmops-Bucket", "63")), 63),
+    ("trailing-space-kept-by-triton", params((H, "12 ")), 12),
+    ("tabs", params((H, "\t5\t")), 5),
+    ("same-value-twice", params((H, "3"), (H, "3")), 3),
+    ("100", params((H, "100")), None),
+    ("negative", params((H, "-1")), None),
+    ("leading-zero", params((H, "07")), None),
+    ("plus-sign", params((H, "+5")), None),
+    ("blank-as-triton-passes-it", params((H, " ")), None),
+    ("empty", params((H, "")), None),
+    ("word", params((H, "abc")), None),
+    ("hex", params((H, "0x1")), None),
+    ("exponent", params((H, "1e1")), None),
+    ("decimal-point", params((H, "5.0")), None),
+    ("newline", params((H, "5\n")), None),
+    ("arabic-indic-digit", params((H, "\u0663")), None),
+    ("fullwidth-digit", params((H, "\uff15")), None),
+    ("huge", params((H, "9" * 5000)), None),
+    ("two-values", params((H, "1"), (H, "2")), None),
+    ("body-int-and-header", params((H, 3), (H, "4")), None),
+    ("int-not-text", params((H, 5)), None),
+    ("null", params((H, None)), None),
+    ("list", params((H, ["5"])), None),
+    ("longer-name", params(("x-fmops-bucket-other", "1")), None),
+    ("nested", params(("outer", {H: "5"})), None),
+    ("not-json", "x-fmops-bucket: 5", None),
+    ("json-array", json.dumps([[H, "5"]]), None),
+    ("json-string", json.dumps("5"), None),
+]
+
+
+@pytest.mark.parametrize(("parameters", "want"), [b[1:] for b in BUCKET_PARAMETERS], ids=[b[0] for b in BUCKET_PARAMETERS])
+def test_the_experiment_bucket_is_read_from_the_request_parameters(parameters: str | None, want: int | None) -> None:
+    """Only a bucket as the client writes it (0..99, decimal, no leading zero) counts; anything else,
+    malformed or ambiguous, is no bucket (and never an error: experiment_bucket does not raise)."""
+    for spec in (parameters, *([parameters.replace('"' + H + '"', '"' + H.upper() + '"')] if parameters else [])):
+        assert protocol.experiment_bucket(spec) == want, spec
+
+
+def test_every_client_bucket_reads_back() -> None:
+    for b in range(protocol.BUCKETS):
+        headers = bucket_headers(next(u for u in (f"user-{i}" for i in range(10_000)) if bucket(u) == b))
+        assert headers is not None
+        assert protocol.experiment_bucket(json.dumps(headers)) == b
+
+
+class FakeRequest(dict[str, npt.NDArray[Any]]):
+    """A request's input arrays and its parameters() as the python backend gives them (a JSON string),
+    or the UnicodeDecodeError it raises for a forwarded header value that is not UTF-8."""
+
+    def __init__(self, arrays: Arrays, parameters: str | Exception = "{}") -> None:
+        super().__init__(arrays)
+        self.params = parameters
+
+    def parameters(self) -> str:
+        if isinstance(self.params, Exception):
+            raise self.params
+        return self.params
+
+
+def test_request_parameters_are_read_without_raising() -> None:
+    assert protocol.request_parameters(FakeRequest({}, params((H, "5")))) == '{"x-fmops-bucket":"5"}'
+    bad = UnicodeDecodeError("utf-8", b"\xe9", 0, 1, "invalid continuation byte")
+    assert protocol.request_parameters(FakeRequest({}, bad)) is None
+    assert protocol.request_parameters({}) is None  # a backend without parameters() forwards no header
+
+
+def test_triton_is_told_to_forward_exactly_the_bucket_header() -> None:
+    assert protocol.BUCKET_HEADER == BUCKET_HEADER == "x-fmops-bucket" and client.BUCKETS == protocol.BUCKETS == 100
+    assert protocol.FORWARD_ARGS == ("--http-header-forward-pattern=^x-fmops-bucket$", "--grpc-header-forward-pattern=^x-fmops-bucket$")
+    pattern = re.compile(protocol.FORWARD_PATTERN, re.I)  # Triton matches header names without case, as HTTP does
+    assert [bool(pattern.search(h)) for h in ("x-fmops-bucket", "X-Fmops-Bucket", "x-fmops-bucket-2", "a-x-fmops-bucket")] == [
+        True, True, False, False]
+    for doc in (client.__doc__ or "", protocol.__doc__ or ""):
+        for arg in protocol.FORWARD_ARGS:
+            assert arg.split("=")[0] in doc and protocol.FORWARD_PATTERN in doc
+
+
+KSERVE_RUNTIME = """apiVersion: serving.kserve.io/v1alpha1
+kind: ClusterServingRuntime
+metadata: {name: kserve-tritonserver}
+spec:
+  containers:
+    - name: kserve-container
+      image: kserve-tritonserver:replace
+      args: [tritonserver, --model-store=/mnt/models, --grpc-port=9000, --http-port=8080, --allow-grpc=true, --allow-http=true]
+"""
+
+
+def test_the_local_serving_runtime_forwards_the_bucket_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KServe's own runtime (its args as in config/runtimes/kserve-tritonserver.yaml) plus the forwarding flags."""
+    (tmp_path / "kserve-tritonserver.yaml").write_text(KSERVE_RUNTIME)
+    monkeypatch.setattr(kserve, "_config_file", lambda name: tmp_path / name)
+    container = kserve.serving_runtime("localhost/fmop/fmrec:x")["spec"]["containers"][0]
+    args = container["args"]
+    assert args[:6] == yaml.safe_load(KSERVE_RUNTIME)["spec"]["containers"][0]["args"]
+    for arg in protocol.FORWARD_ARGS:
+        assert args.count(arg) == 1, args
+    assert container["image"] == "localhost/fmop/fmrec:x"
+
+
+def experiment_total(model: Any, **labels: str) -> float:
+    return sum(m.value for ls, m in series(model, "fmrec_experiment_outcomes_total").items() if labels.items() <= dict(ls).items())
+
+
+def test_experiment_series_exist_from_start_up_labelled_like_the_outcomes(pb: types.ModuleType) -> None:
+    model = served(pb)
+    experiment = series(model, "fmrec_experiment_outcomes_total")
+    assert set(experiment) == set(series(model, "fmrec_outcomes_total")) and all(m.value == 0 for m in experiment.values())
+
+
+def test_only_reports_with_a_bucket_count_as_experiment_outcomes(pb: types.ModuleType) -> None:
+    """In one batch: reports with a bucket (any case of the name), without one, with a malformed one,
+    with a header that is not UTF-8, and a refused one with a bucket. All good ones are answered and
+    counted in fmrec_outcomes_total; only those with a bucket in fmrec_experiment_outcomes_total."""
+    model = served(pb)
+    bad_utf8 = UnicodeDecodeError("utf-8", b"\xe9", 0, 1, "invalid continuation byte")
+    batch = [
+        FakeRequest(request([b"played", b"played", b"clicked"], [1, 2, 3]), params((H, "42"))),
+        FakeRequest(request([b"skipped"], task=[b"liked"]), params(("X-Fmops-Bucket", "0"))),
+        FakeRequest(request([b"played"])),  # no experiment
+        FakeRequest(request([b"played"]), params((H, "100"))),  # malformed: no exposure, no error
+        FakeRequest(request([b"added"]), params((H, "1"), (H, "2"))),  # ambiguous
+        FakeRequest(request([b"added"]), bad_utf8),
+        FakeRequest(request([b"bought"]), params((H, "5"))),  # refused: counts nowhere
+    ]
+    responses = model.execute(batch)
+    assert [r.error is None for r in responses] == [True] * 6 + [False]
+    assert [r.outputs["ACK"].tolist() for r in responses[:6]] == [[[1], [1], [1]], [[1]], [[1]], [[1]], [[1]], [[1]]]
+    assert total(model) == 8 and total(model, outcome="played") == 4
+    assert experiment_total(model) == 4
+    assert experiment_total(model, task="fm", outcome="played") == 2 and experiment_total(model, task="fm", outcome="clicked") == 1
+    assert experiment_total(model, task="liked", outcome="skipped") == 1 and experiment_total(model, outcome="added") == 0
+    assert {dict(ls)["model"] for ls in series(model, "fmrec_experiment_outcomes_total")} == {"fmrec"}
+    assert len(series(model, "fmrec_experiment_outcomes_total")) == len(TASKS) * len(OUTCOMES), "no request may add a series"
+    refused = {dict(ls)["input"]: m.value for ls, m in series(model, "fmrec_refused_requests_total").items()}
+    assert refused["OUTCOME"] == 1 and sum(refused.values()) == 1, "a malformed bucket is no refusal"
+
+
+def answered_row(task: str, items: int, k: int = 3) -> Recommendation:
+    scores = np.full(k, -np.inf, np.float32)
+    scores[:items] = np.arange(items, 0, -1)
+    return Recommendation(items=np.array([f"i{j}" if j < items else "" for j in range(k)], dtype=object),
+                          codes=np.array([j + 1 if j < items else 0 for j in range(k)], np.int64), scores=scores,
+                          user=np.zeros(2, np.float32), task=task, events=1, unknown={})
+
+
+def test_exposures_are_the_answered_rows_of_requests_with_a_bucket() -> None:
+    """The rows fmrec_top_score counts (at least one item), and of those only the experiment's."""
+    made: list[tuple[str, FakeMetric]] = []
+
+    class Family(FakeFamily):
+        def Metric(self, labels: dict[str, str], buckets: list[float] | None = None) -> FakeMetric:  # noqa: N802 - Triton's name
+            made.append((self.name, super().Metric(labels, buckets)))
+            return made[-1][1]
+
+    m = ServingMetrics(types.SimpleNamespace(MetricFamily=Family), "fmrec", "1", {t: (0.0, 1.0) for t in TASKS}, np.zeros(10, np.int64))
+    exposures = {m.labels["task"]: m for n, m in made if n == "fmrec_experiment_requests_total"}
+    assert set(exposures) == set(TASKS) and all(m.labels == {"model": "fmrec", "version": "1", "task": t} and m.value == 0
+                                                 for t, m in exposures.items())
+    rows = [answered_row("fm", 3), answered_row("fm", 0), answered_row("liked", 1), answered_row("fm", 2), answered_row("liked", 3)]
+    m.record(rows, [True, True, True, False, False])
+    assert {t: e.value for t, e in exposures.items()} == {"fm": 1, "liked": 1}
+    assert sum(len(mt.observed) for n, mt in made if n == "fmrec_top_score") == 4
+    m.record(rows)  # no request carried a bucket
+    assert {t: e.value for t, e in exposures.items()} == {"fm": 1, "liked": 1}
+    with pytest.raises(ValueError, match="2 experiment flags for 5 results"):
+        m.record(rows, [True, False])
 
 
 def test_the_outcome_model_imports_no_torch() -> None:

@@ -23,6 +23,7 @@ from fmdev.local import images, pki, volumes
 from fmdev.local.common import KSERVE_CONFIG, ClusterError, binary, free_port, wait_http
 from fmdev.local.handle import Handle
 from fmdev.local.node import NODE_IP, Node
+from fmrec.serving.protocol import FORWARD_ARGS
 
 
 NAMESPACE = "kserve"
@@ -64,13 +65,17 @@ def webhooks(url: str, ca: bytes) -> list[dict[str, Any]]:
 
 
 def serving_runtime(image: str) -> dict[str, Any]:
-    """KServe's Triton ClusterServingRuntime with our image and requests sized for a small node."""
+    """KServe's Triton ClusterServingRuntime with our image, requests sized for a small node, latency
+    quantiles and the bucket header forwarded to the models."""
     rt: dict[str, Any] = yaml.safe_load(_config_file("kserve-tritonserver.yaml").read_text())
     container = rt["spec"]["containers"][0]
     container["image"] = image
     container["imagePullPolicy"] = "IfNotPresent"
     # Latency quantiles per pod (nv_inference_request_summary_us): the p99 analysis check and alert read them.
     container["args"].append("--metrics-config=summary_latencies=true")
+    # The bucket header (HTTP header, gRPC metadata) reaches the models as a request parameter, so each
+    # revision counts its experiment exposures and outcomes (fmrec.serving.protocol, "Experiments").
+    container["args"].extend(FORWARD_ARGS)
     container["resources"] = {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "3Gi"}}
     container.setdefault("env", []).append({"name": "OMP_NUM_THREADS", "value": "1"})
     return rt

@@ -21,6 +21,18 @@ A user's bucket never changes, so a route matching the header by regex (Gateway 
 Traefik) sends the user to the same revision on every request: "^[0-9]$" is buckets 0-9 (10% of
 users), "^1?[0-9]$" 0-19, "^[0-4]?[0-9]$" 0-49. The user key itself is never sent.
 
+The header also puts the user in the experiment on the server: each user row answered (with at
+least one item) in a request that carries it counts as an experiment exposure in
+fmrec_experiment_requests_total, each outcome reported with it in fmrec_experiment_outcomes_total
+(fmrec.serving.metrics), on the revision that served it. Without `user` a request is answered the
+same, but counts in neither: a user outside every experiment, whom a Rollout's experiment step must
+not compare. A header value that is not a bucket as bucket_headers() writes it (0..99, decimal) is
+no error, and counts as no exposure. The server counts the header only when Triton forwards it to
+the model: tritonserver must run with --http-header-forward-pattern=^x-fmops-bucket$ and
+--grpc-header-forward-pattern=^x-fmops-bucket$ (fmrec.serving.protocol.FORWARD_ARGS). The local
+KServe ClusterServingRuntime and fmrec.serving.server pass both; a ServingRuntime of your own must add
+them to its tritonserver args.
+
 Outcomes. report() sends what the user did (one of fmrec.serving.protocol.OUTCOMES: clicked,
 played, added, skipped, ignored; POSITION the item's 1-based rank in the list) to the outcome model
 NAME_outcome exported beside the model, with the same header: the outcome lands on the revision
@@ -51,10 +63,9 @@ import numpy as np
 import numpy.typing as npt
 
 from fmrec.data.schema import CONTEXT_FIELDS
+from fmrec.serving.protocol import BUCKET_HEADER as BUCKET_HEADER  # re-exported: the client's constants, defined with the protocol
+from fmrec.serving.protocol import BUCKETS as BUCKETS
 from fmrec.serving.protocol import outcome_model
-
-BUCKET_HEADER = "x-fmops-bucket"
-BUCKETS = 100
 
 
 def bucket(user_key: str) -> int:

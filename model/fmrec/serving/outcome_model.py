@@ -4,7 +4,10 @@ users did with the recommendations of the recommend model NAME exported beside i
 Clients report an outcome (fmrec.serving.protocol.OUTCOMES) with the same bucket header as the
 recommend request (fmrec.serving.client), so the route that sent a user to a revision sends the
 user's outcomes to the same revision, and each revision's /metrics counts the outcomes of the
-lists it served: fmrec_outcomes_total and fmrec_outcome_position (fmrec.serving.metrics).
+lists it served: fmrec_outcomes_total and fmrec_outcome_position (fmrec.serving.metrics). Rows of a
+report that carried the header (forwarded by Triton as a request parameter, fmrec.serving.protocol
+"Experiments") count in fmrec_experiment_outcomes_total too; a malformed value is no error and
+counts nothing there.
 
 Errors, per request, as in the recommend model (fmrec.serving.triton_model): a malformed request
 gets its own 400 naming the input (OUTCOME, POSITION, TASK) and counts nothing, the rest of the
@@ -51,7 +54,7 @@ class TritonPythonModel:
                                                 "the server's log has the traceback") from None
 
     def _answer(self, requests: list[Any]) -> list[Any]:
-        responses, counted = [], []
+        responses, counted, experiment = [], [], []
         for request in requests:
             try:
                 rows = protocol.outcomes(partial(_array, request), self.tasks, self.k_max)
@@ -60,8 +63,9 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(err), pb_utils.TritonError.INVALID_ARG)))
                 continue
             counted += rows
+            experiment += [protocol.experiment_bucket(protocol.request_parameters(request)) is not None] * len(rows)
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("ACK", np.ones((len(rows), 1), np.int32))]))
-        self.metrics.record(counted)
+        self.metrics.record(counted, experiment)
         return responses
 
 

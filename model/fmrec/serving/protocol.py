@@ -38,13 +38,37 @@ to which clients report what a user did with a recommendation: one row per outco
 
 A request with any bad row is refused whole (a 400 naming the input, "row N: " first when it has
 several), and counts nothing. The answer is ACK, 1 per row counted.
+
+Experiments. A client in an A/B experiment sends the header x-fmops-bucket (BUCKET_HEADER) with the
+user's bucket, 0..99 (fmrec.serving.client.bucket), on both its recommend requests and its outcome
+reports. Routes match it to pick the revision; the server counts it too: each user row answered with
+at least one item in a recommend request that carried the header is an experiment exposure
+(fmrec_experiment_requests_total), each outcome row of a report that carried it an experiment
+outcome (fmrec_experiment_outcomes_total, fmrec.serving.metrics). Requests without the header (users
+in no experiment) are answered and counted in every other metric as before, never in these two, so a
+revision that also serves users outside the experiment (the stable) compares with the candidate on
+the experiment's users only.
+
+The server sees the header only when Triton forwards it: tritonserver must run with
+FORWARD_ARGS (--http-header-forward-pattern=^x-fmops-bucket$ and
+--grpc-header-forward-pattern=^x-fmops-bucket$), which make it a request parameter (key: the header's
+name as the client spelled it; gRPC metadata keys are lowercase; the pattern matches any case).
+fmrec.serving.server starts Triton with them, and so does the local KServe ClusterServingRuntime
+(devtools); a ServingRuntime of your own needs them in its container args, or nothing is counted as
+an experiment exposure or outcome (requests are still answered). experiment_bucket() reads the
+parameter: a value that is not a bucket as the client writes it (0..99 in decimal without leading
+zeros; surrounding spaces and tabs are ignored), not valid UTF-8, or sent twice with different values
+is no error for the request (the route already chose the revision) but counts as no exposure or
+outcome of the experiment; no metric counts such values.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -269,3 +293,50 @@ def outcomes(get: Callable[[str], npt.NDArray[np.generic] | None], tasks: Sequen
                                f"the model returned (at most {k_max} items)", "POSITION")
         out.append(Outcome(outcome=name, task=served, position=rank))
     return out
+
+
+# ---- experiments: the bucket header, counted per request ---------------------------------------------------------------
+
+BUCKET_HEADER = "x-fmops-bucket"  # a user's sticky bucket (fmrec.serving.client.bucket): routes and experiment counts read it
+BUCKETS = 100  # buckets 0..99
+FORWARD_PATTERN = f"^{BUCKET_HEADER}$"  # the header names Triton forwards to the models as request parameters
+FORWARD_ARGS = (f"--http-header-forward-pattern={FORWARD_PATTERN}", f"--grpc-header-forward-pattern={FORWARD_PATTERN}")
+_BUCKET_TEXT = re.compile(r"0|[1-9][0-9]?")  # 0..99 as str(int) writes it
+
+
+class _Pairs(list[tuple[str, object]]):
+    """A JSON object's members in order, duplicates kept (Triton appends forwarded headers to the body's parameters)."""
+
+
+def experiment_bucket(parameters: str | None) -> int | None:
+    """The bucket a request carried in BUCKET_HEADER, from its Triton request parameters (the JSON
+    object InferenceRequest.parameters() returns; None when they could not be read); None when the
+    request carried none, or a malformed one (see the module docstring: never an error)."""
+    if not parameters:
+        return None
+    try:
+        members = json.loads(parameters, object_pairs_hook=_Pairs)
+    except ValueError:
+        return None
+    if not isinstance(members, _Pairs):
+        return None
+    values = {v.strip(" \t") if isinstance(v, str) else None for k, v in members if k.lower() == BUCKET_HEADER}
+    if len(values) != 1:  # none sent, or several that disagree
+        return None
+    (text,) = values
+    return int(text) if text is not None and _BUCKET_TEXT.fullmatch(text) else None
+
+
+def request_parameters(request: Any) -> str | None:
+    """A Triton request's parameters (InferenceRequest.parameters(): a JSON object, the forwarded
+    BUCKET_HEADER among them), or None when they cannot be read: a forwarded header value that is not
+    UTF-8 makes the python backend's parameters() raise, and that is the client's header, no bug to
+    fail the batch for. A backend without parameters() forwards no header either."""
+    read = getattr(request, "parameters", None)
+    if read is None:
+        return None
+    try:
+        text = read()
+    except UnicodeDecodeError:
+        return None
+    return text if isinstance(text, str) else None

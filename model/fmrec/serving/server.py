@@ -4,7 +4,8 @@ What the bundled server needs, found the hard way: this virtualenv's bin/ first 
 how the python backend's embedded interpreter finds our packages), the wheel's
 nvidia_pytriton.libs on LD_LIBRARY_PATH, a backend directory holding libtriton_python.so,
 triton_python_backend_utils.py and the stub for this Python version, Debian's libpython3.11,
-and every listener bound to 127.0.0.1.
+and every listener bound to 127.0.0.1. It forwards the bucket header of A/B experiments to the
+models as a request parameter (fmrec.serving.protocol.FORWARD_ARGS), as a KServe runtime must.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from fmrec.serving.protocol import FORWARD_ARGS
 
 
 def _free_port() -> int:
@@ -84,7 +87,8 @@ class TritonServer:
                 "--http-address=127.0.0.1", f"--http-port={self.http_port}",
                 "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
                 "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
-                "--allow-gpu-metrics=false", "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0"]
+                "--allow-gpu-metrics=false", "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0",
+                *FORWARD_ARGS]  # x-fmops-bucket reaches the models: experiment exposures and outcomes are counted
         if self.read_only:
             argv = [*READ_ONLY, str(self.repository.resolve()), *argv]
         log = open(self.workdir / "tritonserver.log", "ab")  # noqa: SIM115 - owned by the child

@@ -21,6 +21,10 @@ this batch and counting as failures, so a broken model cannot pass a canary's an
 responses that Triton counts as successes. The fuzz test (tests/integration/test_triton_fuzz.py)
 is what shows no request reaches that path. (pytriton's own inference callables cannot do better:
 an exception there fails every request of the batch, pytriton/proxy/model.py.)
+
+Experiments. A request that carried the bucket header (forwarded by Triton as a request parameter,
+fmrec.serving.protocol "Experiments") counts its answered users in fmrec_experiment_requests_total
+too; a malformed value is no error and counts nothing there.
 """
 
 from __future__ import annotations
@@ -76,16 +80,17 @@ class TritonPythonModel:
             except RequestError as err:
                 prepared.append(err)
         results = iter(self.rec.run([row for p in prepared if not isinstance(p, RequestError) for row in p]))  # one backbone pass
-        responses, answered = [], []
-        for p in prepared:
+        responses, answered, experiment = [], [], []
+        for request, p in zip(requests, prepared, strict=True):
             if isinstance(p, RequestError):
                 self.metrics.refused(p.tensor)
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(p), pb_utils.TritonError.INVALID_ARG)))
                 continue
             mine = [next(results) for _ in p]
             answered += mine
+            experiment += [protocol.experiment_bucket(protocol.request_parameters(request)) is not None] * len(mine)
             responses.append(pb_utils.InferenceResponse(output_tensors=_outputs(mine)))
-        self.metrics.record(answered)
+        self.metrics.record(answered, experiment)
         return responses
 
 

@@ -141,6 +141,10 @@ def render(rollout: dict[str, Any], events: Sequence[dict[str, Any]], now: datet
             if r.get("message"):
                 out.append(f"  {'':<16} {r['message']}")
 
+    experiment = status.get("experiment")
+    if experiment:
+        out += ["", "Experiment"] + _experiment(experiment)
+
     conditions = status.get("conditions") or []
     if conditions:
         out += ["", "Conditions"]
@@ -207,9 +211,41 @@ def _steps(strategy: dict[str, Any], status: dict[str, Any], now: datetime) -> l
     return lines
 
 
+def _experiment(e: dict[str, Any]) -> list[str]:
+    """The experiment block: where it runs, each arm's rate, the difference and lift with their intervals, the verdict."""
+    action = f" -> {e['action']}" if e.get("action") else ""
+    lines = [f"  step {e.get('stepIndex')}   revision {e.get('revision')}   {e.get('candidatePercent')}% of users on the canary   "
+             f"success '{e.get('success')}'   {e.get('outcome', 'pending')}{action}   looks {e.get('looks', 0)}"
+             f"   since {e.get('startedAt') or '-'}   last {e.get('lastLookAt') or '-'}"]
+    for side, key in (("stable", "control"), ("canary", "candidate")):
+        arm = e.get(key)
+        if arm:
+            lines.append(f"  {side:<8} {arm.get('exposures', 0):>10} exposures {arm.get('successes', 0):>10} successes   "
+                         f"rate {arm.get('rate', 0.0):.4f}")
+    cs, lift, li = e.get("confidenceSequence"), e.get("lift"), e.get("liftInterval")
+    if e.get("difference") is not None and cs:
+        level = e.get("confidenceLevel")
+        lines.append(f"  diff     {e['difference']:+.4f}   {level:.0%} interval [{cs['lower']:+.4f}, {cs['upper']:+.4f}]"
+                     + (f"   lift {lift:+.1%}" + (f" [{li['lower']:+.1%}, {li['upper']:+.1%}] (approx.)" if li else "") if lift is not None else ""))
+    if e.get("likelihoodRatio") is not None:
+        srm = e.get("sampleRatio") or {}
+        lines.append(f"  test     likelihood ratio {e['likelihoodRatio']:.4g} (decides at {e.get('threshold', 0):.4g})   canary share "
+                     f"{srm.get('observedShare', 0):.2%} of exposures (configured {srm.get('expectedShare', 0):.2%}), sample-ratio "
+                     f"Bayes factor {srm.get('bayesFactor', 0):.4g} (mismatch at {srm.get('threshold', 0):.4g})")
+    if e.get("countsError"):
+        lines.append(f"  error    {e['countsError']}")
+    if e.get("reason"):
+        lines.append(f"  why      {e['reason']}")
+    return lines
+
+
 def _step(step: dict[str, Any]) -> str:
     if step.get("setWeight") is not None:
         return f"setWeight {step['setWeight']}%"
+    experiment = step.get("experiment")
+    if experiment is not None:
+        return (f"experiment {experiment.get('candidatePercent', 50)}% of users, success '{experiment.get('success', 'played')}', "
+                f"at most {experiment.get('maxDuration', '1h')}")
     pause = step.get("pause")
     if pause is not None:
         return "pause until promoted (kubectl fmops promote)" if pause.get("untilPromoted") else f"pause {pause.get('duration')}"

@@ -20,7 +20,8 @@ from fmop.api.rollout import Analysis, Metric, MinSampleSize, RolloutSpec
 from fmdev.local.common import Supervisor, free_port
 from fmdev.local.monitoring import Monitoring
 from fmop.rollout import analysis, naming
-from fmop.rollout.types import Measure, Measurement, SplitSample
+from fmop.rollout.sequential import Arm
+from fmop.rollout.types import ExperimentCounts, ExperimentUnknown, Measure, Measurement, SplitSample
 from tests.conftest import load_example
 from tests.integration.prom import wait_scraped
 
@@ -40,6 +41,14 @@ class Exporter:
         self.p99 = Gauge("nv_inference_request_summary_us", "latency", [*labels, "quantile"], registry=self.registry)
         self.items = Gauge("fmrec_recommended_items_total", "items", ["namespace", "inferenceservice", "task", "decile"], registry=self.registry)
         self.gauge = Gauge("test_value", "a value the test sets", ["namespace", "inferenceservice", "series"], registry=self.registry)
+        # The served model's experiment counters (fmrec.serving.metrics), present at 0 from the start as the model makes them.
+        self.exposures = Gauge("fmrec_experiment_requests_total", "exposures", ["namespace", "inferenceservice", "model"], registry=self.registry)
+        self.outcomes = Gauge("fmrec_experiment_outcomes_total", "outcomes", ["namespace", "inferenceservice", "model", "outcome"],
+                              registry=self.registry)
+        for isvc in (CANARY, STABLE):
+            self.exposures.labels(NS, isvc, "fmrec")
+            for outcome in ("played", "ignored"):
+                self.outcomes.labels(NS, isvc, "fmrec", outcome)
         for isvc in (CANARY, STABLE):
             for model in ("fmrec", "fmrec_outcome"):  # the recommend model and its outcome model, as exported
                 self.success.labels(NS, isvc, model)
@@ -288,3 +297,22 @@ def test_a_real_service_that_is_not_prometheus_is_an_error_without_its_page(expo
                                  NS, ROLLOUT, "http://127.0.0.1:1", datetime.now(UTC)))
     assert m.phase == "Error" and "answered HTTP 200 with a body that is not JSON" in m.message, m.message
     assert "test_value" not in m.message and "nv_inference" not in m.message, m.message
+
+
+def test_experiment_counts_from_the_served_models_counters(prometheus: Monitoring, exporter: Exporter) -> None:
+    """Each arm's exposures and `played` reports since the experiment started, as a real Prometheus counts them."""
+    wait_scraped(prometheus, f'sum(fmrec_experiment_requests_total{{inferenceservice="{CANARY}"}})', 0)
+    since = datetime.now(UTC)
+    time.sleep(1.2)
+    exporter.exposures.labels(NS, STABLE, "fmrec").inc(400)
+    exporter.outcomes.labels(NS, STABLE, "fmrec", "played").inc(40)
+    exporter.outcomes.labels(NS, STABLE, "fmrec", "ignored").inc(360)  # not the success outcome
+    exporter.exposures.labels(NS, CANARY, "fmrec").inc(100)
+    exporter.outcomes.labels(NS, CANARY, "fmrec", "played").inc(15)
+    wait_scraped(prometheus, f'sum(fmrec_experiment_outcomes_total{{inferenceservice="{CANARY}",outcome="played"}})', 15)
+    got = analysis.experiment_counts(prometheus.prometheus_url, NS, ROLLOUT, 1, 2, "played", since, datetime.now(UTC))
+    assert isinstance(got, ExperimentCounts), got
+    # exactly what was counted since (increase() would extrapolate to the window's edges: 454 for 400 here)
+    assert (got.control, got.candidate, got.since) == (Arm(400, 40), Arm(100, 15), since), got
+    stopped = analysis.experiment_counts("http://127.0.0.1:9", NS, ROLLOUT, 1, 2, "played", since, datetime.now(UTC), timeout=1)
+    assert isinstance(stopped, ExperimentUnknown) and "127.0.0.1:9" in stopped.message

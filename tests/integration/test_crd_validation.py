@@ -23,7 +23,7 @@ def create(api: Any, namespace: str, obj: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-@pytest.mark.parametrize("name", ["foundationmodel.yaml", "taskadapter.yaml", "rollout.yaml"])
+@pytest.mark.parametrize("name", ["foundationmodel.yaml", "taskadapter.yaml", "rollout.yaml", "rollout-experiment.yaml"])
 def test_example_is_accepted(api: Any, namespace: str, name: str) -> None:
     obj = load_example(name)
     created = create(api, namespace, obj)

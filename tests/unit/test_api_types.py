@@ -13,7 +13,7 @@ from tests.conftest import load_example
 KIND = {"FoundationModel": FoundationModel, "TaskAdapter": TaskAdapter, "Rollout": Rollout}
 
 
-@pytest.mark.parametrize("name", ["foundationmodel.yaml", "taskadapter.yaml", "rollout.yaml"])
+@pytest.mark.parametrize("name", ["foundationmodel.yaml", "taskadapter.yaml", "rollout.yaml", "rollout-experiment.yaml"])
 def test_examples_parse(name: str) -> None:
     obj = load_example(name)
     parsed = KIND[obj["kind"]].model_validate(obj)

@@ -14,7 +14,7 @@ import re2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fmop.api.rollout import TrafficRouting
+from fmop.api.rollout import TrafficRouting, experiment_refusal
 from fmop.rollout import naming
 from fmop.rollout.providers import PROVIDERS, base
 from fmop.rollout.types import ObservedTraffic, SetTraffic
@@ -70,29 +70,48 @@ def test_the_regex_matches_exactly_the_buckets_of_the_range(first: int, last: in
     assert naming.buckets_of(regex) == (first, last)
 
 
-@pytest.mark.parametrize(("t", "words"), [
-    (SetTraffic(1, None, 0, 0, buckets=(0, 49)), "without a canary revision"),
-    (SetTraffic(1, 2, 0, 10, buckets=(0, 49)), "cannot mirror"),
-    (SetTraffic(1, 2, 0, 0, buckets=(50, 10)), "within 0..99"),
-    (SetTraffic(1, 2, 0, 0, buckets=(0, 100)), "within 0..99"),
-    (SetTraffic(1, 2, 0, 0, buckets=(-1, 3)), "within 0..99"),
-])
-@pytest.mark.parametrize("provider", HEADERS)
-def test_an_impossible_experiment_is_refused_saying_why(provider: str, t: SetTraffic, words: str) -> None:
-    with pytest.raises(ValueError, match=words):
+RANGE = "SetTraffic.buckets must be a range first..last with 0 <= first <= last <= 99, got "
+
+
+@pytest.mark.parametrize(("t", "message"), [
+    (SetTraffic(1, None, 0, 0, buckets=(0, 49)), "SetTraffic without a canary revision cannot send user buckets 0..49 to a canary"),
+    (SetTraffic(1, 2, 0, 10, buckets=(0, 49)), "SetTraffic cannot mirror 10% during an experiment: the candidate's users are its own "
+                                               "(mirroring would make the stable's users its requests too)"),
+    (SetTraffic(1, 2, 0, 0, buckets=(50, 10)), RANGE + "50..10"),
+    (SetTraffic(1, 2, 0, 0, buckets=(0, 100)), RANGE + "0..100"),
+    (SetTraffic(1, 2, 0, 0, buckets=(-1, 3)), RANGE + "-1..3"),
+], ids=["no-canary", "mirror", "reversed", "past-99", "negative"])
+@pytest.mark.parametrize("provider", [*HEADERS, "kserve"])
+def test_an_impossible_experiment_is_refused_saying_why(provider: str, t: SetTraffic, message: str) -> None:
+    with pytest.raises(ValueError) as refused:
         PROVIDERS[provider].render(ROLLOUT, routing(provider), t)
+    assert str(refused.value) == message
+
+
+KSERVE = ("strategy.steps[].experiment needs routing by header, which trafficRouting.provider kserve cannot do (it splits by "
+          "percentage only): use provider gatewayAPI, istio, or traefik with traefik.ingressRoute")
+TRAEFIK_BARE = ("strategy.steps[].experiment with trafficRouting.provider traefik needs trafficRouting.traefik.ingressRoute: a "
+                "TraefikService cannot match headers, the IngressRoute the operator writes can")
 
 
 def test_providers_that_cannot_match_headers_say_so_with_the_fix() -> None:
     assert [p for p in PROVIDERS if base.supports_buckets(routing(p)) is None] == list(HEADERS)
-    kserve = base.supports_buckets(routing("kserve"))
-    assert kserve is not None and "use gatewayAPI, istio or traefik" in kserve
-    with pytest.raises(ValueError, match="cannot route by header"):
+    assert base.supports_buckets(routing("kserve")) == KSERVE
+    with pytest.raises(ValueError) as refused:
         PROVIDERS["kserve"].render(ROLLOUT, routing("kserve"), experiment())
-    bare = TrafficRouting.model_validate({"provider": "traefik"})  # routes to the TraefikService are the user's
-    assert "spec.trafficRouting.traefik.ingressRoute" in (base.supports_buckets(bare) or "")
-    with pytest.raises(ValueError, match="spec.trafficRouting.traefik.ingressRoute"):
-        PROVIDERS["traefik"].render(ROLLOUT, bare, experiment())
+    assert str(refused.value) == KSERVE
+    for bare in ({"provider": "traefik"}, {"provider": "traefik", "traefik": {"traefikServiceName": "x"}}):  # routes are the user's
+        assert base.supports_buckets(TrafficRouting.model_validate(bare)) == TRAEFIK_BARE
+        with pytest.raises(ValueError) as refused:
+            PROVIDERS["traefik"].render(ROLLOUT, TrafficRouting.model_validate(bare), experiment())
+        assert str(refused.value) == TRAEFIK_BARE
+        assert PROVIDERS["traefik"].render(ROLLOUT, TrafficRouting.model_validate(bare), SetTraffic(1, 2, 10, 0))  # no experiment: fine
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_the_providers_refuse_in_the_words_of_admission_and_the_engine(provider: str) -> None:
+    """One message wherever an experiment on a provider that cannot hold one is refused (CRD rule, engine, provider)."""
+    assert base.supports_buckets(routing(provider)) == experiment_refusal(routing(provider))
 
 
 def _edits(provider: str) -> list[tuple[str, Any]]:
@@ -105,6 +124,21 @@ def _edits(provider: str) -> list[tuple[str, Any]]:
             ("the stable behind the header", lambda o: o[0]["spec"]["rules"][0]["backendRefs"][0].update(name="reco-r1-predictor")),
             ("a third rule", lambda o: o[0]["spec"]["rules"].append(copy.deepcopy(o[0]["spec"]["rules"][1]))),
             ("a path on the weighted rule", lambda o: o[0]["spec"]["rules"][1].update(matches=[{"path": {"type": "PathPrefix", "value": "/v2"}}])),
+            ("a path on the bucket rule", lambda o: o[0]["spec"]["rules"][0]["matches"][0].update(path={"type": "PathPrefix", "value": "/v2"})),
+            ("a method on the bucket rule", lambda o: o[0]["spec"]["rules"][0]["matches"][0].update(method="POST")),
+            ("a second match on the bucket rule", lambda o: o[0]["spec"]["rules"][0]["matches"].append({})),
+            ("a second header on the bucket rule", lambda o: o[0]["spec"]["rules"][0]["matches"][0]["headers"].append(
+                {"type": "Exact", "name": "x-user", "value": "a"})),
+            ("the canary at weight 0 behind the header", lambda o: o[0]["spec"]["rules"][0]["backendRefs"][0].update(weight=0)),
+            ("a second backend behind the header", lambda o: o[0]["spec"]["rules"][0]["backendRefs"].append(
+                {"name": "reco-r1-predictor", "port": 80})),
+            ("a filter on the bucket rule", lambda o: o[0]["spec"]["rules"][0].update(
+                filters=[{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "a", "value": "b"}]}}])),
+            ("a mirror on the weighted rule", lambda o: o[0]["spec"]["rules"][1].update(filters=[
+                {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "reco-r2-predictor", "port": 80}, "percent": 10}}])),
+            ("the rules swapped", lambda o: o[0]["spec"]["rules"].reverse()),
+            ("no canary behind the weights", lambda o: o[0]["spec"]["rules"][1]["backendRefs"].pop()),
+            ("a range that is not one", lambda o: o[0]["spec"]["rules"][0]["matches"][0]["headers"][0].update(value="^(3|1|2)$")),
         ]
     if provider == "istio":
         return [
@@ -113,6 +147,16 @@ def _edits(provider: str) -> list[tuple[str, Any]]:
             ("the stable behind the header", lambda o: o[0]["spec"]["http"][0]["route"][0]["destination"].update(host="reco-r1-predictor")),
             ("a mirror on the bucket route", lambda o: o[0]["spec"]["http"][0].update(mirror={"host": "reco-r2-predictor"})),
             ("a match on the weighted route", lambda o: o[0]["spec"]["http"][1].update(match=[{"uri": {"prefix": "/v2"}}])),
+            ("a uri on the bucket route", lambda o: o[0]["spec"]["http"][0]["match"][0].update(uri={"prefix": "/v2"})),
+            ("a second match on the bucket route", lambda o: o[0]["spec"]["http"][0]["match"].append({"headers": {"x-user": {"exact": "a"}}})),
+            ("a second header on the bucket route", lambda o: o[0]["spec"]["http"][0]["match"][0]["headers"].update(x_user={"exact": "a"})),
+            ("a split behind the header", lambda o: o[0]["spec"]["http"][0]["route"].append(
+                {"destination": {"host": "reco-r1-predictor", "port": {"number": 80}}, "weight": 50})),
+            ("a weight below 100 behind the header", lambda o: o[0]["spec"]["http"][0]["route"][0].update(weight=0)),
+            ("a header match that is not an object", lambda o: o[0]["spec"]["http"][0]["match"][0]["headers"].update({"x-fmops-bucket": 5})),
+            ("the routes swapped", lambda o: o[0]["spec"]["http"].reverse()),
+            ("a mirror on the weighted route", lambda o: o[0]["spec"]["http"][1].update(
+                mirror={"host": "reco-r2-predictor"}, mirrorPercentage={"value": 5.0})),
         ]
     return [
         ("another header", lambda o: o[2]["spec"]["routes"][0].update(match=o[2]["spec"]["routes"][0]["match"].replace("x-fmops-bucket", "x-user"))),
@@ -120,6 +164,15 @@ def _edits(provider: str) -> list[tuple[str, Any]]:
         ("the stable behind the header", lambda o: o[2]["spec"]["routes"][0]["services"][0].update(name="reco-r1-predictor")),
         ("a TraefikService behind the header", lambda o: o[2]["spec"]["routes"][0]["services"][0].update(kind="TraefikService")),
         ("a third route", lambda o: o[2]["spec"]["routes"].append(copy.deepcopy(o[2]["spec"]["routes"][1]))),
+        ("a priority that puts the main route first", lambda o: o[2]["spec"]["routes"][1].update(priority=10_000)),
+        ("a priority that drops the bucket route below", lambda o: o[2]["spec"]["routes"][0].update(priority=1)),
+        ("the main route to another service", lambda o: o[2]["spec"]["routes"][1].update(services=[{"name": "reco-r1-predictor", "port": 80}])),
+        ("the canary at weight 0 behind the header", lambda o: o[2]["spec"]["routes"][0]["services"][0].update(weight=0)),
+        ("a double-quoted matcher", lambda o: o[2]["spec"]["routes"][0].update(
+            match=o[2]["spec"]["routes"][0]["match"].replace("HeaderRegexp(`x-fmops-bucket`, `^(0", 'HeaderRegexp("x-fmops-bucket", `^(0'))),
+        ("the header's own match alone", lambda o: o[2]["spec"]["routes"][0].update(match="HeaderRegexp(`x-fmops-bucket`, `^(1)$`)")),
+        ("a range that is not one", lambda o: o[2]["spec"]["routes"][0].update(
+            match=o[2]["spec"]["routes"][0]["match"].replace("`^(0|1|", "`^(1|0|"))),
     ]
 
 
@@ -133,3 +186,37 @@ def test_a_changed_bucket_route_is_unknown(provider: str, what: str, edit: Any) 
 
 def test_the_routings_of_the_table_are_the_ones_of_the_provider_tests() -> None:
     assert set(HEADERS) | {"kserve"} == set(ROUTINGS)
+
+
+def test_priorities_that_keep_the_bucket_route_first_still_read_back() -> None:
+    """Traefik tries the higher priority first; 0 (or none) is the rule's length."""
+    p = PROVIDERS["traefik"]
+    for bucket, main in ((500, 400), (0, 5), (None, len("PathPrefix(`/`)")), (2, 1)):
+        objs = p.render(ROLLOUT, routing("traefik"), experiment())
+        for route, priority in zip(objs[2]["spec"]["routes"], (bucket, main), strict=True):
+            if priority is not None:
+                route["priority"] = priority
+        assert p.observe(objs) == ObservedTraffic(0, 0, 2, buckets=(0, 49)), (bucket, main)
+
+
+@pytest.mark.parametrize("provider", ["gatewayAPI", "istio"])
+def test_what_the_api_server_fills_in_still_reads_back(provider: str) -> None:
+    """Defaults the CRDs add (Gateway API: a match's path, a backendRef's group, kind and weight) change nothing."""
+    objs = PROVIDERS[provider].render(ROLLOUT, routing(provider), experiment(3, 7))
+    if provider == "gatewayAPI":
+        for rule in objs[0]["spec"]["rules"]:
+            for m in rule.get("matches", []):
+                m["path"] = {"type": "PathPrefix", "value": "/"}
+            for ref in rule["backendRefs"]:
+                ref |= {"group": "", "kind": "Service"} | ({} if "weight" in ref else {"weight": 1})
+    assert PROVIDERS[provider].observe(objs) == ObservedTraffic(0, 0, 2, buckets=(3, 7))
+
+
+def test_the_operator_and_the_served_model_agree_on_the_header_and_the_buckets() -> None:
+    """Two copies (the operator may not import the model): the routes match what clients send and the model counts."""
+    from fmrec.serving import protocol
+    from fmrec.serving.client import bucket
+
+    assert (naming.BUCKET_HEADER, naming.BUCKETS) == (protocol.BUCKET_HEADER, protocol.BUCKETS)
+    assert protocol.FORWARD_PATTERN == f"^{naming.BUCKET_HEADER}$"
+    assert all(naming.buckets_of(naming.bucket_regex(b, b)) == (b, b) for b in {bucket(f"user-{i}") for i in range(500)})

@@ -8,7 +8,7 @@ from functools import lru_cache
 from typing import Annotated, Any, ClassVar, Literal
 
 import re2  # google-re2: RE2, the engine (syntax and linear-time matching) of Alertmanager's and Prometheus' matchers
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from fmop.api.common import (
     ApiModel,
@@ -146,23 +146,85 @@ class AnalysisStep(ApiModel):
     metrics: Annotated[list[Name], Field(min_length=1, max_length=16, description="Metric names from spec.analysis.metrics." + _BUILTIN_DOC)]
 
 
-class Step(ApiModel):
-    """One canary step: exactly one of setWeight, pause or analysis."""
+# The outcomes a client reports for a recommendation (the served model's fmrec_experiment_outcomes_total{outcome}).
+ExperimentOutcome = Literal["played", "clicked", "added", "skipped", "ignored"]
+EXPERIMENT_DEFAULT_MIN_EXPOSURES = 100  # fmop.rollout.sequential.DEFAULT_MIN_EXPOSURES (a test keeps the two equal)
 
-    setWeight: Annotated[int, Field(ge=0, le=100, description="Percent of live traffic sent to the canary.")] | None = None
-    pause: PauseStep | None = None
-    analysis: AnalysisStep | None = None
+
+class ExperimentStep(ApiModel):
+    """An A/B experiment: a sticky share of USERS (by the bucket the client sends in the x-fmops-bucket header, 0..99)
+    goes to the canary, the rest to the stable, until an always-valid sequential test on the success rate of the two
+    says the canary is better (next step) or worse (rollback), or maxDuration / maxExposures ends it (onNoDecision).
+    Needs a provider that routes by header: gatewayAPI, istio, or traefik with traefik.ingressRoute."""
+
+    candidatePercent: Annotated[int, Field(ge=1, le=99, description="Percent of users on the canary: buckets 0..candidatePercent-1 "
+                                                                    "of the x-fmops-bucket header go to it, all others to the stable.")] = 50
+    success: ExperimentOutcome = Field("played", description="The outcome report counted as a success of a recommendation.")
+    alpha: Annotated[float, Field(ge=0.001, le=0.2, description="Chance of a false verdict (better or worse when there is no "
+                                                                "difference), however often the test looks.")] = 0.05
+    minimumEffect: Annotated[float, Field(gt=0, lt=1, description="The absolute difference in success rate the test is tuned to "
+                                                                  "(e.g. 0.01: one point); far smaller or larger effects need more data.")] = 0.01
+    minExposures: Annotated[int, Field(ge=1, le=1_000_000_000, description="Exposures each arm needs before any verdict.")] = (
+        EXPERIMENT_DEFAULT_MIN_EXPOSURES)
+    maxDuration: Duration = Field("1h", description="No verdict by then: onNoDecision. Counted from when the split is in place.")
+    maxExposures: Annotated[int, Field(ge=2, le=1_000_000_000_000, description="Exposures of both arms together after which, without "
+                                                                               "a verdict, onNoDecision applies; at least twice "
+                                                                               "minExposures.")] | None = None
+    interval: Duration = Field("30s", description="How often the counts are read and the test looks.")
+    onNoDecision: Literal["promote", "rollback", "pause"] = Field(
+        "pause", description="No verdict by maxDuration or maxExposures: promote goes on to the next step, rollback rolls the canary "
+                             "back, pause holds (phase Paused) until a person promotes (kubectl fmops promote) or aborts.")
+    sampleRatioAlpha: Annotated[float, Field(ge=0.000001, le=0.05, description="Chance of a false sample-ratio-mismatch alarm. A "
+                                                                               "mismatch (the users did not split as configured) "
+                                                                               "pauses the Rollout: neither rate can be trusted.")] = 0.001
 
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    "rule": "[has(self.setWeight), has(self.pause), has(self.analysis)].filter(x, x).size() == 1",
-                    "message": "each step sets exactly one of setWeight, pause or analysis",
+                    "rule": "!has(self.maxExposures) || self.maxExposures >= 2 * self.minExposures",
+                    "message": "experiment.maxExposures counts both arms together and must be at least twice experiment.minExposures",
+                    "fieldPath": ".maxExposures",
                 }
             ]
         }
     )
+
+    @model_validator(mode="after")
+    def _max_covers_min(self) -> ExperimentStep:
+        if self.maxExposures is not None and self.maxExposures < 2 * self.minExposures:
+            raise ValueError(f"experiment.maxExposures {self.maxExposures} counts both arms together and must be at least twice "
+                             f"experiment.minExposures {self.minExposures}")
+        return self
+
+
+class Step(ApiModel):
+    """One canary step: exactly one of setWeight, pause, analysis or experiment."""
+
+    setWeight: Annotated[int, Field(ge=0, le=100, description="Percent of live traffic sent to the canary.")] | None = None
+    pause: PauseStep | None = None
+    analysis: AnalysisStep | None = None
+    experiment: ExperimentStep | None = Field(None, description="Hold a sticky split of users between stable and canary until a "
+                                                                "sequential test on their outcomes decides.")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "[has(self.setWeight), has(self.pause), has(self.analysis), has(self.experiment)].filter(x, x).size() == 1",
+                    "message": "each step sets exactly one of setWeight, pause, analysis or experiment",
+                }
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Step:
+        # Only the experiment is checked here (the CEL rule checks all): older objects the operator reads keep parsing.
+        if self.experiment is not None and (self.setWeight is not None or self.pause is not None or self.analysis is not None):
+            raise ValueError("a step with experiment sets nothing else: put setWeight, pause or analysis in a step of its own "
+                             "(an experiment routes by user bucket, not by weight)")
+        return self
 
 
 class Strategy(ApiModel):
@@ -424,6 +486,28 @@ class TrafficRouting(ApiModel):
     )
 
 
+# Which providers can hold an experiment step (route a user bucket header to the canary): (CEL rule on the spec, message).
+# fmop.rollout.providers.base.supports_buckets says the same for the providers.
+_EXPERIMENT_RULES: tuple[tuple[str, str], ...] = (
+    ("!self.strategy.steps.exists(s, has(s.experiment)) || self.trafficRouting.provider != 'kserve'",
+     "strategy.steps[].experiment needs routing by header, which trafficRouting.provider kserve cannot do (it splits by "
+     "percentage only): use provider gatewayAPI, istio, or traefik with traefik.ingressRoute"),
+    ("!self.strategy.steps.exists(s, has(s.experiment)) || self.trafficRouting.provider != 'traefik' || "
+     "(has(self.trafficRouting.traefik) && has(self.trafficRouting.traefik.ingressRoute))",
+     "strategy.steps[].experiment with trafficRouting.provider traefik needs trafficRouting.traefik.ingressRoute: a TraefikService "
+     "cannot match headers, the IngressRoute the operator writes can"),
+)
+
+
+def experiment_refusal(routing: TrafficRouting) -> str | None:
+    """None when `routing` can hold an experiment step; otherwise the refusal (the same words as the CRD's CEL rules)."""
+    if routing.provider == "kserve":
+        return _EXPERIMENT_RULES[0][1]
+    if routing.provider == "traefik" and (routing.traefik is None or routing.traefik.ingressRoute is None):
+        return _EXPERIMENT_RULES[1][1]
+    return None
+
+
 class RolloutSpec(ApiModel):
     model: ServeTarget
     serving: Serving = Field(default_factory=Serving)
@@ -450,6 +534,8 @@ class RolloutSpec(ApiModel):
                     + ") and not defined in analysis.metrics",
                     "fieldPath": ".strategy.steps",
                 },
+                {"rule": _EXPERIMENT_RULES[0][0], "message": _EXPERIMENT_RULES[0][1], "fieldPath": ".trafficRouting.provider"},
+                {"rule": _EXPERIMENT_RULES[1][0], "message": _EXPERIMENT_RULES[1][1], "fieldPath": ".trafficRouting"},
                 {
                     "rule": "!has(self.strategy.shadow) || self.strategy.shadow.analysis.all(m, m in " + _BUILTIN_CEL
                     + " || self.analysis.metrics.exists(d, d.name == m))",
@@ -460,6 +546,14 @@ class RolloutSpec(ApiModel):
             ]
         }
     )
+
+    @model_validator(mode="after")
+    def _experiment_routable(self) -> RolloutSpec:
+        if any(step.experiment is not None for step in self.strategy.steps):
+            refused = experiment_refusal(self.trafficRouting)
+            if refused is not None:
+                raise ValueError(refused)
+        return self
 
 
 class MeasurementResult(ApiModel):
@@ -503,6 +597,57 @@ class HandledAlert(ApiModel):
     alertname: ShortText = ""
 
 
+class ExperimentArm(ApiModel):
+    """One arm's cumulative counts since the experiment's split was in place."""
+
+    exposures: Annotated[int, Field(ge=0)] = 0
+    successes: Annotated[int, Field(ge=0)] = 0
+    rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+
+class Interval(ApiModel):
+    lower: float
+    upper: float
+
+
+class ExperimentSampleRatio(ApiModel):
+    """Did the users split as configured: the candidate's share of exposures and the sample-ratio Bayes factor."""
+
+    observedShare: Annotated[float, Field(ge=0, le=1)]
+    expectedShare: Annotated[float, Field(ge=0, le=1)]
+    bayesFactor: float
+    threshold: float = Field(description="1/sampleRatioAlpha: a Bayes factor at or above it is a mismatch.")
+    mismatch: bool
+
+
+class ExperimentStatus(ApiModel):
+    """The experiment of strategy.steps[stepIndex] for revision `revision`: its counts, the test and its verdict."""
+
+    stepIndex: Annotated[int, Field(ge=0)]
+    revision: Annotated[int, Field(ge=1, description="The canary revision tested against the stable.")]
+    candidatePercent: Annotated[int, Field(ge=1, le=99)]
+    success: ShortText
+    outcome: Literal["pending", "continue", "better", "worse", "no-decision", "sample-ratio-mismatch"] = Field(
+        "pending", description="pending: no counts yet; continue: no verdict yet; the others are final for this step.")
+    reason: Message = ""
+    countsError: Message | None = Field(None, description="Why the last look could not read the counts (then it holds).")
+    startedAt: Timestamp | None = Field(None, description="When the canary was Ready and the split seen in place: counts start here.")
+    lastLookAt: Timestamp | None = None
+    looks: Annotated[int, Field(ge=0)] = 0
+    elapsedSeconds: Annotated[float, Field(ge=0)] | None = None
+    control: ExperimentArm | None = Field(None, description="The stable revision's arm.")
+    candidate: ExperimentArm | None = Field(None, description="The canary revision's arm.")
+    difference: float | None = Field(None, description="Candidate minus control success rate.")
+    confidenceLevel: float | None = None
+    confidenceSequence: Interval | None = Field(None, description="Always-valid interval of the difference at confidenceLevel.")
+    lift: float | None = Field(None, description="difference / control rate.")
+    liftInterval: Interval | None = Field(None, description="confidenceSequence / control rate (approximate).")
+    likelihoodRatio: float | None = Field(None, description="The test statistic (mixture likelihood ratio); a verdict at threshold.")
+    threshold: float | None = Field(None, description="1/alpha.")
+    sampleRatio: ExperimentSampleRatio | None = None
+    action: Literal["next-step", "rollback", "pause"] | None = Field(None, description="What the final outcome did.")
+
+
 class RolloutStatus(ApiModel):
     phase: Literal["Pending", "Shadowing", "Progressing", "Paused", "Promoted", "RolledBack", "Failed"] = "Pending"
     observedGeneration: Annotated[int, Field(ge=0)] | None = None
@@ -532,6 +677,8 @@ class RolloutStatus(ApiModel):
     lastPromoteRequest: ShortText | None = Field(None, description="The promote request (annotation value) last acted on.")
     lastRetryRequest: ShortText | None = Field(None, description="The retry request (annotation value) last acted on.")
     lastAbortRequest: ShortText | None = Field(None, description="The abort request (annotation value) last acted on.")
+    experiment: ExperimentStatus | None = Field(None, description="The experiment step of the current revision, while it runs and "
+                                                                  "after it decided; reset when an experiment step or revision starts.")
 
 
 class Rollout(CustomResource):

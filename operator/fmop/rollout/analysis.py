@@ -2,6 +2,7 @@
 
     measurements = measure(action, spec, namespace, rollout, default_prometheus, now)
     split = observed_split(address, namespace, rollout, stable_revision, canary_revision, since, now)
+    counts = experiment_counts(address, namespace, rollout, stable_revision, canary_revision, success, since, now)
 
 Failures are data, never exceptions (see `Measurement`):
 - Successful / Failed: the query returned one finite number and the conditions judged it.
@@ -48,7 +49,8 @@ from datetime import datetime
 
 from fmop.api.rollout import CONDITION_PATTERN, Metric, RolloutSpec
 from fmop.rollout import checks, naming
-from fmop.rollout.types import Measure, Measurement, MeasurementPhase, SplitSample, SplitUnknown
+from fmop.rollout.sequential import Arm
+from fmop.rollout.types import ExperimentCounts, ExperimentUnknown, Measure, Measurement, MeasurementPhase, SplitSample, SplitUnknown
 
 TIMEOUT_SECONDS = 5.0
 MAX_ANSWER_BYTES = 4 << 20  # one number is a few hundred bytes; a bigger answer is refused, never read whole
@@ -406,6 +408,50 @@ def observed_split(address: str, namespace: str, rollout: str, stable_revision: 
         counts.append(round(after - before))
     canary, stable = counts
     return SplitSample(canary_requests=canary, total_requests=canary + stable, since=since)
+
+
+def experiment_query(namespace: str, isvc: str, success: str | None = None) -> str:
+    """An experiment arm's exposures (success None) or `success` outcome reports counted so far, as one number: the
+    served model's counters summed over the revision's pods."""
+    if not _LABEL_VALUE.match(namespace) or not _LABEL_VALUE.match(isvc):  # Kubernetes names: a guard, no value can leave its quotes
+        raise ValueError(f"namespace {namespace!r} or InferenceService {isvc!r} is not a Kubernetes name")
+    sel = f'{naming.PROM_NAMESPACE_LABEL}="{namespace}",{naming.PROM_ISVC_LABEL}="{isvc}"'
+    if success is None:
+        return f"sum({checks.EXPERIMENT_REQUESTS_COUNTER}{{{sel}}})"
+    if success not in checks.EXPERIMENT_OUTCOMES:
+        raise ValueError(f"outcome {success!r} is not one of {', '.join(checks.EXPERIMENT_OUTCOMES)}")
+    return f'sum({checks.EXPERIMENT_OUTCOMES_COUNTER}{{{sel},{checks.EXPERIMENT_OUTCOME_LABEL}="{success}"}})'
+
+
+def experiment_counts(address: str, namespace: str, rollout: str, stable_revision: int, canary_revision: int, success: str,
+                      since: datetime, now: datetime, timeout: float = TIMEOUT_SECONDS,
+                      allow: AllowList | None = None) -> ExperimentCounts | ExperimentUnknown:
+    """Each arm's exposures and `success` outcomes between `since` and `now`: the served model's counters evaluated at
+    `now` minus the same at `since` (0 where they did not exist yet). Exact counts, unlike increase(), which extrapolates
+    to the window's edges (by 10-15% over a few scrapes: more exposures than there were would make the sequential test
+    too sure of itself). A predictor pod that restarted loses what it had counted (its new series starts again), which
+    only ever undercounts. Rounded, never negative, successes clamped to the exposures. Failures come back as
+    ExperimentUnknown naming the query and the cause (never the body of an answer); an address not on `allow` is
+    refused, no query sent."""
+    refused = allow.refusal(address, namespace) if allow is not None else None
+    if refused is not None:
+        return ExperimentUnknown(refused, now, since)
+    prom = Prometheus(address, timeout)
+    arms = []
+    for revision in (stable_revision, canary_revision):
+        isvc = naming.isvc_name(rollout, revision)
+        counted: list[int] = []
+        query = ""
+        try:
+            for outcome in (None, success):
+                query = experiment_query(namespace, isvc, outcome)
+                counted.append(max(0, round(_number_or_zero(prom, query, now) - _number_or_zero(prom, query, since))))
+        except (PrometheusError, NoData, ValueError) as err:
+            return ExperimentUnknown(f"cannot read the experiment's counts from {query or 'a query'}: {err}"[:1024], now, since)
+        exposures, successes = counted
+        arms.append(Arm(exposures, min(exposures, successes)))
+    control, candidate = arms
+    return ExperimentCounts(control, candidate, since, now)
 
 
 def _number_or_zero(prom: Prometheus, query: str, at: datetime) -> float:

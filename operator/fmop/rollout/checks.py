@@ -103,6 +103,14 @@ BUILTIN: dict[str, Metric] = {m.name: m for m in (ERROR_RATE, P99_LATENCY, PREDI
 # The requests each revision's Triton counted: the observed split's numerator and denominator.
 REQUESTS_COUNTER = ("nv_inference_request_success", "nv_inference_request_failure")
 
+# An experiment step's counters, exported by the served model per predictor pod (relabelled like nv_inference_*: namespace,
+# rollout, revision, inferenceservice). Only requests and outcome reports that carried the naming.BUCKET_HEADER count.
+# Create every series at 0 when the pod starts: increase() does not count a series' first sample as an increase.
+EXPERIMENT_REQUESTS_COUNTER = "fmrec_experiment_requests_total"  # users answered by recommend requests with the header: the exposures
+EXPERIMENT_OUTCOMES_COUNTER = "fmrec_experiment_outcomes_total"  # outcome reports, by label EXPERIMENT_OUTCOME_LABEL
+EXPERIMENT_OUTCOME_LABEL = "outcome"
+EXPERIMENT_OUTCOMES = ("played", "clicked", "added", "skipped", "ignored")  # the API's ExperimentOutcome
+
 SHADOW_AGREEMENT = """\
 Shadow top-k agreement (overlap@k of canary and stable on the same mirrored request) cannot be
 measured from Prometheus: both sides export only aggregates per series, the proxy discards the

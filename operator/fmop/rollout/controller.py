@@ -63,6 +63,8 @@ from fmop.rollout.types import (
     Decision,
     EmitEvent,
     EnsureInferenceService,
+    ExperimentCounts,
+    ExperimentUnknown,
     InferenceServiceState,
     Measure,
     Measurement,
@@ -70,6 +72,7 @@ from fmop.rollout.types import (
     ObservedTraffic,
     RecordHistory,
     RemoveInferenceService,
+    SampleExperiment,
     SampleSplit,
     SetTraffic,
     SplitSample,
@@ -118,6 +121,8 @@ class Analysis(Protocol):
 
     def split(self, ref: RolloutRef, spec: RolloutSpec, action: SampleSplit, now: datetime) -> SplitSample | SplitUnknown: ...
 
+    def experiment(self, ref: RolloutRef, spec: RolloutSpec, action: SampleExperiment, now: datetime) -> ExperimentCounts | ExperimentUnknown: ...
+
 
 class ProviderTraffic:
     """`Traffic` on a traffic provider: reads its objects once per reconcile, writes only what differs."""
@@ -154,6 +159,11 @@ class PrometheusAnalysis:
     def split(self, ref: RolloutRef, spec: RolloutSpec, action: SampleSplit, now: datetime) -> SplitSample | SplitUnknown:
         return analysis.observed_split(spec.analysis.prometheusAddress or self.default_url, ref.namespace, ref.name,
                                        action.stable_revision, action.canary_revision, action.since, now, allow=self.allow)
+
+    def experiment(self, ref: RolloutRef, spec: RolloutSpec, action: SampleExperiment, now: datetime) -> ExperimentCounts | ExperimentUnknown:
+        return analysis.experiment_counts(spec.analysis.prometheusAddress or self.default_url, ref.namespace, ref.name,
+                                          action.stable_revision, action.canary_revision, action.success, action.since, now,
+                                          allow=self.allow)
 
 
 def traffic_for(api: client.ApiClient) -> Callable[[TrafficRouting], Traffic]:
@@ -308,9 +318,9 @@ class Controller:
         decision, notes = first, list(first.events)
         taken = self._measurements(ref, served, first, now) if not alerts else None
         if taken is not None:
-            measured, split = taken
-            later = max([now, *(m.measured_at for m in measured)])
-            decision = decide(spec, first.status, replace(obs, measurements=measured, split=split), later)
+            measured, split, counts = taken
+            later = max([now, *(m.measured_at for m in measured), *([counts.at] if counts is not None else [])])
+            decision = decide(spec, first.status, replace(obs, measurements=measured, split=split, experiment=counts), later)
             notes += list(decision.events)
         records = [a for a in (*first.actions, *decision.actions) if isinstance(a, RecordHistory)]
         return self._write_and_act(body, ref, old_status, status, decision, notes, records, served, spec.trafficRouting, traffic, isvcs,
@@ -362,7 +372,8 @@ class Controller:
                     raise KubeError(f"Rollout {namespace}/{name}: {err}", retry=err.retry, status=err.status) from err
                 if wrote:
                     traffic_at = time.monotonic()
-                    done.append(f"traffic {100 - action.canary_weight}/{action.canary_weight} mirror {action.mirror_percent}")
+                    done.append(f"traffic {100 - action.canary_weight}/{action.canary_weight} mirror {action.mirror_percent}"
+                                + (f" buckets {action.buckets[0]}..{action.buckets[1]}" if action.buckets else ""))
                     self.crash("traffic-applied", phase)
             elif isinstance(action, RemoveInferenceService):
                 self.kube.delete(INFERENCE_SERVICE, namespace, naming.isvc_name(name, action.revision))
@@ -477,21 +488,27 @@ class Controller:
                 out[state.revision] = (state, item)
         return out
 
-    def _measurements(self, ref: RolloutRef, spec: RolloutSpec, d: Decision, now: datetime) -> tuple[tuple[Measurement, ...], SplitSample | SplitUnknown | None] | None:
-        """Take what the decision asks to measure (Measure, SampleSplit); None when it asks for nothing."""
+    def _measurements(self, ref: RolloutRef, spec: RolloutSpec, d: Decision, now: datetime) -> tuple[
+            tuple[Measurement, ...], SplitSample | SplitUnknown | None, ExperimentCounts | ExperimentUnknown | None] | None:
+        """Take what the decision asks to measure (Measure, SampleSplit, SampleExperiment); None when it asks for nothing."""
         measure = next((a for a in d.actions if isinstance(a, Measure)), None)
         sample = next((a for a in d.actions if isinstance(a, SampleSplit)), None)
-        if measure is None and sample is None:
+        count = next((a for a in d.actions if isinstance(a, SampleExperiment)), None)
+        if measure is None and sample is None and count is None:
             return None
         if self.analysis is None:
             why = "the operator runs without Prometheus (--prometheus-url empty)"
             taken = tuple(Measurement(m, "Error", now, message=why) for m in (measure.metrics if measure else ()))
-            return taken, (SplitUnknown(why, checkable=False) if sample else None)
+            return (taken, (SplitUnknown(why, checkable=False) if sample else None),
+                    (ExperimentUnknown(why, now, count.since, checkable=False) if count else None))
         taken = self.analysis.measure(ref, spec, measure, now) if measure else ()
         split = self.analysis.split(ref, spec, sample, now) if sample else None
         if isinstance(split, SplitUnknown):
             log.debug(f"Rollout {ref.namespace}/{ref.name}: {split.message}")
-        return taken, split
+        counts = self.analysis.experiment(ref, spec, count, now) if count else None
+        if isinstance(counts, ExperimentUnknown):
+            log.debug(f"Rollout {ref.namespace}/{ref.name}: {counts.message}")
+        return taken, split, counts
 
     # ------------------------------------------------------------ writing
     def _event(self, body: dict[str, Any], event: EmitEvent) -> None:

@@ -15,14 +15,30 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
 from fmop.api.common import Condition
-from fmop.api.rollout import HandledAlert, HistoryEntry, MeasurementResult, Metric, RolloutSpec, RolloutStatus, ServedRevision, Step
+from fmop.api.rollout import (
+    ExperimentArm,
+    ExperimentSampleRatio,
+    ExperimentStatus,
+    ExperimentStep,
+    HandledAlert,
+    HistoryEntry,
+    Interval,
+    MeasurementResult,
+    Metric,
+    RolloutSpec,
+    RolloutStatus,
+    ServedRevision,
+    Step,
+    experiment_refusal,
+)
 from fmop.conditions import Cond, Transition, merge
-from fmop.rollout import checks, naming, verdicts
+from fmop.rollout import checks, naming, sequential, verdicts
 from fmop.rollout.clock import parse_duration, parse_ts, ts, utc
 from fmop.rollout.types import (
     ABORT_ANNOTATION,
@@ -33,12 +49,15 @@ from fmop.rollout.types import (
     Decision,
     EmitEvent,
     EnsureInferenceService,
+    ExperimentCounts,
+    ExperimentUnknown,
     InferenceServiceState,
     Measure,
     ModelRef,
     Observations,
     RecordHistory,
     RemoveInferenceService,
+    SampleExperiment,
     SampleSplit,
     SetTraffic,
     Side,
@@ -355,6 +374,58 @@ def _reconcile_analysis(t: _Tick) -> _Outcome:
     return None
 
 
+def _reconcile_experiment(t: _Tick) -> _Outcome:
+    """On an experiment step: start counting once the canary is Ready and the split is seen in place, record counts
+    read since (one look each), and act on a final verdict: better or a promoting no-decision lets the step end,
+    worse (with spec.rollback.onAnalysisFailure) or a rolling-back no-decision rolls back, the rest pause."""
+    found = _experiment_step(t)
+    if found is None:
+        return None
+    idx, step = found
+    s = t.status
+    assert s.canary is not None
+    e = s.experiment
+    if e is None or e.stepIndex != idx or e.revision != s.canary.revision:
+        e = s.experiment = _fresh_experiment(idx, s.canary.revision, step)
+    where = _where(t, idx)
+    if e.startedAt is None:
+        if _not_ready(t, s.canary, "CanaryNotReady") is None and _traffic_not_applied(t, where) is None:
+            e.startedAt = ts(t.now)
+        return None
+    got = t.obs.experiment
+    started = parse_ts(e.startedAt)
+    if (got is None or e.outcome not in _EXPERIMENT_OPEN or got.since != started or not got.at <= t.now
+            or (e.lastLookAt is not None and got.at <= parse_ts(e.lastLookAt))):
+        return None
+    e.lastLookAt, e.looks = ts(got.at), e.looks + 1
+    if isinstance(got, ExperimentUnknown):
+        e.countsError = _clip(got.message, 1024)
+        return None
+    e.countsError = None
+    verdict = sequential.decide(sequential.Counts(got.control, got.candidate), _experiment_spec(step), (got.at - started).total_seconds())
+    _record_look(e, verdict)
+    rev = f"revision {s.revision} ({_label(s.canary)})"
+    outcome = verdict.outcome
+    if outcome == "better" or (outcome == "no-decision" and step.onNoDecision == "promote"):
+        e.action = "next-step"
+        t.event("Normal", "ExperimentBetter" if outcome == "better" else "ExperimentNoDecision",
+                f"{rev} at {where}: {verdict.reason}; going on to the next step")
+    elif outcome == "worse" and not t.spec.rollback.onAnalysisFailure:
+        e.action = "pause"
+        t.event("Warning", "ExperimentWorse", f"{rev} at {where}: {verdict.reason}; automatic rollback is off "
+                                              "(spec.rollback.onAnalysisFailure: false): paused")
+    elif outcome in ("worse", "no-decision") and (outcome == "worse" or step.onNoDecision == "rollback"):
+        e.action = "rollback"
+        _finish_rolling(t, "RolledBack", f"experiment at {where}: {verdict.reason}")
+        return "settled"
+    elif outcome in ("no-decision", "sample-ratio-mismatch"):
+        e.action = "pause"
+        t.event("Warning", "SampleRatioMismatch" if outcome == "sample-ratio-mismatch" else "ExperimentNoDecision",
+                f"{rev} at {where}: {verdict.reason}; paused: promote ({PROMOTE_ANNOTATION}) goes on to the next step, "
+                f"abort ({ABORT_ANNOTATION}) rolls back")
+    return None
+
+
 def _reconcile_spec_paused(t: _Tick) -> _Outcome:
     if not t.spec.paused:
         return None
@@ -418,6 +489,7 @@ _RECONCILERS = (
     _reconcile_abort,  # after the alerts, so new alerts are remembered on the call an abort settles
     _reconcile_finished,
     _reconcile_analysis,
+    _reconcile_experiment,  # before spec.paused, like the analysis: counts already read are recorded, a worse canary rolled back
     _reconcile_spec_paused,
     _reconcile_first_revision,
     _reconcile_analysis_pause,
@@ -455,14 +527,17 @@ def _reconcile_serving(t: _Tick) -> None:
         # Never a route to a canary that is not Ready: no share, no mirror, no backend (gateways drop a whole route
         # whose backend has no endpoints; Traefik answers 404 for all of it). Status keeps the step's weight, and the
         # step holds on CanaryNotReady until it is Ready again or spec.progressDeadline fails it.
-        t.actions.append(SetTraffic(s.stable.revision, canary.revision, s.canaryWeight, s.mirrorPercent) if canary is not None and ready
-                         else SetTraffic(s.stable.revision, None, 0, 0))
+        t.actions.append(SetTraffic(s.stable.revision, canary.revision, s.canaryWeight, s.mirrorPercent, _experiment_buckets(t))
+                         if canary is not None and ready else SetTraffic(s.stable.revision, None, 0, 0))
     measure = _due_measurements(t)
     if measure is not None:
         t.actions.append(measure)
     sample = _due_split(t)
     if sample is not None:
         t.actions.append(sample)
+    counts = _due_experiment(t)
+    if counts is not None:
+        t.actions.append(counts)
     if s.previousStable is not None:
         keep.add(s.previousStable.revision)
     stable = f"revision {s.stable.revision}" if s.stable else "none"
@@ -592,7 +667,7 @@ def _reset_progress(t: _Tick, phase: Literal["Pending", "Promoted"]) -> None:
     s = t.status
     s.phase, s.currentStepIndex, s.currentStepStartedAt, s.heldSince = phase, None, ts(t.now), None
     s.canaryWeight, s.stableWeight, s.mirrorPercent = 0, 100, 0
-    s.lastAnalysis, s.strategyHash = [], _strategy_hash(t.spec)
+    s.lastAnalysis, s.strategyHash, s.experiment = [], _strategy_hash(t.spec), None
 
 
 def _advance(t: _Tick, by_request: bool) -> None:
@@ -607,8 +682,10 @@ def _advance(t: _Tick, by_request: bool) -> None:
         s.canaryWeight, s.mirrorPercent = 0, _shadow_percent(t)
     else:
         s.mirrorPercent = 0
-        weight = t.spec.strategy.steps[nxt].setWeight
-        s.canaryWeight = s.canaryWeight if weight is None else weight
+        step = t.spec.strategy.steps[nxt]
+        s.canaryWeight = s.canaryWeight if step.setWeight is None else step.setWeight
+        if step.experiment is not None and s.canary is not None:  # users by bucket, no share by weight; a fresh experiment
+            s.canaryWeight, s.experiment = 0, _fresh_experiment(nxt, s.canary.revision, step.experiment)
     s.stableWeight = 100 - s.canaryWeight
     names = _run_metrics(t)
     if names:
@@ -687,6 +764,8 @@ def _evaluate(t: _Tick) -> _View:
         return _View(False, not_ready)
     if step.setWeight is not None:
         return _weight_view(t, idx, step.setWeight)
+    if step.experiment is not None:
+        return _experiment_view(t, idx, step.experiment)
     return _analysis_view(t, idx)
 
 
@@ -742,6 +821,29 @@ def _analysis_view(t: _Tick, idx: int) -> _View:
     return _View(False, _Wait("work", "Analysing", notes))
 
 
+def _experiment_view(t: _Tick, idx: int, step: ExperimentStep) -> _View:
+    where = _where(t, idx)
+    held = _traffic_not_applied(t, where)
+    if held is not None:
+        return _View(False, held)
+    e = t.status.experiment
+    if e is None or e.startedAt is None:
+        return _View(False, _Wait("work", "ExperimentStarting", f"{where}: starting the experiment"))
+    if e.action == "next-step":
+        return _View(True, _Wait("work", "ExperimentDone", f"{where}: {e.reason}"))
+    if e.action == "pause":
+        reason = {"worse": "ExperimentWorse", "sample-ratio-mismatch": "SampleRatioMismatch"}.get(e.outcome, "ExperimentNoDecision")
+        return _View(False, _Wait("pause", reason, f"{where}: {e.reason}; waiting for a person: promote (set annotation "
+                                                   f"{PROMOTE_ANNOTATION} to a new value) goes on to the next step, abort "
+                                                   f"({ABORT_ANNOTATION}) rolls back"))
+    if e.countsError is not None:
+        return _View(False, _Wait("stuck", "ExperimentCountsUnknown", f"{where}: the experiment's counts cannot be read ({e.countsError}); "
+                                                                      "holding until they can: no counts is neither better nor worse"))
+    now = e.reason or f"waiting for the first counts (every {step.interval})"
+    return _View(False, _Wait("work", "Experimenting", f"{where}: {step.candidatePercent}% of users on canary {_label(t.status.canary)} "
+                                                       f"since {e.startedAt}; {now}"))
+
+
 def _not_ready(t: _Tick, rev: ServedRevision | None, reason: str) -> _Wait | None:
     if rev is None:
         return None
@@ -758,13 +860,18 @@ def _traffic_not_applied(t: _Tick, where: str) -> _Wait | None:
     seen, s = t.obs.traffic, t.status
     if seen == "unknown":
         return None
+    buckets = _experiment_buckets(t)
     revision_ok = seen.canary_revision is None or (s.canaryWeight == 0 and s.mirrorPercent == 0) or (
         s.canary is not None and seen.canary_revision == s.canary.revision)
-    if seen.canary_weight == s.canaryWeight and seen.mirror_percent == s.mirrorPercent and revision_ok:
+    if buckets is not None:  # the bucket route must point at this canary
+        revision_ok = s.canary is not None and seen.canary_revision == s.canary.revision
+    if seen.canary_weight == s.canaryWeight and seen.mirror_percent == s.mirrorPercent and revision_ok and seen.buckets == buckets:
         return None
     found = f"{seen.canary_weight}% and mirror {seen.mirror_percent}%" + (f" to revision {seen.canary_revision}" if seen.canary_revision else "")
+    found += f", user buckets {seen.buckets[0]}..{seen.buckets[1]} by header" if seen.buckets else ""
+    wanted = f", user buckets {buckets[0]}..{buckets[1]} (header {naming.BUCKET_HEADER})" if buckets else ""
     return _Wait("hold", "TrafficNotApplied", f"{where}: waiting for the traffic provider to route {s.canaryWeight}% and mirror "
-                                              f"{s.mirrorPercent}% to canary revision {s.revision} (found {found})")
+                                              f"{s.mirrorPercent}%{wanted} to canary revision {s.revision} (found {found})")
 
 
 def _split_off(t: _Tick, where: str, weight: int) -> _Wait | None:
@@ -819,7 +926,9 @@ def _on_pause_step(t: _Tick) -> bool:
     idx, steps = t.status.currentStepIndex, t.spec.strategy.steps
     if t.status.canary is None or t.status.phase not in ACTIVE or idx is None or not 0 <= idx < len(steps):
         return False
-    return steps[idx].pause is not None
+    e = t.status.experiment
+    paused_experiment = steps[idx].experiment is not None and e is not None and e.stepIndex == idx and e.action == "pause"
+    return steps[idx].pause is not None or paused_experiment
 
 
 def _run_metrics(t: _Tick) -> tuple[str, ...]:
@@ -865,6 +974,83 @@ def _due_split(t: _Tick) -> SampleSplit | None:
 
 def _split_checked(weight: int) -> bool:
     return 0 < weight < 100
+
+
+# ---------------------------------------------------------------- experiments
+_EXPERIMENT_OPEN = ("pending", "continue")  # outcomes after which the experiment still looks
+
+
+def _experiment_step(t: _Tick) -> tuple[int, ExperimentStep] | None:
+    """The current step when it is an experiment and a canary is in flight."""
+    s, steps = t.status, t.spec.strategy.steps
+    idx = s.currentStepIndex
+    if s.canary is None or s.phase not in ACTIVE or idx is None or not 0 <= idx < len(steps):
+        return None
+    step = steps[idx].experiment
+    return None if step is None else (idx, step)
+
+
+def _experiment_buckets(t: _Tick) -> tuple[int, int] | None:
+    """The user buckets routed to the canary by header on an experiment step (0..candidatePercent-1), else None."""
+    found = _experiment_step(t)
+    return None if found is None else (0, found[1].candidatePercent - 1)
+
+
+def _fresh_experiment(idx: int, revision: int, step: ExperimentStep) -> ExperimentStatus:
+    return ExperimentStatus(stepIndex=idx, revision=revision, candidatePercent=step.candidatePercent, success=step.success,
+                            reason="waiting for the canary and the split")
+
+
+def _experiment_spec(step: ExperimentStep) -> sequential.ExperimentSpec:
+    return sequential.ExperimentSpec(
+        minimum_effect=step.minimumEffect, max_duration_seconds=parse_duration(step.maxDuration).total_seconds(), alpha=step.alpha,
+        candidate_share=step.candidatePercent / 100, alpha_srm=step.sampleRatioAlpha, min_exposures=step.minExposures,
+        max_exposures=step.maxExposures, on_no_decision=step.onNoDecision)
+
+
+def _due_experiment(t: _Tick) -> SampleExperiment | None:
+    """On an experiment step still open, once its split is in place: count both arms every `interval` (the first look one
+    interval after the start), cumulative since the start. Not while spec.paused, the canary is not Ready or the split is off."""
+    found = _experiment_step(t)
+    s, e = t.status, t.status.experiment
+    if found is None or t.spec.paused or s.stable is None or s.canary is None or e is None or e.startedAt is None:
+        return None
+    idx, step = found
+    if e.stepIndex != idx or e.outcome not in _EXPERIMENT_OPEN or e.action is not None:
+        return None
+    if _not_ready(t, s.canary, "CanaryNotReady") is not None or _traffic_not_applied(t, _where(t, idx)) is not None:
+        return None
+    if t.now < parse_ts(e.lastLookAt or e.startedAt) + parse_duration(step.interval):
+        return None
+    return SampleExperiment(s.stable.revision, s.canary.revision, step.success, parse_ts(e.startedAt))
+
+
+def _record_look(e: ExperimentStatus, d: sequential.Decision) -> None:
+    """One look's numbers into status: rounded, finite (statistics past a float's range are capped)."""
+    c, r, n = d.comparison, d.sample_ratio, d.counts
+
+    def arm(a: sequential.Arm) -> ExperimentArm:
+        return ExperimentArm(exposures=a.exposures, successes=a.successes, rate=round(a.rate, 6))
+
+    e.outcome, e.reason, e.elapsedSeconds = d.outcome, _clip(d.reason), round(max(d.elapsed_seconds, 0.0), 3)
+    e.control, e.candidate = arm(n.control), arm(n.candidate)
+    e.difference, e.confidenceLevel = round(c.difference, 6), round(1 - c.alpha, 6)
+    e.confidenceSequence = Interval(lower=round(c.lower, 6), upper=round(c.upper, 6))
+    e.lift = None if c.lift is None else round(c.lift, 4)
+    e.liftInterval = (None if c.lift_lower is None or c.lift_upper is None
+                      else Interval(lower=round(c.lift_lower, 4), upper=round(c.lift_upper, 4)))
+    e.likelihoodRatio, e.threshold = _capped_exp(c.log_lambda), _sig(1 / c.alpha)
+    e.sampleRatio = ExperimentSampleRatio(observedShare=round(r.observed_share, 6), expectedShare=round(r.expected_share, 6),
+                                          bayesFactor=_capped_exp(r.log_bayes_factor), threshold=_capped_exp(r.log_threshold),
+                                          mismatch=r.mismatch)
+
+
+def _capped_exp(log: float) -> float:
+    return _sig(math.exp(min(log, 709.0)))
+
+
+def _sig(x: float) -> float:
+    return float(f"{x:.4g}")
 
 
 def _other_revision(alert: Alert, revision: int) -> str | None:
@@ -929,6 +1115,8 @@ def _where(t: _Tick, idx: int | None) -> str:
         what = f"setWeight {step.setWeight}"
     elif step.pause is not None:
         what = f"pause {step.pause.duration}" if step.pause.duration else "pause untilPromoted"
+    elif step.experiment is not None:
+        what = f"experiment {step.experiment.candidatePercent}% of users"
     else:
         what = "analysis " + ", ".join(step.analysis.metrics if step.analysis else [])
     return f"spec.strategy.steps[{idx}] ({what})"
@@ -943,6 +1131,10 @@ def _what(t: _Tick, idx: int) -> str:
         return f"{step.setWeight}% of live traffic to the canary"
     if step.pause is not None:
         return "paused until promoted" if step.pause.untilPromoted else f"paused for {step.pause.duration}"
+    if step.experiment is not None:
+        x = step.experiment
+        return (f"user buckets 0..{x.candidatePercent - 1} of {naming.BUCKETS} (header {naming.BUCKET_HEADER}) to the canary, the rest to "
+                f"the stable, until the test on '{x.success}' decides (alpha {x.alpha:g}, at most {x.maxDuration})")
     return f"measuring {', '.join(_run_metrics(t))}"
 
 

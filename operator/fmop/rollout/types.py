@@ -13,6 +13,7 @@ from typing import Literal
 
 from fmop.api.rollout import HistoryEntry, RolloutStatus, ServeTarget
 from fmop.conditions import Cond
+from fmop.rollout.sequential import Arm
 
 Side = Literal["stable", "canary"]
 MeasurementPhase = Literal["Successful", "Failed", "Error", "Inconclusive"]
@@ -111,6 +112,28 @@ class SplitUnknown:
 
 
 @dataclass(frozen=True)
+class ExperimentCounts:
+    """An experiment's cumulative counts per arm since `since` (when its routing was first seen in place), read at `at`.
+    control is the stable revision, candidate the canary; successes are the step's `success` outcome reports."""
+
+    control: Arm
+    candidate: Arm
+    since: datetime
+    at: datetime
+
+
+@dataclass(frozen=True)
+class ExperimentUnknown:
+    """The experiment's counts were asked for and could not be read; `message` says why.
+    checkable=False: the operator runs without Prometheus, so there is nothing to read them from."""
+
+    message: str
+    at: datetime
+    since: datetime
+    checkable: bool = True
+
+
+@dataclass(frozen=True)
 class UnrecordedRollback:
     """A rollback this operator decided and carried out (traffic on the stable) but could not record in status:
     fed back into every decision until status records it, so no later decision routes to the revision again."""
@@ -129,6 +152,7 @@ class Observations:
     alerts: tuple[Alert, ...] = ()
     traffic: ObservedTraffic | Literal["unknown"] = "unknown"  # "unknown": not found, or the provider cannot tell
     split: SplitSample | SplitUnknown | None = None  # None: not measured (no SampleSplit asked, or no Prometheus configured)
+    experiment: ExperimentCounts | ExperimentUnknown | None = None  # None: not counted (no SampleExperiment asked)
     promote_request: str | None = None  # value of the fmops.dev/promote annotation
     retry_request: str | None = None  # value of the fmops.dev/retry annotation
     abort_request: str | None = None  # value of the fmops.dev/abort annotation
@@ -183,6 +207,17 @@ class SampleSplit:
 
 
 @dataclass(frozen=True)
+class SampleExperiment:
+    """Count each arm's exposures and `success` outcomes since `since` (cumulative); the result comes back as
+    Observations.experiment."""
+
+    stable_revision: int
+    canary_revision: int
+    success: str
+    since: datetime
+
+
+@dataclass(frozen=True)
 class RemoveInferenceService:
     """Delete the InferenceService of a revision nothing routes to any more."""
 
@@ -206,7 +241,7 @@ class EmitEvent:
     message: str
 
 
-Action = EnsureInferenceService | SetTraffic | Measure | SampleSplit | RemoveInferenceService | RecordHistory | EmitEvent
+Action = EnsureInferenceService | SetTraffic | Measure | SampleSplit | SampleExperiment | RemoveInferenceService | RecordHistory | EmitEvent
 
 
 @dataclass(frozen=True)
@@ -215,7 +250,7 @@ class Decision:
     order, stopping at the first failure.
 
     Actions are level-triggered where they can be (EnsureInferenceService, SetTraffic, Measure,
-    SampleSplit and RemoveInferenceService come back on every call while they apply, derived from
+    SampleSplit, SampleExperiment and RemoveInferenceService come back on every call while they apply, derived from
     status alone), so an action lost to a crash after the status write is repeated on the next call;
     Events and history records come once, with the transition that caused them. On a rollback the
     traffic change comes first of all. `busy`: time-driven work is under way (steps, pauses,

@@ -34,7 +34,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
-from fmop.api.rollout import TrafficRouting
+from fmop.api.rollout import TrafficRouting, experiment_refusal
 from fmop.kinds import ROLLOUT, Kind
 from fmop.rollout import naming
 from fmop.rollout.types import ObservedTraffic, SetTraffic
@@ -187,20 +187,19 @@ def check(t: SetTraffic) -> tuple[int, int]:
         if t.mirror_percent:
             raise ValueError(f"SetTraffic cannot mirror {t.mirror_percent}% during an experiment: the candidate's users are its own "
                              "(mirroring would make the stable's users its requests too)")
-        naming.bucket_regex(*t.buckets)  # ValueError naming the range when it is not one
+        first, last = t.buckets
+        if not 0 <= first <= last < naming.BUCKETS:
+            raise ValueError(f"SetTraffic.buckets must be a range first..last with 0 <= first <= last <= {naming.BUCKETS - 1}, "
+                             f"got {first}..{last}")
     return 100 - t.canary_weight, t.canary_weight
 
 
 def supports_buckets(routing: TrafficRouting) -> str | None:
     """None when the provider of `routing` can send user buckets to the canary by a header match (an experiment step);
-    otherwise why not, and the fix. One message for admission, the engine and the providers."""
-    if routing.provider == "kserve":
-        return ("spec.trafficRouting.provider kserve cannot route by header (KServe splits by percentage only), so it cannot "
-                "hold an experiment step: use gatewayAPI, istio or traefik")
-    if routing.provider == "traefik" and (routing.traefik is None or routing.traefik.ingressRoute is None):
-        return ("an experiment step with provider traefik needs spec.trafficRouting.traefik.ingressRoute: a TraefikService "
-                "cannot match headers, the IngressRoute the operator writes can")
-    return None
+    otherwise why not, and the fix: the words admission (the CRD's rule) and the engine use, so a refusal reads the same
+    wherever it comes from. gatewayAPI and istio always can; traefik with spec.trafficRouting.traefik.ingressRoute (a
+    TraefikService cannot match headers, the IngressRoute can); kserve never (it splits by percentage only)."""
+    return experiment_refusal(routing)
 
 
 def with_buckets(observed: ObservedTraffic | Unknown, service: object, regex: object) -> ObservedTraffic | Unknown:

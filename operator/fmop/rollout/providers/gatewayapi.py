@@ -7,11 +7,22 @@ Implementations differ in what they support: Traefik, for one, does not implemen
 shadowing through Gateway API needs an implementation that does (Envoy Gateway, Istio, ...).
 
 An experiment puts a first rule before the weighted one: a `RegularExpression` header match on
-x-fmops-bucket to the canary alone. Regular-expression header matches are "implementation-specific"
-support in Gateway API; Traefik's provider turns them into its HeaderRegexp matcher (Go regexp), and
-Istio and Envoy Gateway implement them with RE2. The expression is an anchored alternation of
-decimal numbers, the same in every dialect. The rule with a header match wins over the one without
-(Gateway API's precedence counts header matches), whatever their order.
+x-fmops-bucket to the canary alone, e.g. for buckets 0..2:
+
+    rules:
+    - matches: [{headers: [{type: RegularExpression, name: x-fmops-bucket, value: "^(0|1|2)$"}]}]
+      backendRefs: [{name: reco-r2-predictor, port: 80}]
+    - backendRefs: [{name: reco-r1-predictor, port: 80, weight: 100}, {name: reco-r2-predictor, port: 80, weight: 0}]
+
+Regular-expression header matches are "Implementation-specific" support in Gateway API (the
+HTTPHeaderMatch type's documentation): the dialect is the implementation's. Traefik v3's Gateway
+provider turns the match into its HeaderRegexp matcher (Go regexp, matched anywhere in the value,
+hence the anchors); Istio's Gateway API translation into its StringMatch regex and Envoy Gateway's
+into Envoy's safe_regex (both RE2, matched whole). The expression is an anchored alternation of
+decimal numbers, which every one of these dialects reads alike. An implementation without it reports
+that in the HTTPRoute's status, which `observe` does not read: it reads the rules as written. The rule
+with a header match wins over the one without (Gateway API's precedence counts header matches; Traefik
+adds 100 to a rule's priority per header match), whatever their order.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from fmop.rollout.providers.base import (
 from fmop.rollout.types import ObservedTraffic, SetTraffic
 
 API_VERSION = "gateway.networking.k8s.io/v1"
+_ALL_PATHS = {"type": "PathPrefix", "value": "/"}  # what the server defaults a match's path to
 
 
 def _settings(routing: TrafficRouting) -> GatewayAPIRouting:
@@ -82,13 +94,15 @@ class GatewayAPI(TrafficProvider):
         if len(rules) == 1:
             return main
         bucket_rule = rules[0]
-        headers = dig(bucket_rule, "matches", 0, "headers")
+        matches = dig(bucket_rule, "matches")
+        headers = dig(matches, 0, "headers")
         refs = dig(bucket_rule, "backendRefs")
-        if (len(dig(bucket_rule, "matches") or []) != 1 or not isinstance(headers, list) or len(headers) != 1 or dig(bucket_rule, "filters")
+        if (not isinstance(matches, list) or len(matches) != 1 or not isinstance(matches[0], dict)
+                or not set(matches[0]) <= {"headers", "path"} or dig(matches[0], "path") not in (None, _ALL_PATHS)
+                or not isinstance(headers, list) or len(headers) != 1 or dig(bucket_rule, "filters")
                 or dig(headers[0], "type") != "RegularExpression" or str(dig(headers[0], "name")).lower() != naming.BUCKET_HEADER
-                or dig(bucket_rule, "matches", 0, "path") not in (None, {"type": "PathPrefix", "value": "/"})
-                or not isinstance(refs, list) or len(refs) != 1):
-            return UNKNOWN
+                or not isinstance(refs, list) or len(refs) != 1 or dig(refs[0], "weight") == 0):
+            return UNKNOWN  # not the rule render writes: a method, query or path match, a filter, another header, a backend at 0
         return with_buckets(main, dig(refs[0], "name"), dig(headers[0], "value"))
 
 
@@ -96,7 +110,7 @@ def _weighted_rule(rule: object) -> ObservedTraffic | Unknown:
     """The rule that weighs stable and canary (and mirrors to the canary): it must match everything."""
     if not isinstance(rule, dict):
         return UNKNOWN
-    if any(m not in ({}, {"path": {"type": "PathPrefix", "value": "/"}}) for m in dig(rule, "matches") or []):
+    if any(m not in ({}, {"path": _ALL_PATHS}) for m in dig(rule, "matches") or []):
         return UNKNOWN  # the server defaults an absent match to path prefix /
     refs = dig(rule, "backendRefs")
     if not isinstance(refs, list):

@@ -5,7 +5,14 @@ Hosts are the predictor Services' short names, which Istio resolves in the Virtu
 namespace (the Rollout's, where the InferenceServices live).
 
 An experiment puts an HTTP route `fmops-experiment` first: a `regex` header match (RE2, matched whole)
-on x-fmops-bucket to the canary alone; Istio takes the first route that matches.
+on x-fmops-bucket to the canary alone; Istio takes the first route that matches, e.g. for buckets 0..2:
+
+    http:
+    - name: fmops-experiment
+      match: [{headers: {x-fmops-bucket: {regex: "^(0|1|2)$"}}}]
+      route: [{destination: {host: reco-r2-predictor, port: {number: 80}}}]
+    - name: fmops
+      route: [{destination: {host: reco-r1-predictor, ...}, weight: 100}, {destination: {host: reco-r2-predictor, ...}, weight: 0}]
 """
 
 from __future__ import annotations
@@ -83,12 +90,15 @@ class Istio(TrafficProvider):
         if len(http) == 1:
             return main
         first = http[0]
-        headers = dig(first, "match", 0, "headers")
+        match = dig(first, "match")
+        headers = dig(match, 0, "headers")
         route = dig(first, "route")
-        if (len(dig(first, "match") or []) != 1 or not isinstance(headers, dict) or list(headers) != [naming.BUCKET_HEADER]
-                or set(dig(first, "match", 0) or {}) != {"headers"} or set(headers[naming.BUCKET_HEADER] or {}) != {"regex"}
-                or dig(first, "mirror") is not None or not isinstance(route, list) or len(route) != 1):
-            return UNKNOWN
+        if (not isinstance(match, list) or len(match) != 1 or not isinstance(match[0], dict) or set(match[0]) != {"headers"}
+                or not isinstance(headers, dict) or list(headers) != [naming.BUCKET_HEADER]
+                or not isinstance(headers[naming.BUCKET_HEADER], dict) or set(headers[naming.BUCKET_HEADER]) != {"regex"}
+                or dig(first, "mirror") is not None or not isinstance(route, list) or len(route) != 1
+                or dig(route[0], "weight") not in (None, 100)):
+            return UNKNOWN  # not the route render writes: another match or header, a prefix, a mirror, a split
         return with_buckets(main, dig(route[0], "destination", "host"), dig(headers, naming.BUCKET_HEADER, "regex"))
 
 

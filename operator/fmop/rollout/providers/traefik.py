@@ -8,10 +8,22 @@ Routes point at `<name>` (the spec's traefikServiceName, default the Rollout's n
 changes kind, so shadowing and canary steps only ever patch the two TraefikServices. With
 spec.trafficRouting.traefik.ingressRoute the operator also writes an IngressRoute `<name>` to it.
 
-A TraefikService cannot match headers, so an experiment needs that IngressRoute: a first route
-`(<match>) && HeaderRegexp(`x-fmops-bucket`, `<regex>`)` to the canary's predictor Service alone. Its
-rule is the main one plus more, so it is the longer, and Traefik's default priority (the rule's length)
-puts it first.
+A TraefikService cannot match headers, so an experiment needs that IngressRoute: a first route to
+the canary's predictor Service alone, whose rule is the main one and Traefik v3's HeaderRegexp (Go
+regexp, matched anywhere in any of the header's values, hence the anchors), e.g. for buckets 0..2:
+
+    routes:
+    - match: (Host(`reco.example.com`)) && HeaderRegexp(`x-fmops-bucket`, `^(0|1|2)$`)
+      kind: Rule
+      services: [{name: reco-r2-predictor, port: 80}]
+    - match: Host(`reco.example.com`)
+      kind: Rule
+      services: [{name: reco, kind: TraefikService}]
+
+Neither route sets `priority`: Traefik's default priority is the rule's length, and the bucket rule is
+the main one plus more, so it is always the higher of the two (and stays so whatever the user's match).
+`observe` reads the range back only while that holds (a priority a person set that puts the main route
+first reads as unknown).
 """
 
 from __future__ import annotations
@@ -116,6 +128,17 @@ class Traefik(TrafficProvider):
         rule = _BUCKET_RULE.match(str(dig(routes[0], "match")))
         targets = dig(routes[0], "services")
         if (rule is None or rule.group("header").lower() != naming.BUCKET_HEADER or rule.group("match") != dig(routes[1], "match")
-                or not isinstance(targets, list) or len(targets) != 1 or dig(targets[0], "kind") not in (None, "Service")):
-            return UNKNOWN
+                or _priority(routes[0]) <= _priority(routes[1])
+                or not isinstance(targets, list) or len(targets) != 1 or dig(targets[0], "kind") not in (None, "Service")
+                or dig(targets[0], "weight") == 0
+                or dig(routes[1], "services") != [{"name": dig(main, "metadata", "name"), "kind": "TraefikService"}]):
+            return UNKNOWN  # not the route render writes, or one that Traefik no longer tries first
         return with_buckets(observed, dig(targets[0], "name"), rule.group("regex"))
+
+
+def _priority(route: Obj) -> int:
+    """The priority Traefik gives an IngressRoute route: its own, or (0 or none) the length of its rule."""
+    priority = dig(route, "priority")
+    if isinstance(priority, int) and not isinstance(priority, bool) and priority:
+        return priority
+    return len(str(dig(route, "match")))

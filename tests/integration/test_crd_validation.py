@@ -122,7 +122,7 @@ BAD: list[tuple[str, str, Mutation, list[str]]] = [
     ("ro-empty-pause", "rollout.yaml", _set("spec.strategy.steps.3.pause", {}),
      ["spec.strategy.steps[3].pause", "exactly one of pause.duration or pause.untilPromoted"]),
     ("ro-step-with-two-actions", "rollout.yaml", _set("spec.strategy.steps.0", {"setWeight": 1, "pause": {"duration": "1m"}}),
-     ["spec.strategy.steps[0]", "exactly one of setWeight, pause or analysis"]),
+     ["spec.strategy.steps[0]", "exactly one of setWeight, pause, analysis or experiment"]),
     ("ro-shadow-without-mirror-percent", "rollout.yaml", _delete("spec.strategy.shadow.mirrorPercent"),
      ["spec.strategy.shadow.mirrorPercent", "Required value"]),
     ("ro-shadow-with-kserve-provider", "rollout.yaml", _set("spec.trafficRouting", {"provider": "kserve"}),

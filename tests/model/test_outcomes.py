@@ -37,6 +37,7 @@ from fmrec.serving.metrics import OutcomeMetrics, ServingMetrics
 from fmrec.serving.request import RequestError
 from fmrec.train.pretrain import build_model
 from fmrec.vocab import Vocabulary
+from tests.model.triton_stub import FakeError, FakeFamily, FakeMetric, FakeModelException, install
 
 K = 10
 TASKS = ("fm", "liked")
@@ -153,70 +154,9 @@ def test_recommend_many_wants_one_user_per_history() -> None:
 
 # ---- the outcome model's glue, against a stand-in for triton_python_backend_utils --------------------------------------
 
-class FakeTensor:
-    def __init__(self, name: str, array: npt.NDArray[Any]) -> None:
-        self.name, self.array = name, array
-
-    def as_numpy(self) -> npt.NDArray[Any]:
-        return self.array
-
-
-class FakeError:
-    INVALID_ARG = "INVALID_ARG"
-
-    def __init__(self, message: str, code: str = "UNKNOWN") -> None:
-        self.text, self.code = message, code
-
-
-class FakeResponse:
-    def __init__(self, output_tensors: list[FakeTensor] | None = None, error: FakeError | None = None) -> None:
-        self.outputs = {t.name: t.array for t in output_tensors or []}
-        self.error = error
-
-
-class FakeModelException(Exception):
-    pass
-
-
-class FakeMetric:
-    def __init__(self, labels: dict[str, str], buckets: list[float] | None) -> None:
-        self.labels, self.buckets, self.value, self.observed = labels, buckets, 0.0, []  # type: ignore[var-annotated]
-
-    def increment(self, v: float) -> None:
-        self.value += v
-
-    def observe(self, v: float) -> None:
-        self.observed.append(v)
-
-
-class FakeFamily:
-    COUNTER, HISTOGRAM = "counter", "histogram"
-
-    def __init__(self, name: str, description: str, kind: str) -> None:
-        self.name, self.kind = name, kind
-        self.metrics: list[FakeMetric] = []
-
-    def Metric(self, labels: dict[str, str], buckets: list[float] | None = None) -> FakeMetric:  # noqa: N802 - Triton's name
-        assert (buckets is not None) == (self.kind == "histogram"), "Triton wants buckets for histograms only"
-        self.metrics.append(FakeMetric(labels, buckets))
-        return self.metrics[-1]
-
-
 @pytest.fixture
 def pb(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
-    fake = types.ModuleType("triton_python_backend_utils")
-    fake.Tensor = FakeTensor  # type: ignore[attr-defined]
-    fake.TritonError = FakeError  # type: ignore[attr-defined]
-    fake.InferenceResponse = FakeResponse  # type: ignore[attr-defined]
-    fake.TritonModelException = FakeModelException  # type: ignore[attr-defined]
-    fake.MetricFamily = FakeFamily  # type: ignore[attr-defined]
-    fake.logged = []  # type: ignore[attr-defined]
-    fake.Logger = types.SimpleNamespace(log_error=fake.logged.append)  # type: ignore[attr-defined]
-    fake.get_input_tensor_by_name = lambda request, name: (  # type: ignore[attr-defined]
-        FakeTensor(name, request[name]) if name in request else None)
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
-    monkeypatch.delitem(sys.modules, "fmrec.serving.outcome_model", raising=False)
-    yield fake
+    yield install(monkeypatch, "fmrec.serving.outcome_model")
 
 
 def model_config() -> str:

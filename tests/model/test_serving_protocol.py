@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib
 import re
-import sys
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,6 +26,7 @@ from fmrec.serving.metrics import ServingMetrics
 from fmrec.serving.request import RequestError
 from fmrec.train.pretrain import build_model
 from fmrec.vocab import Vocabulary
+from tests.model.triton_stub import FakeError, FakeModelException, FakeResponse, install
 
 from .serving_cases import assert_same_answer, raw_history, with_device
 
@@ -179,68 +179,9 @@ def test_a_request_at_the_limits_is_answered(rec: Recommender, good: Arrays, cha
 
 # ---- the Triton model's glue, against a stand-in for triton_python_backend_utils ------------------------------------
 
-class FakeTensor:
-    def __init__(self, name: str, array: npt.NDArray[Any]) -> None:
-        self.name, self.array = name, array
-
-    def as_numpy(self) -> npt.NDArray[Any]:
-        return self.array
-
-
-class FakeError:
-    INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
-
-    def __init__(self, message: str, code: str = "UNKNOWN") -> None:
-        self.text, self.code = message, code
-
-
-class FakeResponse:
-    def __init__(self, output_tensors: list[FakeTensor] | None = None, error: FakeError | None = None) -> None:
-        self.outputs = {t.name: t.array for t in output_tensors or []}
-        self.error = error
-
-
-class FakeModelException(Exception):
-    pass
-
-
-class FakeMetric:
-    def __init__(self, labels: dict[str, str], buckets: list[float] | None = None) -> None:
-        self.labels, self.value = labels, 0.0
-
-    def increment(self, v: float) -> None:
-        self.value += v
-
-    def observe(self, v: float) -> None:
-        pass
-
-
-class FakeFamily:
-    COUNTER, HISTOGRAM = "counter", "histogram"
-
-    def __init__(self, name: str, description: str, kind: str) -> None:
-        self.name, self.metrics = name, []  # type: ignore[var-annotated]
-
-    def Metric(self, labels: dict[str, str], buckets: list[float] | None = None) -> FakeMetric:  # noqa: N802 - Triton's name
-        self.metrics.append(FakeMetric(labels, buckets))
-        return self.metrics[-1]
-
-
 @pytest.fixture
 def pb(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
-    fake = types.ModuleType("triton_python_backend_utils")
-    fake.Tensor = FakeTensor  # type: ignore[attr-defined]
-    fake.TritonError = FakeError  # type: ignore[attr-defined]
-    fake.InferenceResponse = FakeResponse  # type: ignore[attr-defined]
-    fake.TritonModelException = FakeModelException  # type: ignore[attr-defined]
-    fake.MetricFamily = FakeFamily  # type: ignore[attr-defined]
-    fake.logged = []  # type: ignore[attr-defined]
-    fake.Logger = types.SimpleNamespace(log_error=fake.logged.append)  # type: ignore[attr-defined]
-    fake.get_input_tensor_by_name = lambda request, name: (  # type: ignore[attr-defined]
-        FakeTensor(name, request[name]) if name in request else None)
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
-    monkeypatch.delitem(sys.modules, "fmrec.serving.triton_model", raising=False)
-    yield fake
+    yield install(monkeypatch, "fmrec.serving.triton_model")
 
 
 def served(pb: types.ModuleType, rec: Recommender) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import subprocess
@@ -203,3 +204,29 @@ def running_operator(kubeconfig: Path, log: Path, resync: float = 1.0, extra: li
         yield op
     finally:
         op.stop()
+
+
+def post_together(port: int, model: str, bodies: list[bytes],
+                  headers: list[list[tuple[str, str | bytes]]] | None = None) -> list[tuple[int, dict[str, Any]]]:
+    """POST each body to Triton's /v2/models/`model`/infer on 127.0.0.1:`port`, every request on its own connection
+    and all written before any answer is read, so that those reaching the model share one dynamic batch; the
+    (status, JSON answer) of each, in order. `headers[i]`: request i's extra header lines, sent as they are
+    (repeated names, any bytes); Content-Type is application/json unless one of them says otherwise."""
+    conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in bodies]
+    try:
+        for conn in conns:
+            conn.connect()
+        for conn, body, extra in zip(conns, bodies, headers or [[] for _ in bodies], strict=True):
+            conn.putrequest("POST", f"/v2/models/{model}/infer")
+            typed = any(name.lower() == "content-type" for name, _ in extra)
+            for name, value in [*([] if typed else [("Content-Type", "application/json")]), ("Content-Length", str(len(body))), *extra]:
+                conn.putheader(name, value)
+            conn.endheaders(body)
+        out = []
+        for conn in conns:
+            answer = conn.getresponse()
+            out.append((answer.status, json.loads(answer.read() or b"{}")))
+        return out
+    finally:
+        for conn in conns:
+            conn.close()

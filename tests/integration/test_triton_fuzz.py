@@ -28,7 +28,6 @@ runs more).
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
@@ -54,6 +53,7 @@ from fmrec.serving.server import TritonServer
 from fmrec.train.loop import TrainSettings
 from fmrec.train.pretrain import build_model, pretrain
 from fmrec.vocab import Vocabulary
+from tests.integration.helpers import post_together
 from tests.model.serving_cases import assert_same_answer, raw_history, with_device
 
 EXAMPLES = int(os.environ.get("FMOP_FUZZ_EXAMPLES", "400"))
@@ -135,21 +135,8 @@ def encode(req: Request) -> tuple[bytes, dict[str, str]]:
 
 def exchange(port: int, requests: list[Request]) -> list[tuple[int, dict[str, Any]]]:
     """Write every request on its own connection first, then read the answers: one dynamic batch."""
-    bodies = [encode(r) for r in requests]
-    conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in requests]
-    try:
-        for conn in conns:
-            conn.connect()
-        for conn, (body, headers) in zip(conns, bodies, strict=True):
-            conn.request("POST", f"/v2/models/{MODEL}/infer", body=body, headers=headers)
-        out = []
-        for conn in conns:
-            answer = conn.getresponse()
-            out.append((answer.status, json.loads(answer.read() or b"{}")))
-        return out
-    finally:
-        for conn in conns:
-            conn.close()
+    encoded = [encode(r) for r in requests]
+    return post_together(port, MODEL, [body for body, _ in encoded], [list(headers.items()) for _, headers in encoded])
 
 
 def answer_of(body: dict[str, Any]) -> list[tuple[list[str], list[float]]]:

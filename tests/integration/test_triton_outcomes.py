@@ -47,6 +47,7 @@ from fmrec.serving.export import export_triton
 from fmrec.serving.server import TritonServer
 from fmrec.train.pretrain import build_model
 from fmrec.vocab import Vocabulary
+from tests.integration.helpers import post_together
 
 K, DELAY_US, N_ITEMS = 10, 30_000, 120
 OUTCOMES = ("clicked", "played", "added", "skipped", "ignored")
@@ -265,29 +266,6 @@ def _body(outcome: bytes, position: int, task: bytes, position_type: str = "INT3
             b'{"name": "TASK", "datatype": "BYTES", "shape": [1, 1], "data": [' + text(task) + b']}]}')
 
 
-def _exchange(port: int, bodies: list[bytes], headers: list[list[tuple[str, str | bytes]]] | None = None,
-              model: str = "fmrec_outcome") -> list[tuple[int, dict[str, Any]]]:
-    """Write every request on its own connection first, then read the answers: one dynamic batch.
-    `headers[i]`: request i's extra header lines, as they are (repeated names, any bytes)."""
-    conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in bodies]
-    try:
-        for conn in conns:
-            conn.connect()
-        for conn, body, extra in zip(conns, bodies, headers or [[] for _ in bodies], strict=True):
-            conn.putrequest("POST", f"/v2/models/{model}/infer")
-            for name, value in [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *extra]:
-                conn.putheader(name, value)
-            conn.endheaders(body)
-        out = []
-        for conn in conns:
-            answer = conn.getresponse()
-            out.append((answer.status, json.loads(answer.read() or b"{}")))
-        return out
-    finally:
-        for conn in conns:
-            conn.close()
-
-
 def _stats(server: TritonServer) -> tuple[int, int]:
     s = thttp.InferenceServerClient(server.http_url).get_inference_statistics("fmrec_outcome")["model_stats"][0]
     return int(s["inference_count"]), int(s["execution_count"])
@@ -310,7 +288,7 @@ def test_a_malformed_outcome_in_a_batch_fails_alone_and_adds_no_label(servers: d
     server = servers["stable"]
     good = [_body(b"played", 2, b""), _body(b"skipped", 1, b"liked"), _body(b"played", 7, b"fm")]
     before, stats = scrape(server), _stats(server)
-    answers = _exchange(server.http_port, [good[0], body, good[1], good[2]])
+    answers = post_together(server.http_port, "fmrec_outcome", [good[0], body, good[1], good[2]])
     assert [status for status, _ in answers] == [200, 400, 200, 200], answers
     assert re.search(message, answers[1][1]["error"]), answers[1]
     assert all(a["outputs"][0]["name"] == "ACK" and a["outputs"][0]["data"] == [1] for status, a in answers if status == 200)
@@ -428,11 +406,11 @@ def test_a_malformed_bucket_is_answered_and_counts_no_exposure(servers: dict[str
     before = scrape(server)
     lines: list[list[tuple[str, str | bytes]]] = [[(BUCKET_HEADER, "17")], header, [], [("X-Fmops-Bucket", "5")],
                                                   [(BUCKET_HEADER + "-other", "1")]]
-    answers = _exchange(server.http_port, [_recommend_body([1, 2]), _recommend_body([3]), _recommend_body([4]), _recommend_body([5]),
-                                           _recommend_body([6])], lines, model="fmrec")
+    answers = post_together(server.http_port, "fmrec", [_recommend_body([1, 2]), _recommend_body([3]), _recommend_body([4]),
+                                                        _recommend_body([5]), _recommend_body([6])], lines)
     assert [status for status, _ in answers] == [200] * 5, answers
     assert [a["outputs"][0]["shape"] for _, a in answers] == [[2, K], [1, K], [1, K], [1, K], [1, K]]
-    reports = _exchange(server.http_port, [_body(b"played", 1, b"liked")] * 5, lines)
+    reports = post_together(server.http_port, "fmrec_outcome", [_body(b"played", 1, b"liked")] * 5, lines)
     assert [status for status, _ in reports] == [200] * 5, reports
     after = scrape(server)
     assert delta(after, before, "fmrec_top_score_count", model="fmrec") == 6

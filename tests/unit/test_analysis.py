@@ -152,10 +152,11 @@ def test_engine_measures_and_promotes_on_a_builtin_check() -> None:
 
 # ---------------------------------------------------------------- Prometheus addresses under the platform's control
 class Answers:
-    """A real HTTP server on 127.0.0.1 (a thread, no process) that answers every GET with one fixed answer and
-    records the paths asked for: what stands at an address a Rollout names."""
+    """A real HTTP server on 127.0.0.1 (a thread, no process) that answers every GET with one fixed answer, or the
+    answer `body(path)` gives, and records the paths asked for: what stands at an address a Rollout names."""
 
-    def __init__(self, status: int = 200, body: bytes = b'{"status": "success", "data": {"resultType": "scalar", "result": [0, "0.5"]}}',
+    def __init__(self, status: int = 200,
+                 body: bytes | Callable[[str], bytes] = b'{"status": "success", "data": {"resultType": "scalar", "result": [0, "0.5"]}}',
                  headers: dict[str, str] | None = None) -> None:
         import http.server
         import threading
@@ -166,11 +167,12 @@ class Answers:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
                 outer.paths.append(self.path)
+                body = outer.body(self.path) if callable(outer.body) else outer.body
                 self.send_response(outer.status)
-                for k, v in {"Content-Type": "application/json", "Content-Length": str(len(outer.body)), **outer.headers}.items():
+                for k, v in {"Content-Type": "application/json", "Content-Length": str(len(body)), **outer.headers}.items():
                     self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(outer.body)
+                self.wfile.write(body)
 
             def log_message(self, *args: object) -> None:
                 pass

@@ -24,6 +24,7 @@ from fmop.rollout.sequential import Arm
 from fmop.rollout.types import EmitEvent, ExperimentCounts, ExperimentUnknown, RecordHistory, SampleExperiment
 from tests.unit import controller_world
 from tests.unit.rollout_world import BASE, World, make_spec, stable_world, with_model
+from tests.unit.test_analysis import Answers
 
 # (stable exposures, stable successes, canary exposures, canary successes), or a str: the counts cannot be read
 Answer = tuple[int, int, int, int] | str
@@ -425,42 +426,24 @@ def test_the_controller_reads_the_counts_in_the_same_pass_and_promotes_a_better_
 
 
 # ---------------------------------------------------------------- the counts query, against an HTTP server answering like Prometheus
-class FakePrometheus:
+def prometheus_answering(pick: Callable[[str, float], float | None | bytes]) -> Answers:
     """A real HTTP server on 127.0.0.1 answering /api/v1/query with a number chosen by the query text and its evaluation
-    time (None: empty vector)."""
+    time (None: empty vector; bytes: that body as it is)."""
+    import json
+    import urllib.parse
 
-    def __init__(self, pick: Callable[[str, float], float | None | bytes]) -> None:
-        import http.server
-        import json
-        import threading
-        import urllib.parse
+    def body(path: str) -> bytes:
+        params = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
+        value = pick(params["query"][0], float(params["time"][0]))
+        return value if isinstance(value, bytes) else json.dumps({"status": "success", "data": {"resultType": "vector", "result": (
+            [] if value is None else [{"metric": {}, "value": [0, str(value)]}])}}).encode()
+    return Answers(body=body)
 
-        self.queries: list[str] = []
-        outer = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-                params = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-                query = params["query"][0]
-                outer.queries.append(query)
-                value = pick(query, float(params["time"][0]))
-                body = value if isinstance(value, bytes) else json.dumps({"status": "success", "data": {"resultType": "vector", "result": (
-                    [] if value is None else [{"metric": {}, "value": [0, str(value)]}])}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+def queries(server: Answers) -> list[str]:
+    import urllib.parse
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    return [urllib.parse.parse_qs(urllib.parse.urlsplit(p).query)["query"][0] for p in server.paths]
 
 
 def test_the_counts_are_the_counters_now_minus_at_the_start_per_arm_rounded_and_clamped() -> None:
@@ -479,14 +462,14 @@ def test_the_counts_are_the_counters_now_minus_at_the_start_per_arm_rounded_and_
         isvc = "recommender-r1" if 'inferenceservice="recommender-r1"' in q else "recommender-r2"
         return answers[(isvc, "played" if 'outcome="played"' in q else "requests", at == since.timestamp())]
 
-    prom = FakePrometheus(pick)
+    prom = prometheus_answering(pick)
     try:
         got = analysis.experiment_counts(prom.url, "team-a", "recommender", 1, 2, "played", since, since + timedelta(seconds=90.2))
     finally:
         prom.close()
     # now minus at the start; no series is 0; successes <= exposures
     assert got == ExperimentCounts(Arm(1000, 121), Arm(0, 0), since, since + timedelta(seconds=90.2))
-    assert prom.queries[:4] == [
+    assert queries(prom)[:4] == [
         'sum(fmrec_experiment_requests_total{namespace="team-a",inferenceservice="recommender-r1"})'] * 2 + [
         'sum(fmrec_experiment_outcomes_total{namespace="team-a",inferenceservice="recommender-r1",outcome="played"})'] * 2
 
@@ -496,7 +479,7 @@ def test_counts_that_cannot_be_read_are_unknown_naming_the_query_never_the_body(
 
     from fmop.rollout import analysis
 
-    prom = FakePrometheus(lambda q, at: b"<html>secret internal page</html>")
+    prom = prometheus_answering(lambda q, at: b"<html>secret internal page</html>")
     try:
         since = datetime(2026, 1, 1, tzinfo=UTC)
         got = analysis.experiment_counts(prom.url, "team-a", "recommender", 1, 2, "clicked", since, since)

@@ -531,11 +531,6 @@ def contains(found: Any, wanted: Any) -> bool:
     return bool(found == wanted)
 
 
-def _differs(seen: ObservedTraffic, action: SetTraffic) -> bool:
-    return (seen.canary_weight, seen.mirror_percent) != (action.canary_weight, action.mirror_percent) or (
-        action.canary_revision is not None and seen.canary_revision not in (None, action.canary_revision))
-
-
 def _strip_times(status: dict[str, Any]) -> dict[str, Any]:
     """Status without the condition timestamps: what decides whether a write is needed."""
     out = dict(status)
